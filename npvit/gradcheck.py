@@ -1,0 +1,241 @@
+"""Numerical gradient checks: does each hand-written backward match its forward?
+
+Following Chainer's ``check_backward``: the output y is reduced to a scalar
+along a fixed random direction r, L = sum(r * y), so ``backward(r)`` gives
+the analytic gradient of L. For each input and parameter p we then pick a few
+random unit directions u and compare the directional derivative two ways:
+
+    analytic  = <dL/dp, u>
+    numeric   = (8 (L(p + eps u) - L(p - eps u)) - (L(p + 2 eps u) - L(p - 2 eps u))) / (12 eps)
+                (the fourth-order central difference, float64)
+    rel error = |analytic - numeric| / max(|analytic|, |numeric|, atol)
+
+and report the worst relative error per parameter. Run ``python -m npvit.gradcheck``
+to see every layer of a small ViT verified in one table.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backend import get_array_module
+
+
+@dataclass
+class GradcheckRow:
+    name: str
+    shape: tuple
+    rel_error: float
+    analytic: float
+    numeric: float
+
+
+@dataclass
+class GradcheckReport:
+    """One row per checked array (``x`` and each parameter): the worst relative error found."""
+
+    title: str
+    rows: list = field(default_factory=list)
+
+    @property
+    def worst(self) -> float:
+        return max((r.rel_error for r in self.rows), default=0.0)
+
+    def passed(self, tol=1e-6) -> bool:
+        return self.worst < tol
+
+    def assert_ok(self, tol=1e-6):
+        if not self.passed(tol):
+            raise AssertionError(f"gradient check failed (tolerance {tol:g}):\n{self}")
+
+    def __str__(self):
+        lines = [f"{self.title}", f"  {'array':<52} {'shape':<16} {'rel error':>10} {'analytic':>13} {'numeric':>13}"]
+        for r in self.rows:
+            lines.append(f"  {r.name:<52} {str(r.shape):<16} {r.rel_error:>10.2e} {r.analytic:>13.6e} {r.numeric:>13.6e}")
+        return "\n".join(lines)
+
+
+def _directional_check(out_fn, r, arrays, grads, names, eps, n_directions, atol, rng, title):
+    """Core loop: arrays[name] is perturbed in place along random unit directions and restored.
+
+    ``out_fn()`` returns the output y; L = sum(r * y). The outputs are subtracted
+    elementwise before the projection, so the large common part of y cancels
+    exactly instead of costing digits in a big sum.
+    """
+    report = GradcheckReport(title)
+    for name in names:
+        p, g = arrays[name], grads[name]
+        xp = get_array_module(p)
+        worst = None
+        for _ in range(n_directions):
+            u = xp.asarray(rng.standard_normal(p.shape))
+            u /= xp.sqrt((u * u).sum())
+            analytic = float((g * u).sum())
+            original = p.copy()
+            f = {}
+            for step in (-2, -1, 1, 2):
+                p[...] = original + (step * eps) * u
+                f[step] = out_fn()
+            p[...] = original
+            # fourth-order central difference: error O(eps^4) instead of O(eps^2)
+            numeric = float((r * (8.0 * (f[1] - f[-1]) - (f[2] - f[-2]))).sum()) / (12.0 * eps)
+            rel = abs(analytic - numeric) / max(abs(analytic), abs(numeric), atol)
+            if worst is None or rel > worst.rel_error:
+                worst = GradcheckRow(name, tuple(p.shape), rel, analytic, numeric)
+        report.rows.append(worst)
+    return report
+
+
+def _float64_copy(layer):
+    layer = copy.deepcopy(layer)
+    layer.astype(np.float64)
+    return layer
+
+
+def _dropout_off(layer):
+    # A random mask would change between evaluations, so dropout layers run in eval mode.
+    from .layers.dropout import Dropout
+
+    for _, sub in layer.named_layers():
+        if isinstance(sub, Dropout):
+            sub.training = False
+
+
+def check_layer_gradients(layer, x, *, eps=1e-3, n_directions=3, atol=1e-9, seed=0, forward_kwargs=None,
+                          title=None) -> GradcheckReport:
+    """Check ``layer.backward`` against central differences of ``layer.forward``.
+
+    Works on a float64 deep copy of ``layer`` (your layer is not touched) with
+    dropout switched off. ``x`` is the input (cast to float64). Returns a
+    report; ``report.assert_ok(1e-6)`` raises with the table when it fails.
+    Any object with forward/backward and ``parameters()``/``gradients()``
+    dicts (a :class:`npvit.layers.Layer`) can be checked.
+    """
+    layer = _float64_copy(layer)
+    _dropout_off(layer)
+    kw = forward_kwargs or {}
+    x = x.astype(np.float64)                     # a copy we may perturb
+    rng = np.random.default_rng(seed)
+    xp = get_array_module(x)
+
+    def out(v):
+        y = layer.forward(v, **kw)
+        return y[0] if isinstance(y, tuple) else y
+
+    y = out(x)
+    r = xp.asarray(rng.standard_normal(y.shape))  # the random projection: L = sum(r * y)
+    layer.zero_grad()
+    dx = layer.backward(r)
+    arrays = {"x": x, **layer.parameters()}
+    grads = {"x": dx, **{k: g.copy() for k, g in layer.gradients().items()}}
+
+    return _directional_check(lambda: out(x), r, arrays, grads, list(arrays), eps, n_directions, atol, rng,
+                              title or type(layer).__name__)
+
+
+def check_model_gradients(model, x, labels, *, label_smoothing=0.0, eps=1e-3, n_directions=3, atol=1e-9,
+                          seed=0) -> GradcheckReport:
+    """Check a whole ViT: softmax cross-entropy of ``model(x)`` against ``labels``,
+    for the input images (``x``) and every parameter, by name."""
+    from .losses import softmax_cross_entropy
+
+    model = _float64_copy(model)
+    model.dtype = np.dtype(np.float64)
+    _dropout_off(model)
+    x = x.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    logits = model.forward(x)
+    _, dlogits = softmax_cross_entropy(logits, labels, label_smoothing)
+    model.zero_grad()
+    dx = model.backward(dlogits)
+    arrays = {"x": x, **model.parameters()}
+    grads = {"x": dx, **{k: g.copy() for k, g in model.gradients().items()}}
+
+    def loss():
+        return softmax_cross_entropy(model.forward(x), labels, label_smoothing)[0]
+
+    return _directional_check(loss, 1.0, arrays, grads, list(arrays), eps, n_directions, atol, rng,
+                              "ViT (softmax cross-entropy)")
+
+
+def check_function_gradients(fn, inputs: dict, grads: dict, *, eps=1e-3, n_directions=3, atol=1e-9, seed=0,
+                             title="function") -> GradcheckReport:
+    """Check a function ``fn()`` of the float64 arrays ``inputs`` (perturbed in place) against the
+    analytic ``grads`` (same keys) of sum(fn()): for free functions such as im2col or the loss.
+    For a random projection, have ``fn`` return ``r * y``."""
+    rng = np.random.default_rng(seed)
+    return _directional_check(fn, 1.0, inputs, grads, list(inputs), eps, n_directions, atol, rng,
+                              title)
+
+
+def small_vit_config():
+    """A ViT small enough to check every parameter in seconds: odd sizes make transposition bugs show."""
+    from .config import ViTConfig
+
+    return ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=12, num_attention_heads=3,
+                     intermediate_size=20, num_hidden_layers=2, num_classes=5, initializer_range=0.2)
+
+
+def check_all(seed=0):
+    """Check every layer of a small ViT alone, im2col/col2im, the loss, then the whole model. Returns the reports."""
+    from . import layers as L
+    from .losses import softmax_cross_entropy
+    from .model import ViT
+
+    c = small_vit_config()
+    rng = np.random.default_rng(seed)
+    D, H, I, K = c.hidden_size, c.num_attention_heads, c.intermediate_size, c.num_classes
+    B, N = 2, c.num_tokens
+    images = rng.standard_normal((B, c.num_channels, c.image_size, c.image_size))
+    tokens = rng.standard_normal((B, N, D))
+    init = dict(rng=np.random.default_rng(seed), std=c.initializer_range)
+    reports = [
+        check_layer_gradients(L.Conv2d(3, 4, 3, stride=2, padding=1, **init), images, title="Conv2d k3 s2 p1 (im2col)"),
+        check_layer_gradients(L.PatchEmbeddings(c.image_size, c.patch_size, 3, D, **init), images),
+        check_layer_gradients(L.Embeddings(c.image_size, c.patch_size, 3, D, **init), images),
+        check_layer_gradients(L.LayerNorm(D), tokens),
+        check_layer_gradients(L.MultiHeadSelfAttention(D, H, **init), tokens),
+        check_layer_gradients(L.GELU("tanh"), tokens, title="GELU (tanh)"),
+        check_layer_gradients(L.GELU("none"), tokens, title="GELU (erf)"),
+        check_layer_gradients(L.MLP(D, I, **init), tokens),
+        check_layer_gradients(L.Block(D, H, I, **init), tokens),
+        check_layer_gradients(L.Linear(D, K, **init), tokens[:, 0], title="Linear (classifier head)"),
+    ]
+    # im2col as a function: L = sum(r * im2col(x)) has gradient col2im(r)
+    cols_r = rng.standard_normal(L.im2col(images, 3, 3, 2, 1).shape)
+    reports.append(check_function_gradients(lambda: cols_r * L.im2col(images, 3, 3, 2, 1), {"x": images},
+                                            {"x": L.col2im(cols_r, images.shape, 2, 1)},
+                                            title="im2col k3 s2 p1 (backward = col2im)"))
+    logits = rng.standard_normal((B, K))
+    labels = rng.integers(0, K, size=B)
+    _, dlogits = softmax_cross_entropy(logits, labels, 0.1)
+    reports.append(check_function_gradients(lambda: softmax_cross_entropy(logits, labels, 0.1)[0],
+                                            {"logits": logits}, {"logits": dlogits},
+                                            title="softmax_cross_entropy (label smoothing 0.1)"))
+    model = ViT(c, dtype="float64", seed=seed)
+    reports.append(check_model_gradients(model, images, labels))
+    return reports
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m npvit.gradcheck",
+                                     description="Gradient-check every layer of a small ViT and the whole model.")
+    parser.add_argument("--tol", type=float, default=1e-6, help="largest relative error that passes (default 1e-6)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    reports = check_all(args.seed)
+    for report in reports:
+        print(report, end="\n\n")
+    bad = [r.title for r in reports if not r.passed(args.tol)]
+    worst = max(r.worst for r in reports)
+    print(f"{sum(len(r.rows) for r in reports)} arrays checked, worst relative error {worst:.2e} "
+          f"(tolerance {args.tol:g}): {'FAILED ' + ', '.join(bad) if bad else 'all passed'}")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

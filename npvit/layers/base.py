@@ -1,0 +1,113 @@
+"""The Layer base class: named parameters, named gradients, train/eval.
+
+A layer owns ``params`` and ``grads``, two dicts with the same keys (PyTorch's
+names, e.g. "weight", "bias"). ``forward(x)`` caches what ``backward`` needs;
+``backward(dy)`` returns ``dx`` and *adds* into ``grads``. Sub-layers are plain
+attributes (a list of layers is numbered like torch's ModuleList), so the full
+name of a parameter is its attribute path: ``encoder.blocks.0.mlp.dense_1.weight``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_array_module
+
+
+class Layer:
+    def __init__(self):
+        self.params: dict = {}
+        self.grads: dict = {}
+        self.training = True
+
+    def add_param(self, name, value):
+        """Register a parameter and a zero gradient of the same shape and dtype."""
+        self.params[name] = value
+        self.grads[name] = get_array_module(value).zeros_like(value)
+
+    # -- tree walking -------------------------------------------------------
+    def children(self):
+        """(name, layer) for each direct sub-layer, in definition order."""
+        for name, value in vars(self).items():
+            if isinstance(value, Layer):
+                yield name, value
+            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Layer) for v in value):
+                for i, layer in enumerate(value):
+                    yield f"{name}.{i}", layer
+
+    def named_layers(self, prefix=""):
+        """(full name, layer) for this layer and every layer below it."""
+        yield prefix, self
+        for name, child in self.children():
+            yield from child.named_layers(f"{prefix}.{name}" if prefix else name)
+
+    def parameters(self) -> dict:
+        """Every parameter below this layer by full name (live arrays, not copies)."""
+        return {f"{lname}.{p}" if lname else p: arr
+                for lname, layer in self.named_layers() for p, arr in layer.params.items()}
+
+    def gradients(self) -> dict:
+        """Every gradient below this layer, with the same keys as ``parameters()``."""
+        return {f"{lname}.{p}" if lname else p: arr
+                for lname, layer in self.named_layers() for p, arr in layer.grads.items()}
+
+    def zero_grad(self):
+        for _, layer in self.named_layers():
+            for g in layer.grads.values():
+                g.fill(0)
+
+    def train(self, mode: bool = True):
+        for _, layer in self.named_layers():
+            layer.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def num_parameters(self) -> int:
+        return int(sum(p.size for p in self.parameters().values()))
+
+    def astype(self, dtype):
+        """Cast every parameter (and its gradient) to ``dtype`` in place of the old arrays."""
+        for _, layer in self.named_layers():
+            for k in layer.params:
+                layer.params[k] = layer.params[k].astype(dtype)
+                layer.grads[k] = layer.grads[k].astype(dtype)
+        return self
+
+    def to(self, xp):
+        """Move every parameter and gradient to ``xp``'s device."""
+        from ..backend import to_device
+
+        for _, layer in self.named_layers():
+            for k in layer.params:
+                layer.params[k] = to_device(layer.params[k], xp)
+                layer.grads[k] = to_device(layer.grads[k], xp)
+        return self
+
+    def __call__(self, x, *args, **kwargs):
+        return self.forward(x, *args, **kwargs)
+
+    def forward(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, dy):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def normal(rng: np.random.Generator, shape, std):
+    """N(0, std^2) on the host in float64 (cast and moved by the model), as torch.nn.init.normal_."""
+    return rng.normal(0.0, std, size=shape)
+
+
+def trunc_normal(rng: np.random.Generator, shape, std, a=-2.0, b=2.0):
+    """N(0, std^2) resampled until inside [a, b], as torch.nn.init.trunc_normal_.
+
+    Note torch's bounds are absolute values, not multiples of std: with the
+    article's std 0.02 this almost never truncates.
+    """
+    out = rng.normal(0.0, std, size=shape)
+    bad = (out < a) | (out > b)
+    while bad.any():
+        out[bad] = rng.normal(0.0, std, size=int(bad.sum()))
+        bad = (out < a) | (out > b)
+    return out

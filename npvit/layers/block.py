@@ -1,0 +1,83 @@
+"""The pre-norm transformer block and the encoder stack (the article's Block and Encoder).
+
+    x = x + attention(layernorm_1(x))
+    x = x + mlp(layernorm_2(x))
+"""
+from __future__ import annotations
+
+from .activation import GELU
+from .attention import MultiHeadSelfAttention
+from .base import Layer
+from .dropout import Dropout
+from .linear import Linear
+from .norm import LayerNorm
+
+
+class MLP(Layer):
+    """x (B, N, D) -> dense_1 (D->I) -> GELU -> dense_2 (I->D) -> dropout -> (B, N, D)."""
+
+    def __init__(self, hidden_size, intermediate_size, dropout=0.0, approximate="tanh", rng=None, std=0.02, seed=0):
+        super().__init__()
+        self.dense_1 = Linear(hidden_size, intermediate_size, rng=rng, std=std)
+        self.activation = GELU(approximate)
+        self.dense_2 = Linear(intermediate_size, hidden_size, rng=rng, std=std)
+        self.dropout = Dropout(dropout, seed=seed)
+
+    def forward(self, x):
+        h = self.activation.forward(self.dense_1.forward(x))    # (B, N, I)
+        return self.dropout.forward(self.dense_2.forward(h))    # (B, N, D)
+
+    def backward(self, dy):
+        # the forward chain in reverse
+        dh = self.dense_2.backward(self.dropout.backward(dy))
+        return self.dense_1.backward(self.activation.backward(dh))
+
+
+class Block(Layer):
+    """Pre-norm transformer block: (B, N, D) -> (B, N, D)."""
+
+    def __init__(self, hidden_size, num_heads, intermediate_size, qkv_bias=True, hidden_dropout=0.0,
+                 attn_dropout=0.0, approximate="tanh", rng=None, std=0.02, seed=0):
+        super().__init__()
+        self.layernorm_1 = LayerNorm(hidden_size)
+        self.attention = MultiHeadSelfAttention(hidden_size, num_heads, qkv_bias, attn_dropout, hidden_dropout,
+                                                rng=rng, std=std, seed=seed)
+        self.layernorm_2 = LayerNorm(hidden_size)
+        self.mlp = MLP(hidden_size, intermediate_size, hidden_dropout, approximate, rng=rng, std=std, seed=seed + 2)
+
+    def forward(self, x, return_attention=False):
+        a = self.attention.forward(self.layernorm_1.forward(x), return_attention)
+        a, att = a if return_attention else (a, None)
+        x = x + a                                                # residual 1
+        y = x + self.mlp.forward(self.layernorm_2.forward(x))    # residual 2
+        return (y, att) if return_attention else y
+
+    def backward(self, dy):
+        # y = x1 + mlp(ln2(x1))  =>  dx1 = dy + ln2^T mlp^T dy
+        dx1 = dy + self.layernorm_2.backward(self.mlp.backward(dy))
+        # x1 = x + attn(ln1(x))  =>  dx = dx1 + ln1^T attn^T dx1
+        return dx1 + self.layernorm_1.backward(self.attention.backward(dx1))
+
+
+class Encoder(Layer):
+    """A stack of L blocks: (B, N, D) -> (B, N, D); ``blocks.{i}`` as the article names them."""
+
+    def __init__(self, num_layers, hidden_size, num_heads, intermediate_size, qkv_bias=True, hidden_dropout=0.0,
+                 attn_dropout=0.0, approximate="tanh", rng=None, std=0.02, seed=0):
+        super().__init__()
+        self.blocks = [Block(hidden_size, num_heads, intermediate_size, qkv_bias, hidden_dropout, attn_dropout,
+                             approximate, rng=rng, std=std, seed=seed + 10 * i) for i in range(num_layers)]
+
+    def forward(self, x, return_attention=False):
+        atts = []
+        for block in self.blocks:
+            x = block.forward(x, return_attention)
+            if return_attention:
+                x, att = x
+                atts.append(att)
+        return (x, atts) if return_attention else x
+
+    def backward(self, dy):
+        for block in reversed(self.blocks):
+            dy = block.backward(dy)
+        return dy

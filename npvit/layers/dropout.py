@@ -1,0 +1,35 @@
+"""Inverted dropout (Srivastava et al. 2014): scale kept units by 1/(1-p) at train time."""
+from __future__ import annotations
+
+import math
+
+from ..backend import default_rng, get_array_module
+from .base import Layer
+
+
+class Dropout(Layer):
+    """x (...) -> y (...). Identity in eval mode or when p == 0."""
+
+    def __init__(self, p=0.0, seed=0):
+        super().__init__()
+        if not (isinstance(p, (int, float)) and math.isfinite(p) and 0.0 <= p < 1.0):
+            raise ValueError(f"dropout probability must be in [0, 1), got {p!r}")
+        self.p = float(p)
+        self.seed = seed
+        self.rng = None  # made lazily on the input's device
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self.mask = None
+            return x
+        xp = get_array_module(x)
+        if self.rng is None:
+            self.rng = default_rng(xp, self.seed)
+        # mask = keep / (1 - p), drawn in x's dtype so float32 stays float32
+        self.mask = (self.rng.random(x.shape, dtype=x.dtype) >= self.p).astype(x.dtype)
+        self.mask *= 1.0 / (1.0 - self.p)
+        return x * self.mask
+
+    def backward(self, dy):
+        # y = x * mask  =>  dx = dy * mask
+        return dy if self.mask is None else dy * self.mask

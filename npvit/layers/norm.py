@@ -1,0 +1,41 @@
+"""Layer normalisation over the last dimension (Ba, Kiros & Hinton 2016), as torch.nn.LayerNorm."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import get_array_module
+from .base import Layer
+
+
+class LayerNorm(Layer):
+    """x (..., D) -> y (..., D); weight (D,) = 1 and bias (D,) = 0 at init; eps 1e-5 as PyTorch."""
+
+    def __init__(self, dim, eps=1e-5):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+        self.add_param("weight", np.ones(dim))
+        self.add_param("bias", np.zeros(dim))
+
+    def forward(self, x):
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"LayerNorm expects last dimension {self.dim}, got input of shape {x.shape}")
+        xp = get_array_module(x)
+        mean = x.mean(axis=-1, keepdims=True)                   # (..., 1)
+        xc = x - mean
+        var = (xc * xc).mean(axis=-1, keepdims=True)            # biased variance, as torch
+        self.rstd = 1.0 / xp.sqrt(var + self.eps)               # (..., 1)
+        self.xhat = xc * self.rstd                              # (..., D)
+        return self.xhat * self.params["weight"] + self.params["bias"]
+
+    def backward(self, dy):
+        # y = xhat * w + b,  xhat = (x - mean) * rstd
+        # dw = sum(dy * xhat), db = sum(dy), dxhat = dy * w
+        # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+        lead = tuple(range(dy.ndim - 1))
+        self.grads["weight"] += (dy * self.xhat).sum(axis=lead)
+        self.grads["bias"] += dy.sum(axis=lead)
+        dxhat = dy * self.params["weight"]
+        dx = dxhat - dxhat.mean(axis=-1, keepdims=True)
+        dx -= self.xhat * (dxhat * self.xhat).mean(axis=-1, keepdims=True)
+        dx *= self.rstd
+        return dx

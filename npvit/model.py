@@ -1,0 +1,174 @@
+"""The Vision Transformer (Dosovitskiy et al. 2020) of the article, top to bottom in one file.
+
+    images (B, C, H, W)
+      -> embedding: patches (im2col + GEMM), [CLS] prepended, + position embeddings   (B, N, D)
+      -> encoder: L pre-norm blocks (attention, MLP, residuals)                          (B, N, D)
+      -> [optional final LayerNorm] -> classifier on the [CLS] token                    (B, K)
+
+Parameter names are those of the article's PyTorch ``ViTForClassfication``, so
+its ``state_dict`` loads here and ours loads there.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .backend import check_dtype, get_array_module, get_xp, to_device, to_numpy
+from .config import ViTConfig
+from .layers import Embeddings, Encoder, LayerNorm, Linear
+from .layers.base import Layer
+
+PER_HEAD_KEY = re.compile(r"^encoder\.blocks\.(\d+)\.attention\.heads\.(\d+)\.(query|key|value)\.(weight|bias)$")
+
+
+class ViT(Layer):
+    """ViT(config, backend="numpy"|"cupy", dtype="float32"|"float64", seed=0).
+
+    ``model(x)`` -> logits (B, K); ``model.backward(dlogits)`` -> dx (B, C, H, W),
+    with every parameter gradient added into ``model.gradients()``.
+    """
+
+    def __init__(self, config=None, backend="numpy", dtype="float32", seed=0):
+        super().__init__()
+        if config is None:
+            config = ViTConfig()
+        elif isinstance(config, dict):
+            config = ViTConfig.from_dict(config)
+        elif not isinstance(config, ViTConfig):
+            raise TypeError(f"config must be a ViTConfig or a dict, got {type(config).__name__}")
+        self.config = config
+        get_xp(backend)                         # validate now: unknown backend / no CuPy fail here
+        self.backend = backend
+        self.dtype = check_dtype(dtype)
+        self.seed = seed
+        c = config
+        rng = np.random.default_rng(seed)       # host RNG: the same seed gives the same weights on every backend
+        std = c.initializer_range
+        self.embedding = Embeddings(c.image_size, c.patch_size, c.num_channels, c.hidden_size,
+                                    c.hidden_dropout_prob, rng=rng, std=std, seed=seed)
+        self.encoder = Encoder(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size,
+                               c.qkv_bias, c.hidden_dropout_prob, c.attention_probs_dropout_prob,
+                               c.gelu_approximate, rng=rng, std=std, seed=seed + 100)
+        self.layernorm = LayerNorm(c.hidden_size) if c.final_layernorm else None
+        self.classifier = Linear(c.hidden_size, c.num_classes, rng=rng, std=std)
+        self.astype(self.dtype).to(self.xp)
+
+    @property
+    def xp(self):
+        """The array module (numpy or cupy) the model's arrays live on."""
+        return get_xp(self.backend)
+
+    # -- forward / backward -------------------------------------------------
+    def check_input(self, x):
+        c, xp = self.config, self.xp
+        if not isinstance(x, xp.ndarray):
+            where = "a NumPy array" if isinstance(x, np.ndarray) else type(x).__name__
+            raise TypeError(f"input must be a {xp.__name__} array on the model's device ({self.backend}), "
+                            f"got {where}; use npvit.backend.to_device(x, model.xp)")
+        if x.dtype.kind != "f":
+            raise TypeError(f"input must be floating point (normalised images), got dtype {x.dtype}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match the model's {self.dtype}; "
+                            f"cast it with x.astype('{self.dtype}')")
+        expected = (c.num_channels, c.image_size, c.image_size)
+        if x.ndim != 4:
+            raise ValueError(f"input must be (B, C, H, W) = (B, {', '.join(map(str, expected))}), "
+                             f"got rank {x.ndim} shape {x.shape}")
+        if x.shape[1] != c.num_channels:
+            raise ValueError(f"input has {x.shape[1]} channels, the model expects num_channels={c.num_channels}")
+        if x.shape[2:] != expected[1:]:
+            raise ValueError(f"input images are {x.shape[2]}x{x.shape[3]}, the model expects "
+                             f"image_size={c.image_size} ({c.image_size}x{c.image_size})")
+
+    def forward(self, x, return_attention=False):
+        """x (B, C, H, W) -> logits (B, K), and with return_attention the L maps att (B, H, N, N)."""
+        self.check_input(x)
+        h = self.embedding.forward(x)                            # (B, N, D)
+        h = self.encoder.forward(h, return_attention)
+        h, atts = h if return_attention else (h, None)
+        if self.layernorm is not None:
+            h = self.layernorm.forward(h)
+        self.h_shape = h.shape
+        logits = self.classifier.forward(h[:, 0])                # (B, K): the [CLS] token only
+        return (logits, atts) if return_attention else logits
+
+    def backward(self, dlogits):
+        """dlogits (B, K) -> dx (B, C, H, W); parameter gradients accumulate."""
+        if dlogits.shape != (self.h_shape[0], self.config.num_classes):
+            raise ValueError(f"dlogits must have the logits' shape {(self.h_shape[0], self.config.num_classes)}, "
+                             f"got {dlogits.shape}")
+        xp = get_array_module(dlogits)
+        dcls = self.classifier.backward(dlogits)                 # (B, D)
+        dh = xp.zeros(self.h_shape, dtype=dcls.dtype)            # only token 0 reaches the classifier
+        dh[:, 0] = dcls
+        if self.layernorm is not None:
+            dh = self.layernorm.backward(dh)
+        return self.embedding.backward(self.encoder.backward(dh))
+
+    # -- PyTorch interop ----------------------------------------------------
+    def state_dict(self) -> dict:
+        """Host (NumPy) copies of every parameter under the article's PyTorch names."""
+        return {k: to_numpy(v).copy() for k, v in self.parameters().items()}
+
+    def grad_dict(self) -> dict:
+        """Host (NumPy) copies of every gradient, same names as ``state_dict()``."""
+        return {k: to_numpy(v).copy() for k, v in self.gradients().items()}
+
+    def load_state_dict(self, state_dict: dict):
+        """Copy weights in from ``state_dict`` (NumPy arrays or torch tensors).
+
+        Accepts our fused names and the article's per-head spelling
+        ``encoder.blocks.{i}.attention.heads.{h}.query.weight`` (and key/value,
+        bias), which are stacked into ``qkv_projection`` as Q rows, K rows, V rows.
+        Missing, unexpected or mis-shaped keys raise one ValueError naming them all.
+        """
+        sd = {k: _as_numpy(v) for k, v in state_dict.items()}
+        sd = self._fuse_per_head(sd)
+        params = self.parameters()
+        missing = [k for k in params if k not in sd]
+        unexpected = [k for k in sd if k not in params]
+        shapes = [f"{k}: expected {tuple(params[k].shape)}, got {tuple(sd[k].shape)}"
+                  for k in params if k in sd and tuple(sd[k].shape) != tuple(params[k].shape)]
+        problems = []
+        if missing:
+            problems.append(f"missing keys {missing}")
+        if unexpected:
+            problems.append(f"unexpected keys {unexpected}")
+        if shapes:
+            problems.append("shape mismatch: " + "; ".join(shapes))
+        if problems:
+            raise ValueError("cannot load state_dict: " + " | ".join(problems))
+        for name, layer_params, key in self._param_slots():
+            layer_params[key] = to_device(np.asarray(sd[name], dtype=self.dtype), self.xp)
+        return self
+
+    def _param_slots(self):
+        for lname, layer in self.named_layers():
+            for key in layer.params:
+                yield (f"{lname}.{key}" if lname else key), layer.params, key
+
+    def _fuse_per_head(self, sd):
+        """Stack the article's per-head query/key/value Linear weights into our fused qkv_projection."""
+        found = {}
+        for k in list(sd):
+            m = PER_HEAD_KEY.match(k)
+            if m:
+                i, h, which, kind = int(m[1]), int(m[2]), m[3], m[4]
+                found.setdefault((i, kind), {})[(which, h)] = sd.pop(k)
+        H = self.config.num_attention_heads
+        for (i, kind), parts in found.items():
+            need = [(w, h) for w in ("query", "key", "value") for h in range(H)]
+            absent = [f"encoder.blocks.{i}.attention.heads.{h}.{w}.{kind}" for w, h in need if (w, h) not in parts]
+            extra = [f"encoder.blocks.{i}.attention.heads.{h}.{w}.{kind}" for w, h in parts if h >= H]
+            if absent or extra:
+                raise ValueError(f"cannot load per-head attention of block {i}: missing {absent}, "
+                                 f"unexpected {extra} (the config has {H} heads)")
+            sd[f"encoder.blocks.{i}.attention.qkv_projection.{kind}"] = np.concatenate([parts[n] for n in need])
+        return sd
+
+
+def _as_numpy(v):
+    if hasattr(v, "detach"):  # a torch tensor, without importing torch
+        v = v.detach().cpu().numpy()
+    return to_numpy(v)

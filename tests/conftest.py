@@ -1,0 +1,36 @@
+"""Shared fixtures: the backends (numpy always, cupy when a GPU is there), tolerances per dtype."""
+import numpy as np
+import pytest
+
+from npvit.backend import cupy_available, get_xp
+
+# Relative tolerances for comparisons against PyTorch, one place for the whole suite.
+TORCH_RTOL = {"float64": 1e-10, "float32": 1e-4}
+GRADCHECK_TOL = 1e-6
+
+BACKENDS = ["numpy", pytest.param("cupy", marks=pytest.mark.gpu)]
+
+
+def pytest_collection_modifyitems(config, items):
+    if cupy_available():
+        return
+    skip = pytest.mark.skip(reason="CuPy with a CUDA GPU is not available on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def xp(backend):
+    return get_xp(backend)
+
+
+def rel_err(a, b):
+    """max |a - b| / max |b|: a relative error that is not fooled by elements near zero."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))

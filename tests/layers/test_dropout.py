@@ -1,0 +1,38 @@
+import numpy as np
+import pytest
+
+from npvit.backend import get_xp, to_numpy
+from npvit.layers import Dropout
+
+
+def test_eval_mode_and_p0_are_identity():
+    x = np.random.default_rng(0).standard_normal((4, 8))
+    d = Dropout(0.5).eval()
+    assert d.forward(x) is x and d.backward(x) is x
+    assert Dropout(0.0).forward(x) is x
+
+
+def test_train_mode_drops_and_rescales(backend):
+    xp = get_xp(backend)
+    x = xp.ones((200, 500), dtype=xp.float32)
+    d = Dropout(0.25, seed=3)
+    y = to_numpy(d.forward(x))
+    assert y.dtype == np.float32
+    kept = y != 0
+    assert abs(kept.mean() - 0.75) < 0.01                      # 100k draws: 0.01 is > 10 sigma
+    np.testing.assert_allclose(y[kept], 1 / 0.75, rtol=1e-6)   # inverted dropout keeps E[y] = x
+    dy = xp.full(x.shape, 2.0, dtype=xp.float32)
+    np.testing.assert_array_equal(to_numpy(d.backward(dy)), 2.0 * y)  # dx = dy * mask
+
+
+def test_same_seed_same_masks():
+    x = np.ones((10, 10))
+    a, b = Dropout(0.5, seed=7), Dropout(0.5, seed=7)
+    np.testing.assert_array_equal(a.forward(x), b.forward(x))
+    assert not np.array_equal(a.forward(x), Dropout(0.5, seed=8).forward(x))
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, float("nan"), "0.5"])
+def test_bad_probability_is_a_clear_error(p):
+    with pytest.raises(ValueError, match="dropout probability"):
+        Dropout(p)
