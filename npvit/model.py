@@ -139,14 +139,10 @@ class ViT(Layer):
             problems.append("shape mismatch: " + "; ".join(shapes))
         if problems:
             raise ValueError("cannot load state_dict: " + " | ".join(problems))
-        for name, layer_params, key in self._param_slots():
-            layer_params[key] = to_device(np.asarray(sd[name], dtype=self.dtype), self.xp)
+        # In place, so optimisers holding these arrays keep seeing the model's weights.
+        for name, p in params.items():
+            p[...] = to_device(np.asarray(sd[name], dtype=self.dtype), self.xp)
         return self
-
-    def _param_slots(self):
-        for lname, layer in self.named_layers():
-            for key in layer.params:
-                yield (f"{lname}.{key}" if lname else key), layer.params, key
 
     def _fuse_per_head(self, sd):
         """Stack the article's per-head query/key/value Linear weights into our fused qkv_projection."""

@@ -39,11 +39,12 @@ class Block(Layer):
     def __init__(self, hidden_size, num_heads, intermediate_size, qkv_bias=True, hidden_dropout=0.0,
                  attn_dropout=0.0, approximate="tanh", rng=None, std=0.02, seed=0):
         super().__init__()
-        self.layernorm_1 = LayerNorm(hidden_size)
+        # Defined in the article's order, so parameters() lists names as its state_dict does.
         self.attention = MultiHeadSelfAttention(hidden_size, num_heads, qkv_bias, attn_dropout, hidden_dropout,
                                                 rng=rng, std=std, seed=seed)
-        self.layernorm_2 = LayerNorm(hidden_size)
+        self.layernorm_1 = LayerNorm(hidden_size)
         self.mlp = MLP(hidden_size, intermediate_size, hidden_dropout, approximate, rng=rng, std=std, seed=seed + 2)
+        self.layernorm_2 = LayerNorm(hidden_size)
 
     def forward(self, x, return_attention=False):
         a = self.attention.forward(self.layernorm_1.forward(x), return_attention)

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from npvit.gradcheck import check_layer_gradients
+from npvit.layers import MLP, Block, Encoder
+from tests.conftest import GRADCHECK_TOL
+from tests.helpers import compare_with_torch, to_device
+from tests.reference import article_vit as ref
+
+
+def cfg(D, H, I, L=2):
+    return dict(hidden_size=D, num_attention_heads=H, intermediate_size=I, num_hidden_layers=L, qkv_bias=True,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+SHAPES = [(2, 5, 12, 3, 20), (2, 17, 48, 4, 192), (1, 10, 36, 6, 50)]  # (B, N, D, H, I)
+init = dict(std=0.3)
+
+
+def randomise_norms(layer, seed=2):
+    """LayerNorm weight 1 / bias 0 would hide gradient bugs that multiply by them."""
+    rng = np.random.default_rng(seed)
+    for name, p in layer.parameters().items():
+        if "layernorm" in name:
+            p[...] = (1.0 if name.endswith("weight") else 0.0) + 0.3 * rng.standard_normal(p.shape)
+    return layer
+
+
+@pytest.mark.parametrize("B,N,D,H,I", SHAPES)
+def test_gradcheck(B, N, D, H, I, xp):
+    x = to_device(np.random.default_rng(0).standard_normal((B, N, D)), xp)
+    rng = np.random.default_rng(1)
+    check_layer_gradients(MLP(D, I, rng=rng, **init).to(xp), x).assert_ok(GRADCHECK_TOL)
+    check_layer_gradients(randomise_norms(Block(D, H, I, rng=rng, **init)).to(xp), x).assert_ok(GRADCHECK_TOL)
+    check_layer_gradients(randomise_norms(Encoder(2, D, H, I, rng=rng, **init)).to(xp), x).assert_ok(GRADCHECK_TOL)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("B,N,D,H,I", SHAPES)
+def test_matches_article_modules(B, N, D, H, I, dtype, backend):
+    x = np.random.default_rng(0).standard_normal((B, N, D))
+    rng = np.random.default_rng(1)
+    compare_with_torch(MLP(D, I, rng=rng, **init), ref.MLP(cfg(D, H, I)), x, dtype, backend)
+    compare_with_torch(randomise_norms(Block(D, H, I, rng=rng, **init)), ref.Block(cfg(D, H, I)), x, dtype, backend)
+    compare_with_torch(randomise_norms(Encoder(2, D, H, I, rng=rng, **init)), ref.Encoder(cfg(D, H, I)), x, dtype,
+                       backend)
+
+
+def test_encoder_returns_one_attention_map_per_block():
+    enc = Encoder(3, 12, 3, 20)
+    y, atts = enc.forward(np.random.default_rng(0).standard_normal((2, 5, 12)), return_attention=True)
+    assert y.shape == (2, 5, 12) and len(atts) == 3 and all(a.shape == (2, 3, 5, 5) for a in atts)

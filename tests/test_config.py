@@ -1,0 +1,44 @@
+import json
+import math
+
+import pytest
+
+from npvit import ViTConfig
+
+ARTICLE = {"patch_size": 4, "hidden_size": 48, "num_hidden_layers": 4, "num_attention_heads": 4,
+           "intermediate_size": 4 * 48, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+           "initializer_range": 0.02, "image_size": 32, "num_classes": 10, "num_channels": 3, "qkv_bias": True,
+           "use_faster_attention": True}
+
+
+def test_defaults_are_the_articles_model():
+    c = ViTConfig()
+    assert {k: v for k, v in c.to_dict().items() if k in ARTICLE} == ARTICLE
+    assert c.num_tokens == 65
+
+
+def test_accepts_the_articles_config_dict_and_json(tmp_path):
+    assert ViTConfig.from_dict(ARTICLE) == ViTConfig()
+    assert ViTConfig.from_dict({**ARTICLE, "use_faster_attention": False}).hidden_size == 48
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(ARTICLE))
+    assert ViTConfig.from_json(path) == ViTConfig()
+
+
+@pytest.mark.parametrize("change,error,match", [
+    ({"hidden_size": 50}, ValueError, "hidden_size 50 is not divisible by num_attention_heads 4"),
+    ({"image_size": 30}, ValueError, "image_size 30 is not divisible by patch_size 4"),
+    ({"hidden_dropout_prob": math.nan}, ValueError, "hidden_dropout_prob must be a probability"),
+    ({"attention_probs_dropout_prob": 1.0}, ValueError, "attention_probs_dropout_prob"),
+    ({"initializer_range": math.nan}, ValueError, "initializer_range"),
+    ({"initializer_range": -0.02}, ValueError, "initializer_range"),
+    ({"num_hidden_layers": 0}, ValueError, "num_hidden_layers must be positive"),
+    ({"patch_size": 4.0}, TypeError, "patch_size must be an int"),
+    ({"num_classes": True}, TypeError, "num_classes must be an int"),
+    ({"qkv_bias": "yes"}, TypeError, "qkv_bias must be true or false"),
+    ({"gelu_approximate": "fast"}, ValueError, "gelu_approximate"),
+    ({"hidden_szie": 48}, ValueError, r"unknown config keys \['hidden_szie'\]"),
+])
+def test_bad_config_is_a_clear_error(change, error, match):
+    with pytest.raises(error, match=match):
+        ViTConfig.from_dict({**ARTICLE, **change})
