@@ -55,3 +55,21 @@ def test_bad_input_is_a_clear_error():
         softmax_cross_entropy(np.zeros(4), np.array([0]))
     with pytest.raises(ValueError, match="label_smoothing"):
         softmax_cross_entropy(logits, np.array([0, 1, 2]), label_smoothing=1.5)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_soft_targets_match_torch_and_onehot(smoothing):
+    rng = np.random.default_rng(0)
+    logits = 3 * rng.standard_normal((6, 5))
+    q = rng.dirichlet(np.ones(5), size=6)
+    loss, d = softmax_cross_entropy(logits, q, smoothing)
+    lt = torch.tensor(logits, requires_grad=True)
+    ref = torch.nn.CrossEntropyLoss(label_smoothing=smoothing)(lt, torch.tensor(q))
+    ref.backward()
+    assert rel_err(loss, ref.item()) < 1e-12 and rel_err(d, lt.grad.numpy()) < 1e-12
+    labels = rng.integers(0, 5, 6)
+    hard = softmax_cross_entropy(logits, labels, smoothing)
+    soft = softmax_cross_entropy(logits, np.eye(5)[labels], smoothing)
+    assert rel_err(soft[0], hard[0]) < 1e-12 and rel_err(soft[1], hard[1]) < 1e-12
+    check_function_gradients(lambda: softmax_cross_entropy(logits, q, smoothing)[0], {"logits": logits},
+                             {"logits": d}).assert_ok(GRADCHECK_TOL)

@@ -1,0 +1,233 @@
+"""Datasets: CIFAR-10 in its standard python layout, and folders of images.
+
+Images are held once as uint8 (N, C, H, W) on the host; the trainer moves them
+to the model's device once and normalises batches on the fly there.
+
+CIFAR-10 (Krizhevsky 2009) lives in ``<root>/cifar-10-batches-py/``:
+``data_batch_1..5``, ``test_batch`` and ``batches.meta``, pickled dicts with
+``data`` (N, 3072) uint8 (channel-major rows) and ``labels``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+
+import numpy as np
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_DIR = "cifar-10-batches-py"
+CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+CIFAR10_TEST = "test_batch"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class DataError(RuntimeError):
+    """Data missing, corrupt or unusable; the message says how to fix it."""
+
+
+@dataclass
+class Dataset:
+    """uint8 images (N, C, H, W) and int64 labels (N,) for both splits, with class names."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: tuple
+
+    def limit(self, train=None, test=None) -> "Dataset":
+        """The first ``train`` / ``test`` images of each split (for quick runs)."""
+        for name, n in (("train", train), ("test", test)):
+            if n is not None and n <= 0:
+                raise ValueError(f"--{name}-limit must be positive, got {n}")
+        return Dataset(self.x_train[:train], self.y_train[:train], self.x_test[:test], self.y_test[:test],
+                       self.classes)
+
+    def channel_stats(self):
+        """Per-channel mean and std of the training images, in [0, 1] units."""
+        x = self.x_train.astype(np.float64) / 255.0
+        return x.mean(axis=(0, 2, 3)).tolist(), x.std(axis=(0, 2, 3)).tolist()
+
+
+# -- CIFAR-10 -------------------------------------------------------------------
+def _fix_hint(root):
+    return (f"delete {os.path.join(root, CIFAR10_DIR)} and run again with downloading allowed, "
+            f"or point --data-dir at a folder holding a good {CIFAR10_DIR}/")
+
+
+def _read_batch(path, root):
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="latin1")
+        data = np.asarray(d["data"], dtype=np.uint8)
+        labels = np.asarray(d["labels"], dtype=np.int64)
+    except FileNotFoundError:
+        raise DataError(f"CIFAR-10 file {path} is missing; {_fix_hint(root)}") from None
+    except Exception as e:
+        raise DataError(f"CIFAR-10 file {path} is corrupt or truncated ({type(e).__name__}: {e}); "
+                        f"{_fix_hint(root)}") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DataError(f"CIFAR-10 file {path} has data {data.shape} and {len(labels)} labels, expected "
+                        f"(N, 3072) and N labels; {_fix_hint(root)}")
+    if len(labels) and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"CIFAR-10 file {path} has labels outside 0..9; {_fix_hint(root)}")
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def cifar10_present(root) -> bool:
+    folder = os.path.join(root, CIFAR10_DIR)
+    return all(os.path.isfile(os.path.join(folder, f)) for f in CIFAR10_TRAIN + [CIFAR10_TEST])
+
+
+def load_cifar10(root, download=False, url=CIFAR10_URL, md5=CIFAR10_MD5) -> Dataset:
+    """Read CIFAR-10 from ``root/cifar-10-batches-py``; download it first if absent and ``download``."""
+    root = os.fspath(root)
+    if not cifar10_present(root):
+        if not download:
+            raise DataError(f"CIFAR-10 not found: {os.path.join(root, CIFAR10_DIR)} does not hold "
+                            f"{', '.join(CIFAR10_TRAIN)}, {CIFAR10_TEST}; allow downloading (drop --no-download) "
+                            f"or point --data-dir at the folder that contains {CIFAR10_DIR}/")
+        download_cifar10(root, url=url, md5=md5)
+    folder = os.path.join(root, CIFAR10_DIR)
+    train = [_read_batch(os.path.join(folder, f), root) for f in CIFAR10_TRAIN]
+    x_test, y_test = _read_batch(os.path.join(folder, CIFAR10_TEST), root)
+    classes = CIFAR10_CLASSES
+    meta = os.path.join(folder, "batches.meta")
+    if os.path.isfile(meta):
+        try:
+            with open(meta, "rb") as f:
+                classes = tuple(pickle.load(f, encoding="latin1")["label_names"])
+        except Exception as e:
+            raise DataError(f"CIFAR-10 file {meta} is corrupt ({e}); {_fix_hint(root)}") from None
+    return Dataset(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_test, y_test,
+                   classes)
+
+
+def download_cifar10(root, url=CIFAR10_URL, md5=CIFAR10_MD5, use_torchvision=None):
+    """Fetch CIFAR-10 into ``root``. torchvision does it (and verifies the archive) when it imports;
+    otherwise the standard library downloads ``url``, checks ``md5`` and extracts safely.
+    Nothing half-written is left in ``root`` if any step fails."""
+    root = os.fspath(root)
+    os.makedirs(root, exist_ok=True)
+    if use_torchvision is None:
+        try:
+            import torchvision  # noqa: F401
+            use_torchvision = url == CIFAR10_URL
+        except Exception:  # not installed, or it does not import next to this torch
+            use_torchvision = False
+    if use_torchvision:
+        import torchvision
+
+        torchvision.datasets.CIFAR10(root, train=True, download=True)
+        return
+    with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
+        archive = os.path.join(tmp, "cifar-10-python.tar.gz")
+        print(f"downloading CIFAR-10 from {url} ...", flush=True)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(archive, "wb") as f:
+                shutil.copyfileobj(r, f)
+        except Exception as e:
+            raise DataError(f"could not download CIFAR-10 from {url} ({e}); download cifar-10-python.tar.gz "
+                            f"yourself and extract it into {root}, or point --data-dir at an existing copy") from None
+        digest = _md5(archive)
+        if digest != md5:
+            raise DataError(f"downloaded archive from {url} has MD5 {digest}, expected {md5}: corrupt or not "
+                            f"CIFAR-10; nothing was written to {root}")
+        extracted = os.path.join(tmp, "x")
+        safe_extract(archive, extracted)
+        if not cifar10_present(extracted):
+            raise DataError(f"the archive from {url} does not contain {CIFAR10_DIR}/ with the CIFAR-10 batches")
+        target = os.path.join(root, CIFAR10_DIR)
+        if os.path.exists(target):
+            shutil.rmtree(target)       # an incomplete copy: replaced whole
+        os.replace(os.path.join(extracted, CIFAR10_DIR), target)
+
+
+def _md5(path):
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def safe_extract(archive, dest):
+    """Extract a tar archive, refusing links, devices, absolute paths and '..' (path traversal)."""
+    with tarfile.open(archive) as tar:
+        for m in tar.getmembers():
+            parts = m.name.replace("\\", "/").split("/")
+            if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
+                raise DataError(f"refusing to extract unsafe archive member {m.name!r} from {archive}")
+        kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(dest, **kwargs)
+
+
+# -- image folders ----------------------------------------------------------------
+def load_image_folder(root, image_size, num_channels=3) -> Dataset:
+    """``root/train/<class>/*.png|jpg`` and ``root/test/<class>/...``: classes are the sorted
+    folder names of train/; every image is converted to RGB (or L for 1 channel) and resized to
+    ``image_size`` x ``image_size`` (bilinear). Needs Pillow."""
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise DataError("reading image folders needs Pillow: pip install pillow") from e
+    root = os.fspath(root)
+    splits = {s: os.path.join(root, s) for s in ("train", "test")}
+    missing = [p for p in splits.values() if not os.path.isdir(p)]
+    if missing:
+        raise DataError(f"image folder dataset needs {root}/train/<class>/ and {root}/test/<class>/; "
+                        f"missing {missing}")
+    classes = tuple(sorted(d for d in os.listdir(splits["train"]) if os.path.isdir(os.path.join(splits["train"], d))))
+    if not classes:
+        raise DataError(f"no class folders in {splits['train']}")
+    mode = "RGB" if num_channels == 3 else "L"
+    out = []
+    for split, folder in splits.items():
+        xs, ys = [], []
+        for label, name in enumerate(classes):
+            cdir = os.path.join(folder, name)
+            if not os.path.isdir(cdir):
+                continue
+            for fname in sorted(os.listdir(cdir)):
+                if not fname.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                path = os.path.join(cdir, fname)
+                try:
+                    with Image.open(path) as im:
+                        im = im.convert(mode)
+                        if im.size != (image_size, image_size):
+                            im = im.resize((image_size, image_size), Image.BILINEAR)
+                        a = np.asarray(im, dtype=np.uint8)
+                except Exception as e:
+                    raise DataError(f"cannot read image {path} ({e})") from None
+                xs.append(a.reshape(image_size, image_size, -1).transpose(2, 0, 1))
+                ys.append(label)
+        if not xs:
+            raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}/<class>/")
+        out += [np.stack(xs), np.asarray(ys, dtype=np.int64)]
+    return Dataset(out[0], out[1], out[2], out[3], classes)
+
+
+def load_image(path, image_size, num_channels=3):
+    """One image file as uint8 (1, C, S, S), resized as the folder dataset does."""
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise DataError("reading images needs Pillow: pip install pillow") from e
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no image at {path}")
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB" if num_channels == 3 else "L").resize((image_size, image_size), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8)
+    except Exception as e:
+        raise DataError(f"cannot read image {path} ({e})") from None
+    return a.reshape(image_size, image_size, -1).transpose(2, 0, 1)[None]

@@ -1,0 +1,130 @@
+import hashlib
+import http.server
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from npvit.data import (CIFAR10_CLASSES, DataError, download_cifar10, load_cifar10, load_image, load_image_folder)
+from tests.cifar_fixtures import fake_batches, fake_cifar_archive, write_fake_cifar
+
+
+def test_reads_the_standard_layout(tmp_path):
+    write_fake_cifar(tmp_path, n_per_batch=20)
+    d = load_cifar10(tmp_path)
+    assert d.x_train.shape == (100, 3, 32, 32) and d.x_train.dtype == np.uint8
+    assert d.x_test.shape == (20, 3, 32, 32) and d.y_train.dtype == np.int64
+    assert d.classes == CIFAR10_CLASSES
+    # rows are channel-major: the first 1024 bytes are the red plane
+    import pickle
+    raw = pickle.loads(fake_batches(20)["data_batch_1"])
+    np.testing.assert_array_equal(d.x_train[0, 0].ravel(), raw["data"][0, :1024])
+    np.testing.assert_array_equal(d.y_train[:20], raw["labels"])
+    small = d.limit(train=7, test=3)
+    assert len(small.x_train) == 7 and len(small.y_test) == 3
+
+
+def test_missing_data_says_how_to_fix(tmp_path):
+    with pytest.raises(DataError, match="CIFAR-10 not found.*--data-dir"):
+        load_cifar10(tmp_path, download=False)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong_shape", "missing_one"])
+def test_corrupt_data_is_a_clear_error(tmp_path, damage):
+    write_fake_cifar(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "garbage":
+        path.write_bytes(b"\x00garbage")
+    elif damage == "wrong_shape":
+        import pickle
+        path.write_bytes(pickle.dumps({"data": np.zeros((5, 100), np.uint8), "labels": [0] * 5}))
+    else:
+        path.unlink()
+    match = "not found" if damage == "missing_one" else "data_batch_3"
+    with pytest.raises(DataError, match=match):
+        load_cifar10(tmp_path, download=False)
+
+
+class Server:
+    """A static file server on 127.0.0.1 (a random free port) for the download tests."""
+
+    def __init__(self, folder):
+        handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(folder), **k)  # noqa
+        http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    folder = tmp_path / "served"
+    folder.mkdir()
+    s = Server(folder)
+    s.folder = folder
+    yield s
+    s.close()
+
+
+def md5(path):
+    return hashlib.md5(open(path, "rb").read()).hexdigest()
+
+
+def test_download_fallback_over_loopback(server, tmp_path):
+    archive = fake_cifar_archive(server.folder / "cifar-10-python.tar.gz")
+    root = tmp_path / "data"
+    d = load_cifar10(root, download=True, url=f"{server.url}/cifar-10-python.tar.gz", md5=md5(archive))
+    assert d.x_train.shape == (100, 3, 32, 32)
+    assert sorted(os.listdir(root)) == ["cifar-10-batches-py"], "temporary files left behind"
+
+
+def test_download_with_wrong_md5_leaves_nothing(server, tmp_path):
+    fake_cifar_archive(server.folder / "cifar-10-python.tar.gz")
+    root = tmp_path / "data"
+    with pytest.raises(DataError, match="MD5"):
+        download_cifar10(root, url=f"{server.url}/cifar-10-python.tar.gz", md5="0" * 32, use_torchvision=False)
+    assert os.listdir(root) == []
+
+
+def test_unsafe_archive_is_refused(server, tmp_path):
+    archive = fake_cifar_archive(server.folder / "evil.tar.gz", extra_members=[("../escape.txt", b"x")])
+    root = tmp_path / "data"
+    with pytest.raises(DataError, match="unsafe archive member '../escape.txt'"):
+        download_cifar10(root, url=f"{server.url}/evil.tar.gz", md5=md5(archive), use_torchvision=False)
+    assert os.listdir(root) == [] and not (tmp_path / "escape.txt").exists()
+
+
+def test_unreachable_server_is_a_clear_error(server, tmp_path):
+    with pytest.raises(DataError, match="could not download CIFAR-10"):
+        download_cifar10(tmp_path / "d", url=f"{server.url}/missing.tar.gz", md5="0" * 32, use_torchvision=False)
+    assert os.listdir(tmp_path / "d") == []
+
+
+def test_image_folder_dataset(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("test", 2)):
+        for cls in ("zebra", "apple"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                a = rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)
+                Image.fromarray(a).save(tmp_path / split / cls / f"{i}.{'png' if i % 2 else 'jpg'}")
+    (tmp_path / "train" / "apple" / "notes.txt").write_text("not an image")
+    d = load_image_folder(tmp_path, image_size=16)
+    assert d.classes == ("apple", "zebra")
+    assert d.x_train.shape == (6, 3, 16, 16) and d.x_test.shape == (4, 3, 16, 16)
+    assert list(d.y_train) == [0, 0, 0, 1, 1, 1]
+    assert load_image(tmp_path / "test" / "apple" / "0.jpg", 16).shape == (1, 3, 16, 16)
+    (tmp_path / "train" / "apple" / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot read image .*bad.png"):
+        load_image_folder(tmp_path, image_size=16)
+    with pytest.raises(DataError, match="needs .*train/<class>"):
+        load_image_folder(tmp_path / "nowhere", image_size=16)

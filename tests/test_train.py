@@ -1,0 +1,137 @@
+"""scripts/train.py end to end: real CIFAR-10 images, exact resume after a stop or a crash, CLI errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from npvit.train import build_config, lr_at, ConfigError
+from tests.cifar_fixtures import REPO, real_cifar, write_fake_cifar
+
+TRAIN = [sys.executable, os.path.join(REPO, "scripts", "train.py")]
+# A small model keeps the resume tests quick; they test the loop, not the model.
+SMALL = ["--hidden-size", "24", "--num-attention-heads", "3", "--intermediate-size", "48",
+         "--num-hidden-layers", "2", "--no-progress"]
+
+
+def run(args, env=None, check=True):
+    p = subprocess.run(TRAIN + args, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=REPO)
+    if check and p.returncode != 0:
+        raise AssertionError(f"train.py {args} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def metrics(out):
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture(scope="session")
+def real_data(tmp_path_factory):
+    root = real_cifar(tmp_path_factory.mktemp("cifar10"))
+    if root is None:
+        pytest.skip("../shared/data/cifar10-jpeg.tar.gz is not here: no real CIFAR-10 to train on")
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def fake_data(tmp_path_factory):
+    return str(write_fake_cifar(tmp_path_factory.mktemp("fake"), n_per_batch=64))
+
+
+def test_trains_on_real_cifar10(real_data, tmp_path):
+    """The article's model on the first 2,000 real training images: loss falls, accuracy well above chance."""
+    out = str(tmp_path / "run")
+    p = run(["--data-dir", real_data, "--out-dir", out, "--epochs", "6", "--train-limit", "2000",
+             "--test-limit", "1000", "--batch-size", "64", "--warmup-epochs", "1", "--no-progress"])
+    m = metrics(out)
+    assert [r["epoch"] for r in m] == list(range(1, 7))
+    assert m[-1]["train_loss"] < m[0]["train_loss"] - 0.1, m
+    assert m[-1]["test_acc"] >= 0.25, f"test accuracy {m[-1]['test_acc']} (chance is 0.10)"
+    for name in ("latest.npz", "best.npz", "config.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert "test loss" in p.stdout and "img/s" in p.stdout
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(fake_data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("full"))
+    run(["--data-dir", fake_data, "--out-dir", out, "--epochs", "3", "--batch-size", "64", "--warmup-epochs", "1",
+         "--mixup", "0.2", "--hidden-dropout-prob", "0.1"] + SMALL)
+    return metrics(out)
+
+
+@pytest.mark.parametrize("sig,at", [("SIGINT", 7), ("SIGKILL", 7), ("SIGTERM", 4)])
+def test_stop_and_resume_reproduces_the_uninterrupted_run(fake_data, uninterrupted, tmp_path, sig, at):
+    """5 steps per epoch; a signal mid-epoch 2. SIGINT/SIGTERM save first; SIGKILL resumes from epoch 1."""
+    full = uninterrupted
+    out = str(tmp_path / "stopped")
+    args = ["--data-dir", fake_data, "--out-dir", out, "--epochs", "3", "--batch-size", "64", "--warmup-epochs", "1",
+            "--mixup", "0.2", "--hidden-dropout-prob", "0.1"] + SMALL
+    p = run(args, env={"NPVIT_TEST_SIGNAL_AT": f"{at}:{sig}"}, check=False)
+    if sig == "SIGKILL":
+        assert p.returncode == -signal.SIGKILL
+    else:
+        assert p.returncode == 0 and "resume with --resume" in p.stdout, p.stdout + p.stderr
+    assert len(metrics(out)) == 1                      # stopped inside epoch 2
+    p = run(["--resume", out, "--no-progress"])
+    assert "resuming from" in p.stdout
+    resumed = metrics(out)
+    assert len(resumed) == 3
+    for a, b in zip(full, resumed):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+            assert abs(a[key] - b[key]) <= 1e-6, (key, a, b)
+
+
+def test_cli_help_documents_the_flags():
+    out = run(["--help"]).stdout
+    for flag in ["--data-dir", "--out-dir", "--epochs", "--batch-size", "--lr", "--recipe", "--backend", "--dtype",
+                 "--seed", "--resume", "--train-limit", "--test-limit", "--config", "--hidden-size"]:
+        assert flag in out, flag
+
+
+def test_cli_bad_input_is_a_clear_error(fake_data, tmp_path):
+    p = run(["--epochz", "3"], check=False)
+    assert p.returncode == 2 and "unrecognized arguments: --epochz" in p.stderr
+    p = run(["--data-dir", fake_data, "--hidden-size", "50"], check=False)
+    assert p.returncode == 2 and "hidden_size 50 is not divisible by num_attention_heads 4" in p.stderr
+    p = run(["--data-dir", fake_data, "--batch-size", "0"], check=False)
+    assert p.returncode == 2 and "batch_size must be a positive integer" in p.stderr
+    p = run(["--recipe", "fast"], check=False)
+    assert p.returncode == 2 and "invalid choice: 'fast'" in p.stderr
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    p = run(["--data-dir", fake_data, "--out-dir", str(blocker / "out")], check=False)
+    assert p.returncode == 2 and "cannot write to output directory" in p.stderr
+    p = run(["--data-dir", str(tmp_path / "empty"), "--no-download", "--out-dir", str(tmp_path / "o")], check=False)
+    assert p.returncode == 2 and "CIFAR-10 not found" in p.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"epochs": 2, "hidden_szie": 3}')
+    p = run(["--config", str(bad)], check=False)
+    assert p.returncode == 2 and "unknown config keys ['hidden_szie']" in p.stderr
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(fake_data, tmp_path):
+    out = str(tmp_path / "run")
+    run(["--data-dir", fake_data, "--out-dir", out, "--epochs", "1", "--batch-size", "160"] + SMALL)
+    p = run(["--resume", out, "--hidden-size", "36"], check=False)
+    assert p.returncode == 2 and "is for another model" in p.stderr and "hidden_size" in p.stderr
+    p = run(["--resume", str(tmp_path / "nothing")], check=False)
+    assert p.returncode == 2 and "no checkpoint at" in p.stderr
+
+
+def test_config_precedence_and_schedule(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"recipe": "article", "lr": 0.5, "hidden_size": 64}))
+    cfg = build_config(file=str(f), overrides={"lr": 0.25})
+    assert cfg["recipe"] == "article" and cfg["batch_size"] == 256 and cfg["hidden_size"] == 64 and cfg["lr"] == 0.25
+    assert build_config()["recipe"] == "strong"
+    with pytest.raises(ConfigError, match="unknown recipe"):
+        build_config(recipe="nope")
+    cfg = build_config(overrides={"epochs": 10, "warmup_epochs": 2.0, "lr": 1.0, "schedule": "cosine"})
+    lrs = [lr_at(cfg, s, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.05) and lrs[19] == pytest.approx(1.0)
+    assert max(lrs) == pytest.approx(1.0) and lrs[-1] < 1e-3
+    assert all(a >= b for a, b in zip(lrs[19:], lrs[20:]))
