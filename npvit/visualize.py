@@ -1,0 +1,110 @@
+"""Pictures: training curves and attention maps (needs matplotlib).
+
+Attention of the [CLS] token, two ways:
+- ``cls_attention``: as the article's figure, the [CLS] row of every layer's and head's
+  attention averaged, over the patch tokens;
+- ``attention_rollout`` (Abnar & Zuidema 2020): per layer A' = (mean_heads A + I) / 2, rows
+  renormalised, multiplied through the layers, then the [CLS] row over the patches.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .backend import to_numpy
+
+
+def read_metrics(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(metrics, out_png, title=None):
+    """Loss and accuracy (train and test) per epoch, side by side."""
+    plt = _plt()
+    ep = [m["epoch"] for m in metrics]
+    tested = [m for m in metrics if "test_acc" in m]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot(ep, [m["train_loss"] for m in metrics], label="train")
+    a.plot([m["epoch"] for m in tested], [m["test_loss"] for m in tested], label="test")
+    a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
+    b.plot(ep, [100 * m["train_acc"] for m in metrics], label="train")
+    b.plot([m["epoch"] for m in tested], [100 * m["test_acc"] for m in tested], label="test")
+    if tested:
+        best = max(tested, key=lambda m: m["test_acc"])
+        b.annotate(f"{100 * best['test_acc']:.1f}%", (best["epoch"], 100 * best["test_acc"]),
+                   textcoords="offset points", xytext=(-10, 8))
+    b.set_xlabel("epoch"), b.set_ylabel("accuracy (%)"), b.legend(), b.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
+
+
+def _grid(maps):
+    B, Np = maps.shape
+    g = int(round(Np ** 0.5))
+    return maps.reshape(B, g, g)
+
+
+def cls_attention(atts):
+    """atts: L arrays (B, H, N, N) -> (B, G, G): [CLS] attention to each patch, mean over layers and heads."""
+    a = np.stack([to_numpy(x).astype(np.float64) for x in atts], axis=1)   # (B, L, H, N, N)
+    return _grid(a[:, :, :, 0, 1:].mean(axis=(1, 2)))
+
+
+def attention_rollout(atts):
+    """atts: L arrays (B, H, N, N) -> (B, G, G): rolled-out [CLS] attention to each patch."""
+    rollout = None
+    for att in atts:
+        a = to_numpy(att).astype(np.float64).mean(axis=1)                 # (B, N, N)
+        a = 0.5 * a + 0.5 * np.eye(a.shape[-1])                           # the residual path
+        a /= a.sum(axis=-1, keepdims=True)
+        rollout = a if rollout is None else a @ rollout
+    return _grid(rollout[:, 0, 1:])
+
+
+def upsample(maps, size):
+    """(B, G, G) -> (B, size, size) by repeating each cell (size must be a multiple of G)."""
+    r = size // maps.shape[-1]
+    return maps.repeat(r, axis=1).repeat(r, axis=2)
+
+
+def plot_attention(images_u8, maps, labels, preds, classes, out_png):
+    """One column per image: the image, then each named map (dict name -> (B, G, G)) overlaid on it."""
+    plt = _plt()
+    B, S = len(images_u8), images_u8.shape[-1]
+    rows = 1 + len(maps)
+    fig, axes = plt.subplots(rows, B, figsize=(1.8 * B, 1.9 * rows), squeeze=False)
+    imgs = images_u8.transpose(0, 2, 3, 1)
+    if imgs.shape[-1] == 1:
+        imgs = imgs[..., 0]
+    for j in range(B):
+        ok = labels[j] == preds[j]
+        axes[0, j].imshow(imgs[j], cmap="gray" if imgs.ndim == 3 else None)
+        axes[0, j].set_title(f"{classes[labels[j]]}\npred: {classes[preds[j]]}", fontsize=8,
+                             color="green" if ok else "red")
+        for i, (name, m) in enumerate(maps.items(), start=1):
+            up = upsample(m[j:j + 1], S)[0]
+            axes[i, j].imshow(imgs[j], cmap="gray" if imgs.ndim == 3 else None)
+            axes[i, j].imshow(up, cmap="jet", alpha=0.5)
+            if j == 0:
+                axes[i, j].set_ylabel(name, fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,53 @@
+#!/usr/bin/env python
+"""Test accuracy, per-class accuracy and confusion matrix of a trained checkpoint."""
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from npvit.data import load_cifar10, load_image_folder
+from npvit.evaluate import confusion_matrix, load_trained, predict_proba
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("checkpoint", help="a .npz written by scripts/train.py (e.g. runs/vit/best.npz)")
+    p.add_argument("--data-dir", default="./data", help="folder holding cifar-10-batches-py/ (or the image folder)")
+    p.add_argument("--dataset", choices=["cifar10", "folder"], default="cifar10")
+    p.add_argument("--test-limit", type=int, help="only the first N test images")
+    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = p.parse_args(argv)
+    try:
+        model, meta = load_trained(args.checkpoint, args.backend)
+        c = model.config
+        data = (load_cifar10(args.data_dir) if args.dataset == "cifar10"
+                else load_image_folder(args.data_dir, c.image_size, c.num_channels)).limit(test=args.test_limit)
+    except Exception as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    classes = meta["classes"]
+    preds = predict_proba(model, data.x_test, meta["mean"], meta["std"]).argmax(-1)
+    y = data.y_test
+    cm = confusion_matrix(y, preds, len(classes))
+    acc = float((preds == y).mean())
+    per_class = {name: float(cm[i, i] / max(cm[i].sum(), 1)) for i, name in enumerate(classes)}
+    print(f"test accuracy: {100 * acc:.2f}% on {len(y)} images\n")
+    print("per-class accuracy:")
+    for name, a in per_class.items():
+        print(f"  {name:<12} {100 * a:6.2f}%")
+    w = max(len(n) for n in classes)
+    print("\nconfusion matrix (rows: true class, columns: predicted):")
+    print(" " * (w + 1) + " ".join(f"{n[:5]:>5}" for n in classes))
+    for i, name in enumerate(classes):
+        print(f"{name:>{w}} " + " ".join(f"{v:>5}" for v in cm[i]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"accuracy": acc, "per_class": per_class, "confusion": cm.tolist(), "classes": classes}, f,
+                      indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
