@@ -27,9 +27,18 @@ class GELU(Layer):
         self.x = x
         if self.approximate == "tanh":
             # y = 0.5 x (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3)
-            # x*x*x, not x**3: float32 power goes through the slow pow().
-            self.t = xp.tanh(SQRT_2_OVER_PI * (x + GELU_COEF * (x * x * x)))
-            return 0.5 * x * (1.0 + self.t)
+            # Built in place in one buffer; x*x*x, not x**3 (float32 power goes through the slow pow()).
+            t = x * x
+            t *= x
+            t *= GELU_COEF
+            t += x
+            t *= SQRT_2_OVER_PI
+            xp.tanh(t, out=t)
+            self.t = t
+            y = t + 1.0
+            y *= x
+            y *= 0.5
+            return y
         # y = x Phi(x),  Phi(x) = 0.5 (1 + erf(x / sqrt 2))
         self.cdf = 0.5 * (1.0 + erf(x * INV_SQRT_2))
         return x * self.cdf
@@ -40,8 +49,18 @@ class GELU(Layer):
         if self.approximate == "tanh":
             # dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,  du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2)
             t = self.t
-            dudx = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_COEF * (x * x))
-            return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dudx)
+            dudx = x * x                                       # in place: dudx, then the whole derivative
+            dudx *= 3.0 * GELU_COEF * SQRT_2_OVER_PI
+            dudx += SQRT_2_OVER_PI
+            g = t * t                                          # g = 0.5 x (1 - t^2) dudx + 0.5 (1 + t)
+            xp.subtract(1.0, g, out=g)
+            g *= x
+            g *= dudx
+            g += t
+            g += 1.0
+            g *= 0.5
+            g *= dy
+            return g
         # dy/dx = Phi(x) + x phi(x),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi)
         pdf = INV_SQRT_2PI * xp.exp(-0.5 * (x * x))
         return dy * (self.cdf + x * pdf)

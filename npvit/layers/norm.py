@@ -21,11 +21,15 @@ class LayerNorm(Layer):
             raise ValueError(f"LayerNorm expects last dimension {self.dim}, got input of shape {x.shape}")
         xp = get_array_module(x)
         mean = x.mean(axis=-1, keepdims=True)                   # (..., 1)
-        xc = x - mean
-        var = (xc * xc).mean(axis=-1, keepdims=True)            # biased variance, as torch
-        self.rstd = 1.0 / xp.sqrt(var + self.eps)               # (..., 1)
-        self.xhat = xc * self.rstd                              # (..., D)
-        return self.xhat * self.params["weight"] + self.params["bias"]
+        xhat = x - mean                                         # centred; becomes xhat in place
+        var = (xhat * xhat).mean(axis=-1, keepdims=True)        # biased variance, as torch
+        var += self.eps
+        self.rstd = rstd = 1.0 / xp.sqrt(var)                   # (..., 1)
+        xhat *= rstd                                            # (..., D)
+        self.xhat = xhat
+        y = xhat * self.params["weight"]
+        y += self.params["bias"]
+        return y
 
     def backward(self, dy):
         # y = xhat * w + b,  xhat = (x - mean) * rstd

@@ -1,0 +1,367 @@
+#!/usr/bin/env python
+"""npvit vs PyTorch on the same ViT, side by side in one run.
+
+For each model (article; large: D 192, 6 layers, 3 heads, MLP 384), patch size (4: 65 tokens;
+2: 257 tokens) and batch size: milliseconds per training step (forward + loss + backward +
+AdamW) and per inference batch, median of repeats after warm-up, both frameworks with the
+same weights (state_dict interop) and the same thread count; peak extra memory of one
+training step (RSS high-water mark in a fresh process on the CPU, the memory pools on the GPU).
+
+    python benchmarks/bench_train_step.py                      # the full CPU table, 2 threads
+    python benchmarks/bench_train_step.py --quick              # article model, batch 256, patch 4
+    python benchmarks/bench_train_step.py --profile            # time per layer, forward and backward
+    python benchmarks/bench_train_step.py --backend cupy       # against torch CUDA on a GPU
+
+Writes the table to stdout and everything (machine, versions, threads) to JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+MODELS = {
+    "article": dict(hidden_size=48, num_hidden_layers=4, num_attention_heads=4, intermediate_size=192),
+    "large": dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=3, intermediate_size=384),
+}
+
+
+def set_threads(n):
+    # Must happen before numpy/torch load their BLAS.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def config(model, patch):
+    return {**MODELS[model], "patch_size": patch, "image_size": 32, "num_classes": 10, "num_channels": 3}
+
+
+# -- one measurement, run in a fresh process so peak memory is its own ---------------
+def measure(framework, backend, model, patch, batch, repeats, warmup, threads):
+    set_threads(threads)
+    sys.path.insert(0, REPO)
+    import numpy as np
+
+    import npvit
+    from npvit.optim import AdamW
+
+    cfg = config(model, patch)
+    rng = np.random.default_rng(0)
+    x_host = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    y_host = rng.integers(0, 10, batch)
+    ours = npvit.ViT(cfg, backend=backend, seed=0)
+    gpu = backend == "cupy"
+
+    if framework == "npvit":
+        xp = ours.xp
+        x, y = npvit.to_device(x_host, xp), npvit.to_device(y_host, xp)
+        opt = AdamW(ours, lr=1e-3, weight_decay=0.05)
+
+        def sync():
+            if gpu:
+                xp.cuda.Device().synchronize()
+
+        def train_step():
+            ours.zero_grad()
+            loss, dlogits = npvit.softmax_cross_entropy(ours(x), y)
+            ours.backward(dlogits)
+            opt.step()
+
+        def infer():
+            ours.eval()
+            ours(x)
+            ours.train()
+    else:
+        import torch
+
+        from tests.reference.article_vit import ViTForClassfication
+
+        torch.set_num_threads(threads)
+        dev = "cuda" if gpu else "cpu"
+        ref = ViTForClassfication({**npvit.ViTConfig(**cfg).to_dict(), "hidden_dropout_prob": 0.0,
+                                   "attention_probs_dropout_prob": 0.0}).to(dev)
+        ref.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
+        x, y = torch.tensor(x_host, device=dev), torch.tensor(y_host, device=dev)
+        opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=0.05)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def sync():
+            if gpu:
+                torch.cuda.synchronize()
+
+        def train_step():
+            opt.zero_grad(set_to_none=False)
+            loss_fn(ref(x)[0], y).backward()
+            opt.step()
+
+        def infer():
+            ref.eval()
+            with torch.no_grad():
+                ref(x)
+            ref.train()
+
+    def timed(fn):
+        for _ in range(warmup):
+            fn()
+        sync()
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            sync()
+            times.append(1000 * (time.perf_counter() - t))
+        return times
+
+    # Memory first: the first step of a fresh process, before allocators cache anything.
+    peak_mb = peak_step_memory(train_step, sync, framework, gpu)
+    out = {"train_ms": timed(train_step), "infer_ms": timed(infer), "peak_mb": peak_mb}
+    if framework == "npvit" and not gpu:
+        import tracemalloc  # NumPy reports its buffers to tracemalloc: a second, allocator-independent reading
+
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        train_step()
+        out["traced_peak_mb"] = (tracemalloc.get_traced_memory()[1] - base) / 2**20
+        tracemalloc.stop()
+    return out
+
+
+def peak_step_memory(step, sync, framework, gpu):
+    """Extra memory at the peak of one training step, in MiB, above what was held before it."""
+    if gpu:
+        if framework == "npvit":
+            import cupy
+
+            pool = cupy.get_default_memory_pool()
+            pool.free_all_blocks()
+            before = pool.used_bytes()
+            # CuPy has no peak counter: sample through a malloc hook
+            from cupy.cuda import memory_hooks
+
+            class Peak(memory_hooks.MemoryHook):
+                name = "peak"
+                peak = 0
+
+                def malloc_postprocess(self, **kw):
+                    Peak.peak = max(Peak.peak, pool.used_bytes())
+
+            with Peak():
+                step()
+                sync()
+            return (Peak.peak - before) / 2**20
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        sync()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+    # CPU: reset the RSS high-water mark (Linux clear_refs 5), run the first step, read VmHWM.
+    def status(key):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return float("nan")
+    before = status("VmRSS")
+    step()
+    return status("VmHWM") - before
+
+
+# -- per-layer profile ------------------------------------------------------------------
+def profile(backend, model, patch, batch, repeats, threads):
+    """Exclusive time per layer type, forward and backward, from timers wrapped around every layer."""
+    set_threads(threads)
+    sys.path.insert(0, REPO)
+    import numpy as np
+
+    import npvit
+    from npvit.optim import AdamW
+
+    m = npvit.ViT(config(model, patch), backend=backend, seed=0)
+    xp = m.xp
+    gpu = backend == "cupy"
+
+    def sync():
+        if gpu:
+            xp.cuda.Device().synchronize()
+
+    names = dict(m.named_layers())
+    children = {name: [f"{name}.{c}" for c, _ in layer.children()] for name, layer in names.items() if name}
+    incl = {}
+    for name in children:
+        layer = names[name]
+        for kind in ("forward", "backward"):
+            orig = getattr(layer, kind)
+
+            def wrapped(*a, _orig=orig, _key=(name, kind), **k):
+                sync()
+                t = time.perf_counter()
+                out = _orig(*a, **k)
+                sync()
+                incl[_key] = incl.get(_key, 0.0) + time.perf_counter() - t
+                return out
+
+            setattr(layer, kind, wrapped)  # an instance attribute shadows the class method
+    rng = np.random.default_rng(0)
+    x = npvit.to_device(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32), xp)
+    y = npvit.to_device(rng.integers(0, 10, batch), xp)
+    opt = AdamW(m, lr=1e-3)
+    other = {"loss": 0.0, "optimizer": 0.0, "zero_grad": 0.0}
+    for i in range(repeats + 1):
+        if i == 1:
+            incl.clear()
+            other = dict.fromkeys(other, 0.0)
+        t = time.perf_counter()
+        m.zero_grad()
+        sync()
+        other["zero_grad"] += time.perf_counter() - t
+        logits = m(x)
+        t = time.perf_counter()
+        loss, d = npvit.softmax_cross_entropy(logits, y)
+        sync()
+        other["loss"] += time.perf_counter() - t
+        m.backward(d)
+        t = time.perf_counter()
+        opt.step()
+        sync()
+        other["optimizer"] += time.perf_counter() - t
+    rows = {}
+    for (name, kind), total in incl.items():
+        excl = total - sum(incl.get((c, kind), 0.0) for c in children[name])
+        typ = type(names[name]).__name__
+        rows.setdefault(typ, {"forward": 0.0, "backward": 0.0})[kind] += excl
+    for k, v in other.items():
+        rows[k] = {"forward": v if k == "loss" else 0.0, "backward": 0.0 if k == "loss" else v}
+    return {k: {kk: 1000 * vv / repeats for kk, vv in v.items()} for k, v in rows.items()}
+
+
+# -- driver -------------------------------------------------------------------------------
+def machine_info(backend):
+    import numpy as np
+
+    info = {"machine": platform.machine(), "processor": platform.processor(), "cpus": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu_model"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                                     None)
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if backend == "cupy":
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    if backend == "cupy":
+        import cupy
+
+        info["cupy"] = cupy.__version__
+    return info
+
+
+def run_child(args):
+    """Measure one (framework, model, patch, batch) in a fresh Python process."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(args)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"benchmark child {args} failed:\n{p.stderr}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    p.add_argument("--threads", type=int, default=2, help="BLAS/torch threads for both frameworks (CPU)")
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    p.add_argument("--patches", nargs="+", type=int, default=[4, 2])
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=None,
+                   help="default 32 128 256 on the CPU, 256 1024 on the GPU")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="fresh processes per framework, alternating npvit/torch; the median is over all rounds")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="article model, patch 4, batch 256 only")
+    p.add_argument("--profile", action="store_true", help="print time per layer (npvit) instead of the comparison")
+    p.add_argument("--json", default=None, help="output JSON (default benchmarks/results/<backend>.json)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        print(json.dumps(measure(**json.loads(a.child))))
+        return 0
+    batches = a.batch_sizes or ([256, 1024] if a.backend == "cupy" else [32, 128, 256])
+    models, patches = a.models, a.patches
+    if a.quick:
+        models, patches, batches = ["article"], [4], [256]
+    if a.profile:
+        for model in models:
+            for patch in patches:
+                for b in batches:
+                    rows = profile(a.backend, model, patch, b, a.repeats, a.threads)
+                    total = sum(v["forward"] + v["backward"] for v in rows.values())
+                    print(f"\nnpvit per-layer time, {model} model, patch {patch}, batch {b}, {a.backend}, "
+                          f"{a.threads} threads (exclusive ms per step; total {total:.1f} ms)")
+                    print(f"{'layer':<26}{'forward':>10}{'backward':>10}{'share':>8}")
+                    for k, v in sorted(rows.items(), key=lambda kv: -(kv[1]['forward'] + kv[1]['backward'])):
+                        print(f"{k:<26}{v['forward']:>10.1f}{v['backward']:>10.1f}"
+                              f"{100 * (v['forward'] + v['backward']) / total:>7.1f}%")
+        return 0
+    results = []
+    header = (f"{'model':<8}{'tokens':>7}{'batch':>6} | {'train ms':>9}{'torch':>9}{'ratio':>7} | "
+              f"{'infer ms':>9}{'torch':>9}{'ratio':>7} | {'peak MiB':>9}{'torch':>8}{'ratio':>7}")
+    print(f"npvit vs PyTorch, {a.backend}, {a.threads} threads, median of {a.rounds} alternating rounds x "
+          f"{a.repeats} steps, each after {a.warmup} warm-up; peak = extra memory of one training step")
+    print(header)
+    print("-" * len(header))
+    for model in models:
+        for patch in patches:
+            for b in batches:
+                row = {"model": model, "patch": patch, "tokens": (32 // patch) ** 2 + 1, "batch": b}
+                raw = {fw: {"train_ms": [], "infer_ms": []} for fw in ("npvit", "torch")}
+                for rnd in range(a.rounds):
+                    for fw in ("npvit", "torch"):
+                        r = run_child(dict(framework=fw, backend=a.backend, model=model, patch=patch, batch=b,
+                                           repeats=a.repeats, warmup=a.warmup, threads=a.threads))
+                        raw[fw]["train_ms"] += r.pop("train_ms")
+                        raw[fw]["infer_ms"] += r.pop("infer_ms")
+                        if rnd == 0:
+                            row.update({f"{fw}_{k}": v for k, v in r.items()})
+                for fw, times in raw.items():
+                    for k, v in times.items():
+                        row[f"{fw}_{k}"] = statistics.median(v)
+                        row[f"{fw}_{k}_all"] = v
+                for k in ("train_ms", "infer_ms", "peak_mb"):
+                    row[f"ratio_{k}"] = row[f"npvit_{k}"] / row[f"torch_{k}"] if row[f"torch_{k}"] else float("nan")
+                results.append(row)
+                print(f"{model:<8}{row['tokens']:>7}{b:>6} | {row['npvit_train_ms']:>9.1f}{row['torch_train_ms']:>9.1f}"
+                      f"{row['ratio_train_ms']:>7.2f} | {row['npvit_infer_ms']:>9.1f}{row['torch_infer_ms']:>9.1f}"
+                      f"{row['ratio_infer_ms']:>7.2f} | {row['npvit_peak_mb']:>9.1f}{row['torch_peak_mb']:>8.1f}"
+                      f"{row['ratio_peak_mb']:>7.2f}", flush=True)
+    out = a.json or os.path.join(REPO, "benchmarks", "results", f"{a.backend}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump({"backend": a.backend, "threads": a.threads, "repeats": a.repeats, "rounds": a.rounds,
+                   "warmup": a.warmup,
+                   "info": machine_info(a.backend), "results": results}, f, indent=1)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
