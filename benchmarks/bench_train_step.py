@@ -289,7 +289,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
     p.add_argument("--threads", type=int, default=2, help="BLAS/torch threads for both frameworks (CPU)")
-    p.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    p.add_argument("--models", nargs="+", choices=list(MODELS), default=["article"],
+                   help="article (default, about 5 minutes on 2 cores); add large for the full grid (about 25)")
     p.add_argument("--patches", nargs="+", type=int, default=[4, 2])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=None,
                    help="default 32 128 256 on the CPU, 256 1024 on the GPU")
