@@ -98,13 +98,15 @@ def _bilinear(x, sy, sx):
     return top * (1 - wy) + bottom * wy
 
 
-def mixup_cutmix(x, y, num_classes, rng, mixup_alpha=0.0, cutmix_alpha=0.0):
+def mixup_cutmix(x, y, num_classes, rng, host_rng, mixup_alpha=0.0, cutmix_alpha=0.0):
     """Mix each image with another from the batch (a random permutation).
 
     mixup (Zhang et al. 2018): x = lam x + (1 - lam) x[perm];
     cutmix (Yun et al. 2019): paste a random box of x[perm], lam = 1 - box area.
     With both enabled, each batch picks one at random. Returns the mixed images and
-    soft targets (B, K): lam onehot(y) + (1 - lam) onehot(y[perm]).
+    soft targets (B, K): lam onehot(y) + (1 - lam) onehot(y[perm]). The per-batch scalars
+    (lam, the box) come from ``host_rng`` (a NumPy Generator), the permutation from ``rng``
+    on the device, so nothing is read back from the device.
     """
     xp = get_array_module(x)
     B, C, H, W = x.shape
@@ -112,17 +114,17 @@ def mixup_cutmix(x, y, num_classes, rng, mixup_alpha=0.0, cutmix_alpha=0.0):
     if not (mixup_alpha or cutmix_alpha):
         return x, onehot
     perm = rng.permutation(B)
-    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or float(rng.random()) < 0.5)
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or host_rng.random() < 0.5)
     if use_cutmix:
-        lam = float(rng.beta(cutmix_alpha, cutmix_alpha))
+        lam = host_rng.beta(cutmix_alpha, cutmix_alpha)
         ch, cw = int(H * math.sqrt(1 - lam)), int(W * math.sqrt(1 - lam))
-        cy, cx = int(rng.integers(0, H)), int(rng.integers(0, W))
+        cy, cx = int(host_rng.integers(0, H)), int(host_rng.integers(0, W))
         y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, H)
         x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, W)
         x = x.copy()
         x[:, :, y0:y1, x0:x1] = x[perm][:, :, y0:y1, x0:x1]
         lam = 1.0 - (y1 - y0) * (x1 - x0) / (H * W)
     else:
-        lam = float(rng.beta(mixup_alpha, mixup_alpha))
+        lam = host_rng.beta(mixup_alpha, mixup_alpha)
         x = lam * x + (1.0 - lam) * x[perm]
     return x, lam * onehot + (1.0 - lam) * onehot[perm]

@@ -6,6 +6,8 @@ host and the device. Layers never branch on the backend: they ask for
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 BACKENDS = ("numpy", "cupy")
@@ -25,6 +27,12 @@ def cupy_available() -> bool:
         return _cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:
         return False
+
+
+# Every request to move data between host and device goes through this module and is counted here,
+# so tests can assert that a training step moves nothing (on NumPy the "moves" are free, but the
+# same code on CuPy would pay a transfer and a synchronisation for each).
+TRANSFERS = Counter()
 
 
 def get_xp(backend: str):
@@ -64,6 +72,7 @@ def check_dtype(dtype) -> np.dtype:
 
 def to_device(x, xp):
     """Copy a host array to ``xp``'s device (no copy when it is already there)."""
+    TRANSFERS["to_device"] += 1
     if xp is np:
         return to_numpy(x)
     return xp.asarray(x)
@@ -71,9 +80,16 @@ def to_device(x, xp):
 
 def to_numpy(x):
     """Copy an array to the host as a NumPy array (no copy for NumPy input)."""
+    TRANSFERS["to_host"] += 1
     if _cupy is not None and isinstance(x, _cupy.ndarray):
         return _cupy.asnumpy(x)
     return np.asarray(x)
+
+
+def to_host_scalar(x) -> float:
+    """Read a 0-d device array as a Python float (on CuPy: a device-to-host copy and a sync)."""
+    TRANSFERS["to_host"] += 1
+    return float(x)
 
 
 def default_rng(xp, seed):

@@ -159,14 +159,16 @@ class AdamW(Optimizer):
 
 def clip_grad_norm(grads: dict, max_norm: float) -> float:
     """Scale all gradients in place so their global L2 norm is at most ``max_norm`` (as
-    torch.nn.utils.clip_grad_norm_: factor max_norm / (norm + 1e-6), capped at 1). Returns the norm before."""
+    torch.nn.utils.clip_grad_norm_: factor max_norm / (norm + 1e-6), capped at 1).
+
+    Returns the norm before clipping as a 0-d array on the gradients' device: nothing is
+    read back to the host, so a GPU step does not wait here."""
     if not max_norm > 0:
         raise ValueError(f"max_norm must be positive, got {max_norm}")
     gs = list(grads.values())
     xp = get_array_module(*gs)
     total = xp.sqrt(sum((g.astype(xp.float64) ** 2).sum() for g in gs))
-    coef = min(float(max_norm / (total + 1e-6)), 1.0)
-    if coef < 1.0:
-        for g in gs:
-            g *= coef
-    return float(total)
+    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+    for g in gs:
+        g *= coef.astype(g.dtype)
+    return total

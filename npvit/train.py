@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from . import augment as aug
-from .backend import BACKENDS, DTYPES, default_rng, get_xp, to_device
+from .backend import BACKENDS, DTYPES, default_rng, get_xp, to_device, to_host_scalar
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import ViTConfig
 from .data import load_cifar10, load_image_folder
@@ -184,7 +184,7 @@ def norm_stats(cfg, data):
     return data.channel_stats()
 
 
-def augment_batch(cfg, x, y, rng):
+def augment_batch(cfg, x, y, rng, host_rng):
     """x float (B, C, H, W) normalised, y (B,) -> augmented x and targets (labels, or soft targets with mix)."""
     if cfg["augment"] == "crop_flip":
         x = aug.random_crop(x, cfg["crop_padding"], rng)
@@ -193,7 +193,7 @@ def augment_batch(cfg, x, y, rng):
     if cfg["augment"] != "none":
         x = aug.random_flip(x, rng)
     if cfg["mixup"] or cfg["cutmix"]:
-        return aug.mixup_cutmix(x, y, cfg["num_classes"], rng, cfg["mixup"], cfg["cutmix"])
+        return aug.mixup_cutmix(x, y, cfg["num_classes"], rng, host_rng, cfg["mixup"], cfg["cutmix"])
     return x, y
 
 
@@ -219,7 +219,7 @@ def evaluate(model, x_u8, y, mean, std, batch_size=500):
         preds.append(logits.argmax(axis=-1))
     model.train(was_training)
     preds = xp.concatenate(preds)
-    return float(loss_sum) / len(y), float((preds == y).mean()), preds
+    return to_host_scalar(loss_sum) / len(y), to_host_scalar((preds == y).mean()), preds
 
 
 # -- the loop -----------------------------------------------------------------------
@@ -333,8 +333,9 @@ def train(cfg, resume=None, log=print):
                 idx = perm[i * B:(i + 1) * B]
                 yb = y_train[idx]
                 rng = default_rng(xp, seed_for(cfg["seed"], epoch, i, 1))
+                host_rng = np.random.default_rng(seed_for(cfg["seed"], epoch, i, 3))
                 xb = aug.normalize(x_train[idx], mean, std, model.dtype)
-                xb, target = augment_batch(cfg, xb, yb, rng)
+                xb, target = augment_batch(cfg, xb, yb, rng, host_rng)
                 reseed_dropout(model, seed_for(cfg["seed"], epoch, i, 2))
                 model.zero_grad()
                 logits = model(xb)
@@ -349,8 +350,8 @@ def train(cfg, resume=None, log=print):
                 _test_hooks(epoch * steps + i)
                 if bar is not None and (i % 10 == 9 or i == steps - 1):
                     done = partial["seen"] + seen
-                    bar.set_postfix(loss=f"{(partial['loss_sum'] + float(loss_sum)) / done:.4f}",
-                                    acc=f"{(partial['correct'] + int(correct)) / done:.3f}",
+                    bar.set_postfix(loss=f"{(partial['loss_sum'] + to_host_scalar(loss_sum)) / done:.4f}",
+                                    acc=f"{(partial['correct'] + to_host_scalar(correct)) / done:.3f}",
                                     ips=f"{seen / (time.perf_counter() - t0):.0f}", lr=f"{lr:.2e}", refresh=False)
                 if bar is not None:
                     bar.update(1)
@@ -394,7 +395,8 @@ def train(cfg, resume=None, log=print):
 
 
 def _merge(partial, loss_sum, correct, seen, t0):
-    return {"loss_sum": partial["loss_sum"] + float(loss_sum), "correct": partial["correct"] + int(correct),
+    return {"loss_sum": partial["loss_sum"] + to_host_scalar(loss_sum),
+            "correct": partial["correct"] + int(to_host_scalar(correct)),
             "seen": partial["seen"] + seen, "seconds": partial["seconds"] + time.perf_counter() - t0}
 
 

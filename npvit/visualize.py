@@ -43,7 +43,7 @@ def plot_curves(metrics, out_png, title=None):
     if tested:
         best = max(tested, key=lambda m: m["test_acc"])
         b.annotate(f"{100 * best['test_acc']:.1f}%", (best["epoch"], 100 * best["test_acc"]),
-                   textcoords="offset points", xytext=(-10, 8))
+                   textcoords="offset points", xytext=(-40, -16))
     b.set_xlabel("epoch"), b.set_ylabel("accuracy (%)"), b.legend(), b.grid(alpha=0.3)
     if title:
         fig.suptitle(title)

@@ -63,7 +63,7 @@ def test_normalize(xp):
 def test_mixup_cutmix_targets(mixup, cutmix, xp):
     x = images(xp)
     y = to_device(np.array([0, 1, 2, 3, 4, 5]), xp)
-    out, t = aug.mixup_cutmix(x, y, 10, default_rng(xp, 0), mixup, cutmix)
+    out, t = aug.mixup_cutmix(x, y, 10, default_rng(xp, 0), np.random.default_rng(0), mixup, cutmix)
     t = to_numpy(t)
     assert out.shape == x.shape and t.shape == (6, 10)
     np.testing.assert_allclose(t.sum(1), 1.0, rtol=1e-6)

@@ -26,7 +26,7 @@ def run_both(make_ours, make_theirs, clip=None):
         if clip:
             norm = clip_grad_norm(model.gradients(), clip)
             tnorm = torch.nn.utils.clip_grad_norm_(list(ref.values()), clip)
-            assert abs(norm - float(tnorm)) < 1e-10 * max(1.0, norm)
+            assert abs(float(norm) - float(tnorm)) < 1e-10 * max(1.0, float(norm))
             for k in ref:
                 model.gradients()[k][...] = ref[k].grad.numpy()
         opt.step()
