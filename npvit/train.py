@@ -46,6 +46,7 @@ TRAIN_DEFAULTS = {
     "mixup": 0.0,                # mixup alpha (0 = off)
     "cutmix": 0.0,               # cutmix alpha (0 = off)
     "grad_clip": 0.0,            # global-norm clipping (0 = off)
+    "micro_batch": None,         # run each batch through forward/backward in chunks of this size (same step)
     "normalize": "half",         # "half": (x - 0.5) / 0.5 as the article; "dataset": per-channel mean/std of the train set
     "seed": 42,
     "backend": "numpy",
@@ -125,7 +126,7 @@ def validate(cfg):
     for key in ("epochs", "batch_size", "eval_every", "save_every", "eval_batch_size"):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] <= 0:
             raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
-    for key in ("train_limit", "test_limit"):
+    for key in ("train_limit", "test_limit", "micro_batch"):
         if cfg[key] is not None and (isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] <= 0):
             raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
     for key in ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "grad_clip"):
@@ -201,6 +202,33 @@ def reseed_dropout(model, seed):
     for i, (_, layer) in enumerate(model.named_layers()):
         if isinstance(layer, Dropout):
             layer.rng = default_rng(model.xp, seed_for(seed, i))
+
+
+def train_step(model, opt, x, target, labels, label_smoothing=0.0, grad_clip=0.0, micro_batch=None):
+    """One optimiser step on the batch x (B, C, H, W): returns (mean loss, number correct), both on the device.
+
+    With ``micro_batch`` m < B the batch runs through forward and backward in chunks of m,
+    the gradients adding up: the same step (the loss is a mean, so each chunk's dlogits is
+    weighted by m / B), with activations m/B the size, which keeps them in cache.
+    """
+    B = len(labels)
+    m = micro_batch or B
+    model.zero_grad()
+    loss_sum, correct = 0.0, 0
+    for s in range(0, B, m):
+        chunk = slice(s, s + m)
+        logits = model(x[chunk])
+        loss, dlogits = softmax_cross_entropy(logits, target[chunk], label_smoothing)
+        n = len(logits)
+        if n != B:
+            dlogits *= n / B                # d(mean over B)/d(mean over the chunk) = n / B
+        model.backward(dlogits)
+        loss_sum = loss_sum + loss * n
+        correct = correct + (logits.argmax(axis=-1) == labels[chunk]).sum()
+    if grad_clip:
+        clip_grad_norm(model.gradients(), grad_clip)
+    opt.step()
+    return loss_sum / B, correct
 
 
 # -- evaluation -------------------------------------------------------------------
@@ -337,15 +365,10 @@ def train(cfg, resume=None, log=print):
                 xb = aug.normalize(x_train[idx], mean, std, model.dtype)
                 xb, target = augment_batch(cfg, xb, yb, rng, host_rng)
                 reseed_dropout(model, seed_for(cfg["seed"], epoch, i, 2))
-                model.zero_grad()
-                logits = model(xb)
-                loss, dlogits = softmax_cross_entropy(logits, target, cfg["label_smoothing"])
-                model.backward(dlogits)
-                if cfg["grad_clip"]:
-                    clip_grad_norm(model.gradients(), cfg["grad_clip"])
-                opt.step()
+                loss, n_correct = train_step(model, opt, xb, target, yb, cfg["label_smoothing"], cfg["grad_clip"],
+                                             cfg["micro_batch"])
                 loss_sum += loss * len(yb)
-                correct += (logits.argmax(axis=-1) == yb).sum()
+                correct += n_correct
                 seen += len(yb)
                 _test_hooks(epoch * steps + i)
                 if bar is not None and (i % 10 == 9 or i == steps - 1):
@@ -445,7 +468,8 @@ HELP = {
     "out_dir": "where checkpoints (latest.npz, best.npz), metrics.jsonl and config.json go",
     "eval_every": "evaluate on the test set every N epochs", "save_every": "save latest.npz every N epochs",
     "eval_batch_size": "batch size for evaluation", "train_limit": "use only the first N training images",
-    "test_limit": "use only the first N test images", "progress": "show the progress bar (--no-progress to hide)",
+    "test_limit": "use only the first N test images",
+    "micro_batch": "split each batch into chunks of N for forward/backward (same update, less memory)", "progress": "show the progress bar (--no-progress to hide)",
 }
 
 

@@ -135,3 +135,31 @@ def test_config_precedence_and_schedule(tmp_path):
     assert lrs[0] == pytest.approx(0.05) and lrs[19] == pytest.approx(1.0)
     assert max(lrs) == pytest.approx(1.0) and lrs[-1] < 1e-3
     assert all(a >= b for a, b in zip(lrs[19:], lrs[20:]))
+
+
+@pytest.mark.parametrize("micro", [4, 5, 1])
+@pytest.mark.parametrize("soft", [False, True])
+def test_micro_batches_give_the_same_step(micro, soft):
+    """Chunks of 4 (4+4+2), 5 and 1 image: the same loss, accuracy and updated weights as the whole batch."""
+    import numpy as np
+
+    from npvit import ViT
+    from npvit.gradcheck import small_vit_config
+    from npvit.optim import SGD
+    from npvit.train import train_step
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, 3, 8, 8))
+    labels = rng.integers(0, 5, 10)
+    target = rng.dirichlet(np.ones(5), size=10) if soft else labels
+    results = []
+    for m in (None, micro):
+        model = ViT(small_vit_config(), dtype="float64", seed=1)
+        # SGD, unclipped: unlike AdamW or clipping, it is sensitive to how the chunk gradients are weighted
+        opt = SGD(model, lr=0.5, momentum=0.9)
+        loss, correct = train_step(model, opt, x, target, labels, label_smoothing=0.1, micro_batch=m)
+        results.append((float(loss), int(correct), model.state_dict()))
+    (l1, c1, w1), (l2, c2, w2) = results
+    assert abs(l1 - l2) < 1e-12 and c1 == c2
+    for k in w1:
+        np.testing.assert_allclose(w2[k], w1[k], rtol=1e-10, atol=1e-13, err_msg=k)
