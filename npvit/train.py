@@ -345,6 +345,8 @@ def train(cfg, resume=None, log=print):
     if not resumed and os.path.exists(metrics_path):
         os.remove(metrics_path)   # a fresh run starts a fresh log
 
+    if state["epoch"] >= cfg["epochs"]:
+        log(f"nothing to do: this run already finished {state['epoch']} epochs; pass --epochs to train longer")
     model.train()
     with StopRequest() as stop:
         for epoch in range(state["epoch"], cfg["epochs"]):
@@ -397,16 +399,12 @@ def train(cfg, resume=None, log=print):
                 record["test_loss"], record["test_acc"], _ = evaluate(model, x_test, y_test, mean, std,
                                                                       cfg["eval_batch_size"])
                 record["eval_seconds"] = time.perf_counter() - t1
-                model.train()
             history.append(record)
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             log(_summary(record, cfg["epochs"]))
-            improved = record.get("test_acc", -1.0) > state["best_acc"]
-            if improved:
+            if record.get("test_acc", -1.0) > state["best_acc"]:
                 state["best_acc"] = record["test_acc"]
-            state["partial"] = None
-            if improved:
                 save("best.npz", epoch + 1, 0, None)
             if (epoch + 1) % cfg["save_every"] == 0 or epoch + 1 == cfg["epochs"] or stop.requested:
                 save("latest.npz", epoch + 1, 0, None)
