@@ -44,7 +44,7 @@ def config(model, patch):
 
 
 # -- one measurement, run in a fresh process so peak memory is its own ---------------
-def measure(framework, backend, model, patch, batch, repeats, warmup, threads):
+def measure(framework, backend, model, patch, batch, repeats, warmup, threads, micro_batch=None):
     set_threads(threads)
     sys.path.insert(0, REPO)
     import numpy as np
@@ -68,11 +68,10 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads):
             if gpu:
                 xp.cuda.Device().synchronize()
 
+        from npvit.train import train_step as npvit_train_step
+
         def train_step():
-            ours.zero_grad()
-            loss, dlogits = npvit.softmax_cross_entropy(ours(x), y)
-            ours.backward(dlogits)
-            opt.step()
+            npvit_train_step(ours, opt, x, y, y, micro_batch=micro_batch)
 
         def infer():
             ours.eval()
@@ -299,6 +298,8 @@ def main(argv=None):
                    help="fresh processes per framework, alternating npvit/torch; the median is over all rounds")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="article model, patch 4, batch 256 only")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="npvit runs each training batch in chunks of this size (the same update; see README)")
     p.add_argument("--profile", action="store_true", help="print time per layer (npvit) instead of the comparison")
     p.add_argument("--json", default=None, help="output JSON (default benchmarks/results/<backend>.json)")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -327,7 +328,8 @@ def main(argv=None):
     header = (f"{'model':<8}{'tokens':>7}{'batch':>6} | {'train ms':>9}{'torch':>9}{'ratio':>7} | "
               f"{'infer ms':>9}{'torch':>9}{'ratio':>7} | {'peak MiB':>9}{'torch':>8}{'ratio':>7}")
     print(f"npvit vs PyTorch, {a.backend}, {a.threads} threads, median of {a.rounds} alternating rounds x "
-          f"{a.repeats} steps, each after {a.warmup} warm-up; peak = extra memory of one training step")
+          f"{a.repeats} steps, each after {a.warmup} warm-up; peak = extra memory of one training step"
+          + (f"; npvit in micro-batches of {a.micro_batch}" if a.micro_batch else ""))
     print(header)
     print("-" * len(header))
     for model in models:
@@ -338,7 +340,8 @@ def main(argv=None):
                 for rnd in range(a.rounds):
                     for fw in ("npvit", "torch"):
                         r = run_child(dict(framework=fw, backend=a.backend, model=model, patch=patch, batch=b,
-                                           repeats=a.repeats, warmup=a.warmup, threads=a.threads))
+                                           repeats=a.repeats, warmup=a.warmup, threads=a.threads,
+                                           micro_batch=a.micro_batch if fw == "npvit" else None))
                         raw[fw]["train_ms"] += r.pop("train_ms")
                         raw[fw]["infer_ms"] += r.pop("infer_ms")
                         if rnd == 0:
@@ -358,6 +361,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump({"backend": a.backend, "threads": a.threads, "repeats": a.repeats, "rounds": a.rounds,
+                   "micro_batch": a.micro_batch,
                    "warmup": a.warmup,
                    "info": machine_info(a.backend), "results": results}, f, indent=1)
     print(f"wrote {out}")

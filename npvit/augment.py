@@ -8,18 +8,31 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .backend import get_array_module
 
 
 def normalize(images_u8, mean, std, dtype):
-    """uint8 (B, C, H, W) -> (x / 255 - mean) / std in ``dtype`` (transforms.ToTensor + Normalize)."""
+    """uint8 (B, C, H, W) -> (x / 255 - mean) / std in ``dtype`` (transforms.ToTensor + Normalize).
+
+    ``mean``/``std``: per-channel sequences, or a pair from :func:`normalizer` (already on the
+    device, so a training loop uploads them once rather than every step)."""
     xp = get_array_module(images_u8)
-    mean = xp.asarray(mean, dtype=dtype).reshape(1, -1, 1, 1)
-    scale = xp.asarray([1.0 / (255.0 * s) for s in std], dtype=dtype).reshape(1, -1, 1, 1)
+    shift, scale = (mean, std) if hasattr(mean, "shape") else normalizer(xp, mean, std, dtype)
     x = images_u8.astype(dtype)
     x *= scale
-    x -= mean * (255.0 * scale)
+    x -= shift
     return x
+
+
+def normalizer(xp, mean, std, dtype):
+    """Per-channel (shift, scale) arrays (1, C, 1, 1) on xp's device: x = u8 * scale - shift."""
+    from .backend import to_device
+
+    scale = np.asarray([1.0 / (255.0 * s) for s in std], dtype=dtype).reshape(1, -1, 1, 1)
+    shift = np.asarray(mean, dtype=dtype).reshape(1, -1, 1, 1) * (255.0 * scale)
+    return to_device(shift, xp), to_device(scale, xp)
 
 
 def _gather(x, rows, cols):
@@ -113,7 +126,7 @@ def mixup_cutmix(x, y, num_classes, rng, host_rng, mixup_alpha=0.0, cutmix_alpha
     onehot = xp.eye(num_classes, dtype=x.dtype)[y]               # (B, K)
     if not (mixup_alpha or cutmix_alpha):
         return x, onehot
-    perm = rng.permutation(B)
+    perm = xp.argsort(rng.random(B))                             # a random permutation, drawn on the device
     use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or host_rng.random() < 0.5)
     if use_cutmix:
         lam = host_rng.beta(cutmix_alpha, cutmix_alpha)

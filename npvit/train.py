@@ -330,6 +330,7 @@ def train(cfg, resume=None, log=print):
     N, B = len(data.y_train), cfg["batch_size"]
     steps = math.ceil(N / B)
     meta_base = {"classes": list(data.classes), "mean": mean, "std": std}
+    norm = aug.normalizer(xp, mean, std, model.dtype)           # uploaded once
     if cfg["warmup_epochs"] >= cfg["epochs"]:
         log(f"note: warmup ({cfg['warmup_epochs']} epochs) lasts the whole run of {cfg['epochs']}: "
             f"the learning rate never reaches {cfg['lr']}; set --warmup-epochs to change that")
@@ -364,7 +365,7 @@ def train(cfg, resume=None, log=print):
                 yb = y_train[idx]
                 rng = default_rng(xp, seed_for(cfg["seed"], epoch, i, 1))
                 host_rng = np.random.default_rng(seed_for(cfg["seed"], epoch, i, 3))
-                xb = aug.normalize(x_train[idx], mean, std, model.dtype)
+                xb = aug.normalize(x_train[idx], *norm, model.dtype)
                 xb, target = augment_batch(cfg, xb, yb, rng, host_rng)
                 reseed_dropout(model, seed_for(cfg["seed"], epoch, i, 2))
                 loss, n_correct = train_step(model, opt, xb, target, yb, cfg["label_smoothing"], cfg["grad_clip"],
@@ -396,7 +397,7 @@ def train(cfg, resume=None, log=print):
                       "seconds": partial["seconds"], "images_per_s": partial["seen"] / partial["seconds"]}
             if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]:
                 t1 = time.perf_counter()
-                record["test_loss"], record["test_acc"], _ = evaluate(model, x_test, y_test, mean, std,
+                record["test_loss"], record["test_acc"], _ = evaluate(model, x_test, y_test, *norm,
                                                                       cfg["eval_batch_size"])
                 record["eval_seconds"] = time.perf_counter() - t1
             history.append(record)

@@ -68,3 +68,11 @@ def test_mixup_cutmix_targets(mixup, cutmix, xp):
     assert out.shape == x.shape and t.shape == (6, 10)
     np.testing.assert_allclose(t.sum(1), 1.0, rtol=1e-6)
     assert (t[np.arange(6), np.arange(6)] > 0).all()
+
+
+def test_normalizer_pair_matches_per_call_constants(xp):
+    u8 = to_device(np.random.default_rng(0).integers(0, 256, (2, 3, 4, 4), dtype=np.uint8), xp)
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    pair = aug.normalizer(xp, mean, std, np.float32)
+    np.testing.assert_array_equal(to_numpy(aug.normalize(u8, *pair, np.float32)),
+                                  to_numpy(aug.normalize(u8, mean, std, np.float32)))
