@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import get_array_module
+from ..backend import get_array_module, to_device
 
 
 class Layer:
@@ -76,8 +76,6 @@ class Layer:
 
     def to(self, xp):
         """Move every parameter and gradient to ``xp``'s device."""
-        from ..backend import to_device
-
         for _, layer in self.named_layers():
             for k in layer.params:
                 layer.params[k] = to_device(layer.params[k], xp)
