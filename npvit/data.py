@@ -170,6 +170,15 @@ def safe_extract(archive, dest):
         tar.extractall(dest, **kwargs)
 
 
+def load_dataset(kind, root, image_size=32, num_channels=3, download=False) -> Dataset:
+    """``kind`` "cifar10" (``root/cifar-10-batches-py``) or "folder" (``root/train|test/<class>/``)."""
+    if kind == "cifar10":
+        return load_cifar10(root, download=download)
+    if kind == "folder":
+        return load_image_folder(root, image_size, num_channels)
+    raise ValueError(f"unknown dataset {kind!r}; choose 'cifar10' or 'folder'")
+
+
 # -- image folders ----------------------------------------------------------------
 def load_image_folder(root, image_size, num_channels=3) -> Dataset:
     """``root/train/<class>/*.png|jpg`` and ``root/test/<class>/...``: classes are the sorted

@@ -30,7 +30,7 @@ def predict_proba(model, images_u8, mean, std, batch_size=500):
     out = []
     for i in range(0, len(images_u8), batch_size):
         x = normalize(to_device(images_u8[i:i + batch_size], model.xp), mean, std, model.dtype)
-        out.append(to_numpy(np.exp(to_numpy(log_softmax(model(x))))))
+        out.append(np.exp(to_numpy(log_softmax(model(x)))))
     return np.concatenate(out)
 
 

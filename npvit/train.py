@@ -24,7 +24,7 @@ from . import augment as aug
 from .backend import BACKENDS, DTYPES, default_rng, get_xp, to_device, to_host_scalar
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import ViTConfig
-from .data import load_cifar10, load_image_folder
+from .data import load_dataset
 from .layers.dropout import Dropout
 from .losses import softmax_cross_entropy
 from .model import ViT
@@ -167,10 +167,7 @@ def seed_for(*keys) -> int:
 
 # -- data -------------------------------------------------------------------------
 def load_data(cfg):
-    if cfg["dataset"] == "cifar10":
-        data = load_cifar10(cfg["data_dir"], download=cfg["download"])
-    else:
-        data = load_image_folder(cfg["data_dir"], cfg["image_size"], cfg["num_channels"])
+    data = load_dataset(cfg["dataset"], cfg["data_dir"], cfg["image_size"], cfg["num_channels"], cfg["download"])
     if data.x_train.shape[1:] != (cfg["num_channels"], cfg["image_size"], cfg["image_size"]):
         raise ConfigError(f"the data's images are {data.x_train.shape[1:]} (C, H, W) but the model expects "
                           f"num_channels={cfg['num_channels']}, image_size={cfg['image_size']}")

@@ -8,7 +8,7 @@ import numpy as np
 
 from npvit.augment import normalize
 from npvit.backend import to_device, to_numpy
-from npvit.data import load_cifar10, load_image_folder
+from npvit.data import load_dataset
 from npvit.evaluate import load_trained
 from npvit.visualize import attention_rollout, cls_attention, plot_attention
 
@@ -25,8 +25,7 @@ def main(argv=None):
     try:
         model, meta = load_trained(args.checkpoint)
         c = model.config
-        data = load_cifar10(args.data_dir) if args.dataset == "cifar10" else \
-            load_image_folder(args.data_dir, c.image_size, c.num_channels)
+        data = load_dataset(args.dataset, args.data_dir, c.image_size, c.num_channels)
     except Exception as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

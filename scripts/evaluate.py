@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from npvit.data import load_cifar10, load_image_folder
+from npvit.data import load_dataset
 from npvit.evaluate import confusion_matrix, load_trained, predict_proba
 
 
@@ -22,8 +22,7 @@ def main(argv=None):
     try:
         model, meta = load_trained(args.checkpoint, args.backend)
         c = model.config
-        data = (load_cifar10(args.data_dir) if args.dataset == "cifar10"
-                else load_image_folder(args.data_dir, c.image_size, c.num_channels)).limit(test=args.test_limit)
+        data = load_dataset(args.dataset, args.data_dir, c.image_size, c.num_channels).limit(test=args.test_limit)
     except Exception as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
