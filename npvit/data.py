@@ -117,17 +117,16 @@ def download_cifar10(root, url=CIFAR10_URL, md5=CIFAR10_MD5, use_torchvision=Non
     Nothing half-written is left in ``root`` if any step fails."""
     root = os.fspath(root)
     os.makedirs(root, exist_ok=True)
-    if use_torchvision is None:
+    if use_torchvision is not False and url == CIFAR10_URL:
+        # Optional, for downloading only: npvit's own code never uses torch.
         try:
-            import torchvision  # noqa: F401
-            use_torchvision = url == CIFAR10_URL
+            import torchvision
         except Exception:  # not installed, or it does not import next to this torch
-            use_torchvision = False
-    if use_torchvision:
-        import torchvision
-
-        torchvision.datasets.CIFAR10(root, train=True, download=True)
-        return
+            if use_torchvision:
+                raise
+        else:
+            torchvision.datasets.CIFAR10(root, train=True, download=True)
+            return
     with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
         archive = os.path.join(tmp, "cifar-10-python.tar.gz")
         print(f"downloading CIFAR-10 from {url} ...", flush=True)
