@@ -44,7 +44,7 @@ def config(model, patch):
 
 
 # -- one measurement, run in a fresh process so peak memory is its own ---------------
-def measure(framework, backend, model, patch, batch, repeats, warmup, threads, micro_batch=None):
+def measure(framework, backend, model, patch, batch, repeats, warmup, threads, micro_batch=None, data_parallel=True):
     set_threads(threads)
     sys.path.insert(0, REPO)
     import numpy as np
@@ -56,8 +56,10 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
     rng = np.random.default_rng(0)
     x_host = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
     y_host = rng.integers(0, 10, batch)
-    ours = npvit.ViT(cfg, backend=backend, seed=0)
     gpu = backend == "cupy"
+    # npvit's CPU threads: the batch split into `threads` shards (npvit/parallel.py), or with
+    # --no-data-parallel one shard and BLAS on `threads` threads.
+    ours = npvit.ViT(cfg, backend=backend, seed=0, threads=threads if data_parallel and not gpu else 1)
 
     if framework == "npvit":
         xp = ours.xp
@@ -300,7 +302,10 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="article model, patch 4, batch 256 only")
     p.add_argument("--micro-batch", type=int, default=None,
                    help="npvit runs each training batch in chunks of this size (the same update; see README)")
-    p.add_argument("--profile", action="store_true", help="print time per layer (npvit) instead of the comparison")
+    p.add_argument("--no-data-parallel", dest="data_parallel", action="store_false",
+                   help="npvit as one shard with BLAS on --threads threads, instead of --threads shards on threads")
+    p.add_argument("--profile", action="store_true",
+                   help="print time per layer (npvit, one shard, BLAS on --threads threads) instead of the comparison")
     p.add_argument("--json", default=None, help="output JSON (default benchmarks/results/<backend>.json)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -329,7 +334,8 @@ def main(argv=None):
               f"{'infer ms':>9}{'torch':>9}{'ratio':>7} | {'peak MiB':>9}{'torch':>8}{'ratio':>7}")
     print(f"npvit vs PyTorch, {a.backend}, {a.threads} threads, median of {a.rounds} alternating rounds x "
           f"{a.repeats} steps, each after {a.warmup} warm-up; peak = extra memory of one training step"
-          + (f"; npvit in micro-batches of {a.micro_batch}" if a.micro_batch else ""))
+          + (f"; npvit in micro-batches of {a.micro_batch}" if a.micro_batch else "")
+          + ("" if a.data_parallel or a.backend == "cupy" else "; npvit as one shard (--no-data-parallel)"))
     print(header)
     print("-" * len(header))
     for model in models:
@@ -341,7 +347,8 @@ def main(argv=None):
                     for fw in ("npvit", "torch"):
                         r = run_child(dict(framework=fw, backend=a.backend, model=model, patch=patch, batch=b,
                                            repeats=a.repeats, warmup=a.warmup, threads=a.threads,
-                                           micro_batch=a.micro_batch if fw == "npvit" else None))
+                                           micro_batch=a.micro_batch if fw == "npvit" else None,
+                                           data_parallel=a.data_parallel))
                         raw[fw]["train_ms"] += r.pop("train_ms")
                         raw[fw]["infer_ms"] += r.pop("infer_ms")
                         if rnd == 0:
@@ -361,7 +368,7 @@ def main(argv=None):
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump({"backend": a.backend, "threads": a.threads, "repeats": a.repeats, "rounds": a.rounds,
-                   "micro_batch": a.micro_batch,
+                   "micro_batch": a.micro_batch, "data_parallel": a.data_parallel,
                    "warmup": a.warmup,
                    "info": machine_info(a.backend), "results": results}, f, indent=1)
     print(f"wrote {out}")

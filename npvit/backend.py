@@ -97,6 +97,11 @@ def default_rng(xp, seed):
     return xp.random.default_rng(seed)
 
 
+def seed_for(*keys) -> int:
+    """A 32-bit seed derived from a tuple of ints (seed, epoch, step, stream): independent streams."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+
+
 def erf(x):
     """The error function, elementwise, on either backend (for the exact GELU)."""
     if _cupy is not None and isinstance(x, _cupy.ndarray):

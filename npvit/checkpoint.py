@@ -59,15 +59,15 @@ def read_checkpoint(path):
     return config, params, optim, meta
 
 
-def load_checkpoint(path, backend="numpy", dtype=None):
+def load_checkpoint(path, backend="numpy", dtype=None, threads=1):
     """Rebuild the model saved at ``path``: returns ``(model, optim_state, meta)``.
 
-    ``dtype`` defaults to the saved one; pass ``optim_state`` to an optimiser's
+    ``dtype`` defaults to the saved one; ``threads`` as in ``ViT``; pass ``optim_state`` to an optimiser's
     ``load_state_dict`` to resume.
     """
     from .model import ViT
 
     config, params, optim, meta = read_checkpoint(path)
-    model = ViT(config, backend=backend, dtype=dtype or meta.get("dtype", "float32"))
+    model = ViT(config, backend=backend, dtype=dtype or meta.get("dtype", "float32"), threads=threads)
     model.load_state_dict(params)
     return model, optim, meta

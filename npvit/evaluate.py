@@ -9,9 +9,9 @@ from .checkpoint import load_checkpoint
 from .losses import log_softmax
 
 
-def load_trained(path, backend="numpy"):
+def load_trained(path, backend="numpy", threads=1):
     """A checkpoint written by training, in eval mode, with the class names and normalisation it used."""
-    model, _, meta = load_checkpoint(path, backend=backend)
+    model, _, meta = load_checkpoint(path, backend=backend, threads=threads)
     for key in ("classes", "mean", "std"):
         if key not in meta:
             raise ValueError(f"checkpoint {path} has no {key!r}: it was not written by npvit training")

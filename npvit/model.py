@@ -18,18 +18,21 @@ from .backend import check_dtype, get_array_module, get_xp, to_device, to_numpy
 from .config import ViTConfig
 from .layers import Embeddings, Encoder, LayerNorm, Linear
 from .layers.base import Layer
+from .parallel import DataParallel, check_threads
 
 PER_HEAD_KEY = re.compile(r"^encoder\.blocks\.(\d+)\.attention\.heads\.(\d+)\.(query|key|value)\.(weight|bias)$")
 
 
 class ViT(Layer):
-    """ViT(config, backend="numpy"|"cupy", dtype="float32"|"float64", seed=0).
+    """ViT(config, backend="numpy"|"cupy", dtype="float32"|"float64", seed=0, threads=1).
 
     ``model(x)`` -> logits (B, K); ``model.backward(dlogits)`` -> dx (B, C, H, W),
     with every parameter gradient added into ``model.gradients()``.
+    ``threads=T`` (NumPy; an int or "auto" for every core this process may use) runs
+    each batch as T shards on T threads (npvit/parallel.py); 1 runs it as one.
     """
 
-    def __init__(self, config=None, backend="numpy", dtype="float32", seed=0):
+    def __init__(self, config=None, backend="numpy", dtype="float32", seed=0, threads=1):
         super().__init__()
         if config is None:
             config = ViTConfig()
@@ -42,6 +45,7 @@ class ViT(Layer):
         self.backend = backend
         self.dtype = check_dtype(dtype)
         self.seed = seed
+        self.threads = check_threads(threads, backend)
         c = config
         rng = np.random.default_rng(seed)       # host RNG: the same seed gives the same weights on every backend
         std = c.initializer_range
@@ -53,6 +57,7 @@ class ViT(Layer):
         self.layernorm = LayerNorm(c.hidden_size) if c.final_layernorm else None
         self.classifier = Linear(c.hidden_size, c.num_classes, rng=rng, std=std)
         self.astype(self.dtype).to(self.xp)
+        self.parallel = DataParallel(self, self.threads) if self.threads > 1 else None
 
     @property
     def xp(self):
@@ -84,6 +89,9 @@ class ViT(Layer):
     def forward(self, x, return_attention=False):
         """x (B, C, H, W) -> logits (B, K), and with return_attention the L maps att (B, H, N, N)."""
         self.check_input(x)
+        self.batch_size = len(x)
+        if self.parallel is not None:                            # shards of the batch on threads
+            return self.parallel.forward(x, return_attention)
         h = self.embedding.forward(x)                            # (B, N, D)
         h = self.encoder.forward(h, return_attention)
         h, atts = h if return_attention else (h, None)
@@ -95,9 +103,13 @@ class ViT(Layer):
 
     def backward(self, dlogits):
         """dlogits (B, K) -> dx (B, C, H, W); parameter gradients accumulate."""
-        if dlogits.shape != (self.h_shape[0], self.config.num_classes):
-            raise ValueError(f"dlogits must have the logits' shape {(self.h_shape[0], self.config.num_classes)}, "
+        if not hasattr(self, "batch_size"):
+            raise RuntimeError("backward called before forward")
+        if dlogits.shape != (self.batch_size, self.config.num_classes):
+            raise ValueError(f"dlogits must have the logits' shape {(self.batch_size, self.config.num_classes)}, "
                              f"got {dlogits.shape}")
+        if self.parallel is not None:
+            return self.parallel.backward(dlogits)
         xp = get_array_module(dlogits)
         dcls = self.classifier.backward(dlogits)                 # (B, D)
         dh = xp.zeros(self.h_shape, dtype=dcls.dtype)            # only token 0 reaches the classifier
@@ -105,6 +117,19 @@ class ViT(Layer):
         if self.layernorm is not None:
             dh = self.layernorm.backward(dh)
         return self.embedding.backward(self.encoder.backward(dh))
+
+    def astype(self, dtype):
+        self.dtype = check_dtype(dtype)
+        super().astype(self.dtype)
+        if getattr(self, "parallel", None) is not None:
+            self.parallel.reset()                                # the replicas hold the old gradients
+        return self
+
+    def to(self, xp):
+        super().to(xp)
+        if getattr(self, "parallel", None) is not None:
+            self.parallel.reset()
+        return self
 
     # -- PyTorch interop ----------------------------------------------------
     def state_dict(self) -> dict:

@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 from . import augment as aug
-from .backend import BACKENDS, DTYPES, default_rng, get_xp, to_device, to_host_scalar
+from .backend import BACKENDS, DTYPES, default_rng, get_xp, seed_for, to_device, to_host_scalar
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import ViTConfig
 from .data import load_dataset
@@ -29,6 +29,7 @@ from .layers.dropout import Dropout
 from .losses import softmax_cross_entropy
 from .model import ViT
 from .optim import AdamW, clip_grad_norm, weight_decay_groups
+from .parallel import check_threads, threads_arg
 
 TRAIN_DEFAULTS = {
     "epochs": 100,
@@ -51,6 +52,7 @@ TRAIN_DEFAULTS = {
     "seed": 42,
     "backend": "numpy",
     "dtype": "float32",
+    "threads": "auto",           # NumPy: split each batch over this many cores ("auto": all this process may use)
     "dataset": "cifar10",        # "cifar10" or "folder" (<data_dir>/train/<class>/*.png, <data_dir>/test/<class>/...)
     "data_dir": "./data",
     "download": True,
@@ -146,6 +148,10 @@ def validate(cfg):
     if not isinstance(cfg["crop_padding"], int) or cfg["crop_padding"] < 0:
         raise ConfigError(f"crop_padding must be an integer >= 0, got {cfg['crop_padding']!r}")
     get_xp(cfg["backend"])  # a clear error now if CuPy or the GPU is missing
+    try:
+        check_threads(cfg["threads"], cfg["backend"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def lr_at(cfg, step, steps_per_epoch):
@@ -158,11 +164,6 @@ def lr_at(cfg, step, steps_per_epoch):
         return cfg["lr"]
     progress = (step - warmup) / max(total - warmup, 1)
     return cfg["lr"] * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def seed_for(*keys) -> int:
-    """A 32-bit seed derived from a tuple of ints (seed, epoch, step, stream): independent streams."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
 
 
 # -- data -------------------------------------------------------------------------
@@ -196,9 +197,12 @@ def augment_batch(cfg, x, y, rng, host_rng):
 
 
 def reseed_dropout(model, seed):
-    for i, (_, layer) in enumerate(model.named_layers()):
-        if isinstance(layer, Dropout):
-            layer.rng = default_rng(model.xp, seed_for(seed, i))
+    """Dropout masks from (seed, layer, shard) alone, so a resumed run draws what the uninterrupted one did."""
+    trees = model.parallel.get_replicas() if model.parallel is not None else [model]   # one per shard
+    for shard, tree in enumerate(trees):
+        for i, (_, layer) in enumerate(tree.named_layers()):
+            if isinstance(layer, Dropout):
+                layer.rng = default_rng(model.xp, seed_for(seed, i, shard))
 
 
 def train_step(model, opt, x, target, labels, label_smoothing=0.0, grad_clip=0.0, micro_batch=None):
@@ -305,7 +309,8 @@ def train(cfg, resume=None, log=print):
     data = load_data(cfg)
     mean, std = norm_stats(cfg, data)
     xp = get_xp(cfg["backend"])
-    model = ViT({k: cfg[k] for k in MODEL_KEYS}, backend=cfg["backend"], dtype=cfg["dtype"], seed=cfg["seed"])
+    model = ViT({k: cfg[k] for k in MODEL_KEYS}, backend=cfg["backend"], dtype=cfg["dtype"], seed=cfg["seed"],
+                threads=cfg["threads"])
     groups = weight_decay_groups(model.parameters(), cfg["weight_decay"]) if cfg["decay"] == "matrices" else None
     opt = AdamW(model, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"], param_groups=groups)
 
@@ -332,7 +337,8 @@ def train(cfg, resume=None, log=print):
         log(f"note: warmup ({cfg['warmup_epochs']} epochs) lasts the whole run of {cfg['epochs']}: "
             f"the learning rate never reaches {cfg['lr']}; set --warmup-epochs to change that")
     log(f"npvit: {model.num_parameters():,} parameters, {N} train / {len(data.y_test)} test images, "
-        f"{steps} steps of {B} per epoch, recipe {cfg['recipe']}, {cfg['backend']} {cfg['dtype']}")
+        f"{steps} steps of {B} per epoch, recipe {cfg['recipe']}, {cfg['backend']} {cfg['dtype']}"
+        + (f", {model.threads} threads" if cfg["backend"] == "numpy" else ""))
 
     def save(name, epoch, step, partial):
         train_state = {"epoch": epoch, "step": step, "best_acc": state["best_acc"], "partial": partial}
@@ -465,6 +471,7 @@ HELP = {
     "eval_every": "evaluate on the test set every N epochs", "save_every": "save latest.npz every N epochs",
     "eval_batch_size": "batch size for evaluation", "train_limit": "use only the first N training images",
     "test_limit": "use only the first N test images",
+    "threads": "numpy: run each batch as this many shards on as many cores; auto = every core this process may use",
     "micro_batch": "split each batch into chunks of N for forward/backward (same update, less memory)", "progress": "show the progress bar (--no-progress to hide)",
 }
 
@@ -491,6 +498,8 @@ def make_parser():
             t.add_argument(_flag(key), nargs=2, type=float, metavar=("A", "B"), **kw)
         elif key in CHOICES:
             t.add_argument(_flag(key), choices=list(CHOICES[key]), **kw)
+        elif key == "threads":
+            t.add_argument(_flag(key), type=threads_arg, metavar="N|auto", **kw)
         else:
             typ = {int: int, float: float, str: str}.get(type(default), int)
             t.add_argument(_flag(key), type=typ, metavar="N" if typ is int else None, **kw)

@@ -8,6 +8,7 @@ import numpy as np
 
 from npvit.data import load_dataset
 from npvit.evaluate import confusion_matrix, load_trained, predict_proba
+from npvit.parallel import threads_arg
 
 
 def main(argv=None):
@@ -17,10 +18,12 @@ def main(argv=None):
     p.add_argument("--dataset", choices=["cifar10", "folder"], default="cifar10")
     p.add_argument("--test-limit", type=int, help="only the first N test images")
     p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    p.add_argument("--threads", type=threads_arg, default="auto", metavar="N|auto",
+                   help="numpy: run each batch as N shards on N cores (auto: every core this process may use)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
     try:
-        model, meta = load_trained(args.checkpoint, args.backend)
+        model, meta = load_trained(args.checkpoint, args.backend, args.threads)
         c = model.config
         data = load_dataset(args.dataset, args.data_dir, c.image_size, c.num_channels).limit(test=args.test_limit)
     except Exception as e:

@@ -13,7 +13,7 @@ from tests.cifar_fixtures import REPO, real_cifar, write_fake_cifar
 TRAIN = [sys.executable, os.path.join(REPO, "scripts", "train.py")]
 # A small model keeps the resume tests quick; they test the loop, not the model.
 SMALL = ["--hidden-size", "24", "--num-attention-heads", "3", "--intermediate-size", "48",
-         "--num-hidden-layers", "2", "--no-progress"]
+         "--num-hidden-layers", "2", "--no-progress", "--threads", "2"]   # 2 shards: their dropout must resume too
 
 
 def run(args, env=None, check=True):

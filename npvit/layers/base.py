@@ -8,6 +8,8 @@ name of a parameter is its attribute path: ``encoder.blocks.0.mlp.dense_1.weight
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from ..backend import get_array_module, to_device
@@ -81,6 +83,18 @@ class Layer:
                 layer.params[k] = to_device(layer.params[k], xp)
                 layer.grads[k] = to_device(layer.grads[k], xp)
         return self
+
+    def replicate(self):
+        """A copy of this layer tree that shares the parameters (the same ``params`` dicts) and has its
+        own gradients and forward caches: replicas can run shards of one batch side by side."""
+        clone = copy.copy(self)
+        clone.grads = {k: get_array_module(g).zeros_like(g) for k, g in self.grads.items()}
+        for name, value in vars(self).items():
+            if isinstance(value, Layer):
+                setattr(clone, name, value.replicate())
+            elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Layer) for v in value):
+                setattr(clone, name, type(value)(v.replicate() for v in value))
+        return clone
 
     def __call__(self, x, *args, **kwargs):
         return self.forward(x, *args, **kwargs)

@@ -1,0 +1,166 @@
+"""ViT(threads=T): the batch as T shards on T threads (npvit/parallel.py) gives the one-thread results."""
+import copy
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from npvit import ViT, softmax_cross_entropy
+from npvit.gradcheck import check_model_gradients, small_vit_config
+from npvit.parallel import check_threads, threads_arg
+from npvit.train import train_step
+from tests.conftest import GRADCHECK_TOL, rel_err
+from tests.helpers import assert_close
+from tests.reference.article_vit import ViTForClassfication
+
+SMALL = small_vit_config().to_dict()     # 8x8 images, patch 4, 5 tokens, 5 classes
+
+
+def step(model, x, labels):
+    logits, atts = model(x, return_attention=True)
+    _, dlogits = softmax_cross_entropy(logits, labels, label_smoothing=0.1)
+    dx = model.backward(dlogits)
+    return logits, atts, dx, model.grad_dict()
+
+
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 2e-5)])
+@pytest.mark.parametrize("threads,batch", [(2, 8), (3, 7), (4, 2), (2, 1)])
+def test_shards_give_the_one_thread_results(threads, batch, dtype, tol):
+    """Logits, attention maps, dx and every gradient; batches that do not divide, or smaller than T."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 3, 8, 8)).astype(dtype)
+    labels = rng.integers(0, 5, batch)
+    one, many = ViT(SMALL, dtype=dtype, seed=2), ViT(SMALL, dtype=dtype, seed=2, threads=threads)
+    for _ in range(2):   # twice without zero_grad: the shards' gradients accumulate like the model's
+        ref, got = step(one, x, labels), step(many, x, labels)
+    logits, atts, dx, grads = ref
+    logits2, atts2, dx2, grads2 = got
+    assert rel_err(logits2, logits) < tol and rel_err(dx2, dx) < tol
+    assert len(atts2) == len(atts) and all(rel_err(a2, a) < tol for a, a2 in zip(atts, atts2))
+    assert list(grads2) == list(grads)
+    for k in grads:
+        assert grads2[k].dtype == np.dtype(dtype) and rel_err(grads2[k], grads[k]) < tol, k
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sharded_article_model_matches_pytorch(dtype):
+    model = ViT(dtype=dtype, seed=1, threads=3)
+    ref = ViTForClassfication(model.config.to_dict()).to(getattr(torch, dtype)).eval()
+    ref.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    rng = np.random.default_rng(0)
+    images, labels = rng.standard_normal((8, 3, 32, 32)).astype(dtype), rng.integers(0, 10, 8)
+    logits = model(images)
+    _, dlogits = softmax_cross_entropy(logits, labels)
+    dx = model.backward(dlogits)
+    xt = torch.tensor(images, requires_grad=True)
+    logits_t = ref(xt)[0]
+    torch.nn.functional.cross_entropy(logits_t, torch.tensor(labels)).backward()
+    assert_close(logits, logits_t, dtype, "logits")
+    assert_close(dx, xt.grad, dtype, "dx")
+    named = dict(ref.named_parameters())
+    for k, g in model.grad_dict().items():
+        assert_close(g, named[k].grad, dtype, f"grad {k}")
+
+
+def test_sharded_model_passes_the_gradient_check():
+    model = ViT(SMALL, dtype="float64", seed=3, threads=2)
+    rng = np.random.default_rng(0)
+    check_model_gradients(model, rng.standard_normal((3, 3, 8, 8)), rng.integers(0, 5, 3)).assert_ok(GRADCHECK_TOL)
+
+
+def test_shards_run_on_their_own_threads_with_blas_on_one():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    model = ViT(SMALL, threads=3)
+    x = np.zeros((6, 3, 8, 8), np.float32)
+    model(x)
+    seen = {}
+    for t, replica in enumerate(model.parallel.replicas):
+        inner = replica.classifier.forward
+
+        def spy(h, _inner=inner, _t=t):
+            seen[_t] = (threading.current_thread().name, blas_threads())
+            return _inner(h)
+
+        replica.classifier.forward = spy
+    before = blas_threads()
+    model(x)
+    main = threading.current_thread().name       # shard 0 runs on the caller, the others on npvit's workers
+    assert sorted(seen) == [0, 1, 2] and seen[0][0] == main, seen
+    assert all(seen[t][0].startswith("npvit") for t in (1, 2)), seen
+    assert all(n == [1] * len(before) for _, n in seen.values()), f"BLAS threads inside the shards: {seen}"
+    assert blas_threads() == before, "BLAS threads were not restored after the step"
+
+
+def test_dropout_masks_differ_between_shards_and_repeat_with_the_seed():
+    c = {**SMALL, "hidden_dropout_prob": 0.5, "attention_probs_dropout_prob": 0.5}
+    x = np.repeat(np.random.default_rng(0).standard_normal((1, 3, 8, 8)), 2, axis=0)   # the same image twice
+    a, b = ViT(c, dtype="float64", threads=2), ViT(c, dtype="float64", threads=2)
+    ya, yb = a(x), b(x)
+    assert not np.allclose(ya[0], ya[1]), "both shards drew the same dropout mask"
+    np.testing.assert_array_equal(ya, yb)
+    a.eval()                                 # eval mode reaches the replicas: no dropout, rows agree
+    np.testing.assert_allclose(a(x), ViT(c, dtype="float64").eval()(x), rtol=1e-12)
+    assert all(not layer.training for r in a.parallel.replicas for _, layer in r.named_layers())
+
+
+def test_replicas_follow_astype_load_and_deepcopy():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 8, 8))
+    one, many = ViT(SMALL, seed=1), ViT(SMALL, seed=5, threads=2)
+    many(x.astype(np.float32))                                       # replicas built in float32
+    for m in (one, many):
+        m.astype("float64")
+    many.load_state_dict(one.state_dict())                           # in place: the replicas see it too
+    ref = step(one, x, np.arange(4))
+    got = step(many, x, np.arange(4))
+    assert rel_err(got[0], ref[0]) < 1e-12
+    assert all(g.dtype == np.float64 and rel_err(g, ref[3][k]) < 1e-12 for k, g in got[3].items())
+    twin = copy.deepcopy(many)
+    assert twin.parallel.model is twin and twin.parallel is not many.parallel
+    twin.zero_grad()
+    assert rel_err(step(twin, x, np.arange(4))[3]["classifier.weight"], ref[3]["classifier.weight"]) < 1e-12
+
+
+def test_train_step_with_threads_is_the_same_step():
+    rng = np.random.default_rng(0)
+    x, labels = rng.standard_normal((10, 3, 8, 8)), rng.integers(0, 5, 10)
+    from npvit.optim import SGD
+
+    weights = []
+    for threads, micro in ((1, None), (2, None), (3, 4)):
+        model = ViT(SMALL, dtype="float64", seed=1, threads=threads)
+        opt = SGD(model, lr=0.5, momentum=0.9)
+        train_step(model, opt, x, labels, labels, label_smoothing=0.1, micro_batch=micro)
+        weights.append(model.state_dict())
+    for w in weights[1:]:
+        for k in w:
+            np.testing.assert_allclose(w[k], weights[0][k], rtol=1e-10, atol=1e-13, err_msg=k)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "two", True, None])
+def test_bad_threads_are_clear_errors(bad):
+    with pytest.raises(ValueError, match="threads must be a positive integer or 'auto'"):
+        ViT(SMALL, threads=bad)
+
+
+def test_threads_auto_cupy_and_missing_threadpoolctl(monkeypatch):
+    assert check_threads("auto", "numpy") >= 1 and check_threads("auto", "cupy") == 1
+    assert ViT(SMALL, threads="auto").threads == check_threads("auto", "numpy")
+    with pytest.raises(ValueError, match="numpy backend only, not 'cupy'"):
+        check_threads(2, "cupy")
+    assert threads_arg("auto") == "auto" and threads_arg("3") == 3
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)
+    with pytest.raises(ImportError, match="pip install threadpoolctl"):
+        ViT(SMALL, threads=2)
+    assert ViT(SMALL, threads=1).parallel is None                    # one thread needs nothing extra
+
+
+def test_backward_before_forward_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        ViT(SMALL, threads=2).backward(np.zeros((2, 5), np.float32))
