@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
-from .base import Layer
+from .base import Layer, row_sum
 from .dropout import Dropout
 from .linear import Linear
 
@@ -21,7 +21,7 @@ def softmax(scores, out=None):
     xp = get_array_module(scores)
     e = xp.subtract(scores, scores.max(axis=-1, keepdims=True), out=out)
     xp.exp(e, out=e)
-    rsum = e.sum(axis=-1, keepdims=True)
+    rsum = row_sum(e)                                            # (..., 1)
     xp.reciprocal(rsum, out=rsum)
     e *= rsum                                                    # a multiply: cheaper than a divide
     return e

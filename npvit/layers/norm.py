@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import get_array_module
-from .base import Layer
+from .base import Layer, row_mean
 
 
 class LayerNorm(Layer):
@@ -20,9 +20,8 @@ class LayerNorm(Layer):
         if x.shape[-1] != self.dim:
             raise ValueError(f"LayerNorm expects last dimension {self.dim}, got input of shape {x.shape}")
         xp = get_array_module(x)
-        mean = x.mean(axis=-1, keepdims=True)                   # (..., 1)
-        xhat = x - mean                                         # centred; becomes xhat in place
-        var = (xhat * xhat).mean(axis=-1, keepdims=True)        # biased variance, as torch
+        xhat = x - row_mean(x)                                  # centred; becomes xhat in place
+        var = row_mean(xhat * xhat)                             # (..., 1) biased variance, as torch
         var += self.eps
         self.rstd = rstd = 1.0 / xp.sqrt(var)                   # (..., 1)
         xhat *= rstd                                            # (..., D)
@@ -35,11 +34,12 @@ class LayerNorm(Layer):
         # y = xhat * w + b,  xhat = (x - mean) * rstd
         # dw = sum(dy * xhat), db = sum(dy), dxhat = dy * w
         # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
-        lead = tuple(range(dy.ndim - 1))
-        self.grads["weight"] += (dy * self.xhat).sum(axis=lead)
-        self.grads["bias"] += dy.sum(axis=lead)
+        xp = get_array_module(dy)
+        dy2d, xhat2d = dy.reshape(-1, self.dim), self.xhat.reshape(-1, self.dim)   # (M, D): every row
+        self.grads["weight"] += xp.einsum("mi,mi->i", dy2d, xhat2d)        # sum over rows of dy * xhat
+        self.grads["bias"] += dy2d.sum(axis=0)
         dxhat = dy * self.params["weight"]
-        dx = dxhat - dxhat.mean(axis=-1, keepdims=True)
-        dx -= self.xhat * (dxhat * self.xhat).mean(axis=-1, keepdims=True)
+        dx = dxhat - row_mean(dxhat)
+        dx -= self.xhat * row_mean(dxhat * self.xhat)
         dx *= self.rstd
         return dx

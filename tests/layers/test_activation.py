@@ -40,3 +40,21 @@ def test_float32_stays_float32():
 def test_unknown_approximation_is_a_clear_error():
     with pytest.raises(ValueError, match="approximate"):
         GELU("sigmoid")
+
+
+def test_tanh_form_is_exact_and_silent_at_extremes():
+    """Computed as x sigmoid(2u): no overflow warning where exp(-2u) = inf, and float32 keeps its digits for
+    negative x, where 0.5 x (1 + tanh(u)) cancels."""
+    import warnings
+
+    x64 = np.array([-1e4, -100.0, -12.0, -10.0, -6.0, -3.0, -0.5, 0.0, 0.5, 3.0, 12.0, 100.0, 1e4])
+    gelu = GELU("tanh")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = gelu.forward(x64.astype(np.float32))
+        dx = gelu.backward(np.ones_like(y))
+    ref = NewGELUActivation()(torch.tensor(x64)).numpy()
+    xt = torch.tensor(x64, requires_grad=True)
+    NewGELUActivation()(xt).sum().backward()
+    np.testing.assert_allclose(y, ref, rtol=2e-6, atol=1e-30)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=2e-6, atol=1e-30)
