@@ -93,7 +93,9 @@ class ViT(Layer):
         if self.parallel is not None:                            # shards of the batch on threads
             return self.parallel.forward(x, return_attention)
         h = self.embedding.forward(x)                            # (B, N, D)
-        h = self.encoder.forward(h, return_attention)
+        # The classifier reads [CLS] alone, so the last block computes only its row (B, 1, D);
+        # for the attention maps every row is computed.
+        h = self.encoder.forward(h, return_attention, cls_only=not return_attention)
         h, atts = h if return_attention else (h, None)
         if self.layernorm is not None:
             h = self.layernorm.forward(h)

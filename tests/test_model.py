@@ -132,7 +132,8 @@ def test_return_attention_and_modes():
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     logits, atts = model(x, return_attention=True)
     assert logits.shape == (2, 5) and len(atts) == 2 and atts[0].shape == (2, 3, 5, 5)
-    np.testing.assert_array_equal(logits, model(x))
+    # without maps the last block computes the [CLS] row only: the same logits up to float32 rounding
+    np.testing.assert_allclose(logits, model(x), rtol=1e-5, atol=1e-7)
     assert model.train() is model and all(layer.training for _, layer in model.named_layers())
     assert model.eval() is model and not any(layer.training for _, layer in model.named_layers())
 

@@ -34,7 +34,7 @@ class MLP(Layer):
 
 
 class Block(Layer):
-    """Pre-norm transformer block: (B, N, D) -> (B, N, D)."""
+    """Pre-norm transformer block: (B, N, D) -> (B, N, D), or (B, 1, D) with cls_only."""
 
     def __init__(self, hidden_size, num_heads, intermediate_size, qkv_bias=True, hidden_dropout=0.0,
                  attn_dropout=0.0, approximate="tanh", rng=None, std=0.02, seed=0):
@@ -46,22 +46,28 @@ class Block(Layer):
         self.mlp = MLP(hidden_size, intermediate_size, hidden_dropout, approximate, rng=rng, std=std, seed=seed + 2)
         self.layernorm_2 = LayerNorm(hidden_size)
 
-    def forward(self, x, return_attention=False):
-        a = self.attention.forward(self.layernorm_1.forward(x), return_attention)
+    def forward(self, x, return_attention=False, cls_only=False):
+        """cls_only: the output of token 0 ([CLS]) only, (B, 1, D), all a ViT classifier reads.
+        Its attention still reads every token's key and value, so it is exact, for a fraction of the work."""
+        n = 1 if cls_only else None                              # x[:, :None] is every token
+        self.n = n
+        a = self.attention.forward(self.layernorm_1.forward(x), return_attention, num_queries=n)
         a, att = a if return_attention else (a, None)
-        x = x + a                                                # residual 1
+        x = x[:, :n] + a                                         # residual 1
         y = x + self.mlp.forward(self.layernorm_2.forward(x))    # residual 2
         return (y, att) if return_attention else y
 
     def backward(self, dy):
         # y = x1 + mlp(ln2(x1))  =>  dx1 = dy + ln2^T mlp^T dy
         dx1 = dy + self.layernorm_2.backward(self.mlp.backward(dy))
-        # x1 = x + attn(ln1(x))  =>  dx = dx1 + ln1^T attn^T dx1
-        return dx1 + self.layernorm_1.backward(self.attention.backward(dx1))
+        # x1 = x[:, :n] + attn(ln1(x))  =>  dx = ln1^T attn^T dx1, plus dx1 on the tokens of the residual
+        dx = self.layernorm_1.backward(self.attention.backward(dx1))
+        dx[:, :self.n] += dx1
+        return dx
 
 
 class Encoder(Layer):
-    """A stack of L blocks: (B, N, D) -> (B, N, D); ``blocks.{i}`` as the article names them."""
+    """A stack of L blocks: (B, N, D) -> (B, N, D) (or (B, 1, D), cls_only); ``blocks.{i}`` as the article names them."""
 
     def __init__(self, num_layers, hidden_size, num_heads, intermediate_size, qkv_bias=True, hidden_dropout=0.0,
                  attn_dropout=0.0, approximate="tanh", rng=None, std=0.02, seed=0):
@@ -69,10 +75,11 @@ class Encoder(Layer):
         self.blocks = [Block(hidden_size, num_heads, intermediate_size, qkv_bias, hidden_dropout, attn_dropout,
                              approximate, rng=rng, std=std, seed=seed + 10 * i) for i in range(num_layers)]
 
-    def forward(self, x, return_attention=False):
+    def forward(self, x, return_attention=False, cls_only=False):
+        """cls_only: the last block computes token 0 only (see Block), returning (B, 1, D)."""
         atts = []
-        for block in self.blocks:
-            x = block.forward(x, return_attention)
+        for i, block in enumerate(self.blocks):
+            x = block.forward(x, return_attention, cls_only=cls_only and i == len(self.blocks) - 1)
             if return_attention:
                 x, att = x
                 atts.append(att)

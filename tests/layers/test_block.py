@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from npvit.backend import to_numpy
 from npvit.gradcheck import check_layer_gradients
 from npvit.layers import MLP, Block, Encoder
 from tests.conftest import GRADCHECK_TOL
@@ -50,3 +51,35 @@ def test_encoder_returns_one_attention_map_per_block():
     enc = Encoder(3, 12, 3, 20)
     y, atts = enc.forward(np.random.default_rng(0).standard_normal((2, 5, 12)), return_attention=True)
     assert y.shape == (2, 5, 12) and len(atts) == 3 and all(a.shape == (2, 3, 5, 5) for a in atts)
+
+
+@pytest.mark.parametrize("B,N,D,H,I", SHAPES)
+def test_cls_only_is_token_0_of_the_full_block(B, N, D, H, I, xp):
+    """The ViT's last block computes the [CLS] row only: the full block's row 0, and the full block's dx and
+    gradients when the gradient reaches token 0 alone; it passes the gradient check on its own."""
+    import copy
+
+    from tests.conftest import rel_err
+
+    x = to_device(np.random.default_rng(0).standard_normal((B, N, D)), xp)
+    full = randomise_norms(Block(D, H, I, rng=np.random.default_rng(1), **init)).astype(np.float64).to(xp)
+    part = copy.deepcopy(full)
+    y, y0 = full.forward(x), part.forward(x, cls_only=True)
+    assert y0.shape == (B, 1, D) and rel_err(to_numpy(y0), to_numpy(y[:, :1])) < 1e-12
+    dy0 = to_device(np.random.default_rng(2).standard_normal((B, 1, D)), xp)
+    dy = xp.zeros((B, N, D))
+    dy[:, :1] = dy0
+    dx, dx0 = full.backward(dy), part.backward(dy0)
+    assert rel_err(to_numpy(dx0), to_numpy(dx)) < 1e-12
+    for k, g in full.gradients().items():
+        assert rel_err(to_numpy(part.gradients()[k]), to_numpy(g)) < 1e-12, k
+    check_layer_gradients(part, x, forward_kwargs={"cls_only": True}).assert_ok(GRADCHECK_TOL)
+    enc = randomise_norms(Encoder(2, D, H, I, rng=np.random.default_rng(3), **init)).to(xp)
+    check_layer_gradients(enc, x, forward_kwargs={"cls_only": True}).assert_ok(GRADCHECK_TOL)
+
+
+def test_num_queries_out_of_range_is_a_clear_error():
+    from npvit.layers import MultiHeadSelfAttention
+
+    with pytest.raises(ValueError, match=r"num_queries must be in 1..5"):
+        MultiHeadSelfAttention(12, 3).forward(np.zeros((2, 5, 12)), num_queries=0)
