@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from argparse import ArgumentTypeError
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 
@@ -107,8 +107,11 @@ class DataParallel:
             self.pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="npvit")
         with self.blas.limit(limits=1, user_api="blas"):
             futures = [self.pool.submit(call) for call in calls[1:]]
-            first = calls[0]()
-            return [first] + [f.result() for f in futures]
+            try:
+                first = calls[0]()
+            finally:
+                wait(futures)            # an error in shard 0 never leaves other shards running behind it
+            return [first] + [f.result() for f in futures]   # re-raises a shard's error here
 
     def forward(self, x, return_attention=False):
         """x (B, C, H, W) -> logits (B, K) [, L maps (B, H, N, N)], shard by shard."""

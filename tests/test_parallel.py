@@ -164,3 +164,30 @@ def test_threads_auto_cupy_and_missing_threadpoolctl(monkeypatch):
 def test_backward_before_forward_is_a_clear_error():
     with pytest.raises(RuntimeError, match="backward called before forward"):
         ViT(SMALL, threads=2).backward(np.zeros((2, 5), np.float32))
+
+
+def test_a_shards_error_reaches_the_caller_after_every_shard_stopped():
+    import time
+
+    model = ViT(SMALL, threads=2)
+    x = np.zeros((4, 3, 8, 8), np.float32)
+    model(x)
+    r0, r1 = model.parallel.replicas
+    finished = []
+
+    def slow(h, _inner=r1.classifier.forward):
+        time.sleep(0.2)
+        finished.append(True)
+        return _inner(h)
+
+    def boom(h):
+        raise ValueError("boom in shard 0")
+
+    r0.classifier.forward, r1.classifier.forward = boom, slow
+    with pytest.raises(ValueError, match="boom in shard 0"):
+        model(x)
+    assert finished == [True], "shard 1 was still running when the error came back"
+    del r0.classifier.forward                          # back to the class's method
+    r1.classifier.forward = boom
+    with pytest.raises(ValueError, match="boom in shard 0"):    # an error on the worker thread reaches us too
+        model(x)
