@@ -111,22 +111,11 @@ def load_cifar10(root, download=False, url=CIFAR10_URL, md5=CIFAR10_MD5) -> Data
                    classes)
 
 
-def download_cifar10(root, url=CIFAR10_URL, md5=CIFAR10_MD5, use_torchvision=None):
-    """Fetch CIFAR-10 into ``root``. torchvision does it (and verifies the archive) when it imports;
-    otherwise the standard library downloads ``url``, checks ``md5`` and extracts safely.
-    Nothing half-written is left in ``root`` if any step fails."""
+def download_cifar10(root, url=CIFAR10_URL, md5=CIFAR10_MD5):
+    """Fetch CIFAR-10 into ``root`` with the standard library: download ``url``, check ``md5``,
+    extract safely. Nothing half-written is left in ``root`` if any step fails."""
     root = os.fspath(root)
     os.makedirs(root, exist_ok=True)
-    if use_torchvision is not False and url == CIFAR10_URL:
-        # Optional, for downloading only: npvit's own code never uses torch.
-        try:
-            import torchvision
-        except Exception:  # not installed, or it does not import next to this torch
-            if use_torchvision:
-                raise
-        else:
-            torchvision.datasets.CIFAR10(root, train=True, download=True)
-            return
     with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
         archive = os.path.join(tmp, "cifar-10-python.tar.gz")
         print(f"downloading CIFAR-10 from {url} ...", flush=True)

@@ -89,7 +89,7 @@ def test_download_with_wrong_md5_leaves_nothing(server, tmp_path):
     fake_cifar_archive(server.folder / "cifar-10-python.tar.gz")
     root = tmp_path / "data"
     with pytest.raises(DataError, match="MD5"):
-        download_cifar10(root, url=f"{server.url}/cifar-10-python.tar.gz", md5="0" * 32, use_torchvision=False)
+        download_cifar10(root, url=f"{server.url}/cifar-10-python.tar.gz", md5="0" * 32)
     assert os.listdir(root) == []
 
 
@@ -97,13 +97,13 @@ def test_unsafe_archive_is_refused(server, tmp_path):
     archive = fake_cifar_archive(server.folder / "evil.tar.gz", extra_members=[("../escape.txt", b"x")])
     root = tmp_path / "data"
     with pytest.raises(DataError, match="unsafe archive member '../escape.txt'"):
-        download_cifar10(root, url=f"{server.url}/evil.tar.gz", md5=md5(archive), use_torchvision=False)
+        download_cifar10(root, url=f"{server.url}/evil.tar.gz", md5=md5(archive))
     assert os.listdir(root) == [] and not (tmp_path / "escape.txt").exists()
 
 
 def test_unreachable_server_is_a_clear_error(server, tmp_path):
     with pytest.raises(DataError, match="could not download CIFAR-10"):
-        download_cifar10(tmp_path / "d", url=f"{server.url}/missing.tar.gz", md5="0" * 32, use_torchvision=False)
+        download_cifar10(tmp_path / "d", url=f"{server.url}/missing.tar.gz", md5="0" * 32)
     assert os.listdir(tmp_path / "d") == []
 
 
