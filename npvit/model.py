@@ -56,8 +56,8 @@ class ViT(Layer):
                                c.gelu_approximate, rng=rng, std=std, seed=seed + 100)
         self.layernorm = LayerNorm(c.hidden_size) if c.final_layernorm else None
         self.classifier = Linear(c.hidden_size, c.num_classes, rng=rng, std=std)
-        self.astype(self.dtype).to(self.xp)
         self.parallel = DataParallel(self, self.threads) if self.threads > 1 else None
+        self.astype(self.dtype).to(self.xp)
 
     @property
     def xp(self):
@@ -123,13 +123,13 @@ class ViT(Layer):
     def astype(self, dtype):
         self.dtype = check_dtype(dtype)
         super().astype(self.dtype)
-        if getattr(self, "parallel", None) is not None:
+        if self.parallel is not None:
             self.parallel.reset()                                # the replicas hold the old gradients
         return self
 
     def to(self, xp):
         super().to(xp)
-        if getattr(self, "parallel", None) is not None:
+        if self.parallel is not None:
             self.parallel.reset()
         return self
 

@@ -83,7 +83,7 @@ class MultiHeadSelfAttention(Layer):
         dq = dqkv[0, :, :, :Nq]
         dqkv[0, :, :, Nq:] = 0                                   # tokens that asked nothing: no query gradient
         # ctx = att_d v  =>  datt_d = dctx v^T,  dv = att_d^T dctx
-        datt = dctx @ v.transpose(0, 1, 3, 2)                    # (B, H, N, N)
+        datt = dctx @ v.transpose(0, 1, 3, 2)                    # (B, H, Nq, N)
         xp.matmul(att_d.transpose(0, 1, 3, 2), dctx, out=dqkv[2])
         datt = self.attn_dropout.backward(datt)
         # att = softmax(scores)  =>  dscores = att * (datt - sum(datt * att, -1))
