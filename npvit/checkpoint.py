@@ -1,19 +1,25 @@
-"""Save and load a model (and optionally optimiser state and metadata) as one ``.npz`` file.
+"""Save and load a model (and optionally optimiser state and metadata) as one ``.npz`` file,
+and exchange weights with PyTorch through ``.safetensors``.
 
 Parameters are stored under their PyTorch names (``param/embedding.cls_token``...),
 optimiser state under ``optim/...``, and the config plus any metadata as JSON
-text under ``config.json`` / ``meta.json``, so ``np.load`` alone can read it.
-Writes go to a temporary file that replaces the target only when complete.
+text under ``config.json`` / ``meta.json``, so ``np.load`` alone can read it, and
+never with pickle. Writes are atomic (npvit/runfiles.py).
+
+A ``.safetensors`` file holds the weights alone, under the same names, with the
+config as JSON in its metadata: ``safetensors.torch.load_file`` reads it straight
+into the article's PyTorch model, and a state dict saved there loads here.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from .config import ViTConfig
+from .errors import CheckpointError
+from .runfiles import atomic_write
 
 FORMAT_VERSION = 1
 
@@ -26,48 +32,132 @@ def save_checkpoint(path, model, optimizer=None, meta=None):
     arrays["config.json"] = np.array(json.dumps(model.config.to_dict()))
     arrays["meta.json"] = np.array(json.dumps({"format_version": FORMAT_VERSION, "dtype": model.dtype.name,
                                                **(meta or {})}))
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def read_checkpoint(path):
     """Return ``(config, params, optim_state, meta)`` from a checkpoint file, as host arrays."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise CheckpointError(f"no checkpoint at {path}")
+    if path.endswith(".safetensors"):
+        config, params, meta = read_safetensors(path)
+        return config, params, {}, meta
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable npvit checkpoint ({e})") from e
+    except PermissionError:
+        raise CheckpointError(f"cannot read checkpoint {path}: permission denied") from None
+    except Exception as e:   # truncated or foreign files fail in zipfile, zlib or NumPy's reader
+        # allow_pickle=False makes np.load refuse object arrays with a ValueError: no code runs.
+        raise CheckpointError(f"{path} is not a readable npvit checkpoint ({type(e).__name__}: {e})") from None
     if "config.json" not in data or "meta.json" not in data:
-        raise ValueError(f"{path} is not an npvit checkpoint (no config.json/meta.json entries)")
-    config = ViTConfig.from_dict(json.loads(str(data["config.json"])))
-    meta = json.loads(str(data["meta.json"]))
+        raise CheckpointError(f"{path} is not an npvit checkpoint (no config.json/meta.json entries)")
+    try:
+        config = ViTConfig.from_dict(json.loads(str(data["config.json"])))
+        meta = json.loads(str(data["meta.json"]))
+        if not isinstance(meta, dict):
+            raise ValueError("meta.json is not a JSON object")
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has a damaged config or metadata entry ({e})") from None
     params = {k[len("param/"):]: v for k, v in data.items() if k.startswith("param/")}
     optim = {k[len("optim/"):]: v for k, v in data.items() if k.startswith("optim/")}
     return config, params, optim, meta
 
 
+def check_finite(params, path):
+    """Refuse weights holding NaN or infinity, naming the arrays (a diverged run's model)."""
+    bad = [k for k, v in params.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {path} holds non-finite weights (NaN or inf) in {len(bad)} arrays: "
+                              f"{', '.join(bad[:6])}{', ...' if len(bad) > 6 else ''}; the run that wrote it "
+                              f"diverged, use an earlier checkpoint")
+
+
 def load_checkpoint(path, backend="numpy", dtype=None, threads=1):
-    """Rebuild the model saved at ``path``: returns ``(model, optim_state, meta)``.
+    """Rebuild the model saved at ``path`` (.npz or .safetensors): returns ``(model, optim_state, meta)``.
 
     ``dtype`` defaults to the saved one; ``threads`` as in ``ViT``; pass ``optim_state`` to an optimiser's
-    ``load_state_dict`` to resume.
+    ``load_state_dict`` to resume. Non-finite weights are refused.
     """
     from .model import ViT
 
     config, params, optim, meta = read_checkpoint(path)
+    check_finite(params, path)
     model = ViT(config, backend=backend, dtype=dtype or meta.get("dtype", "float32"), threads=threads)
-    model.load_state_dict(params)
+    try:
+        model.load_state_dict(params)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     return model, optim, meta
+
+
+# -- safetensors -------------------------------------------------------------------------
+def _safetensors_numpy():
+    try:
+        import safetensors.numpy
+    except ImportError:
+        raise CheckpointError("reading or writing .safetensors needs the safetensors package: "
+                              "pip install safetensors (npvit's [safetensors] extra)") from None
+    return safetensors.numpy
+
+
+def export_safetensors(src, dst, dtype=None):
+    """Write the weights of checkpoint ``src`` (.npz) to ``dst`` (.safetensors) under the PyTorch names;
+    ``dtype`` (e.g. "float32") casts them, else they keep the checkpoint's dtype."""
+    config, params, _, meta = read_checkpoint(src)
+    check_finite(params, src)
+    st = _safetensors_numpy()
+    if dtype is not None:
+        params = {k: v.astype(dtype) for k, v in params.items()}
+    metadata = {"format": "pt", "npvit_config": json.dumps(config.to_dict()),
+                "npvit_meta": json.dumps({k: meta[k] for k in ("classes", "mean", "std") if k in meta})}
+    # safetensors wants contiguous arrays; its save writes bytes we then place atomically.
+    tensors = {k: np.ascontiguousarray(v) for k, v in params.items()}
+    atomic_write(dst, lambda f: f.write(st.save(tensors, metadata=metadata)))
+    return dst
+
+
+def read_safetensors(path, config=None):
+    """``(config, params, meta)`` from a .safetensors file; the config comes from its metadata
+    (written by npvit) or from ``config`` (a file saved by PyTorch holds none)."""
+    _safetensors_numpy()
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="numpy") as f:
+            metadata = f.metadata() or {}
+            params = {k: f.get_tensor(k) for k in f.keys()}
+    except PermissionError:
+        raise CheckpointError(f"cannot read {path}: permission denied") from None
+    except Exception as e:   # the safetensors parser raises its own error types
+        raise CheckpointError(f"{path} is not a readable .safetensors file ({type(e).__name__}: {e})") from None
+    try:
+        if config is None:
+            if "npvit_config" not in metadata:
+                raise CheckpointError(f"{path} carries no npvit config in its metadata: pass the model's config "
+                                      f"(e.g. load_safetensors(path, config=ViTConfig(...)))")
+            config = ViTConfig.from_dict(json.loads(metadata["npvit_config"]))
+        elif isinstance(config, dict):
+            config = ViTConfig.from_dict(config)
+        meta = json.loads(metadata.get("npvit_meta", "{}"))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has a damaged npvit config in its metadata ({e})") from None
+    meta["dtype"] = str(next(iter(params.values())).dtype) if params else "float32"
+    if meta["dtype"] not in ("float32", "float64"):
+        meta["dtype"] = "float32"
+    return config, params, meta
+
+
+def load_safetensors(path, config=None, backend="numpy", dtype="float32", threads=1):
+    """A ViT with the weights of a .safetensors file (npvit's, or a PyTorch state dict of the article's model)."""
+    from .model import ViT
+
+    config, params, _ = read_safetensors(path, config)
+    check_finite(params, path)
+    model = ViT(config, backend=backend, dtype=dtype, threads=threads)
+    try:
+        model.load_state_dict(params)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return model

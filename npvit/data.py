@@ -5,7 +5,9 @@ to the model's device once and normalises batches on the fly there.
 
 CIFAR-10 (Krizhevsky 2009) lives in ``<root>/cifar-10-batches-py/``:
 ``data_batch_1..5``, ``test_batch`` and ``batches.meta``, pickled dicts with
-``data`` (N, 3072) uint8 (channel-major rows) and ``labels``.
+``data`` (N, 3072) uint8 (channel-major rows) and ``labels``. They are read
+through a restricted unpickler that builds only what those files hold, so a
+crafted file cannot run code.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import DataError
+
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_DIR = "cifar-10-batches-py"
@@ -28,9 +32,6 @@ CIFAR10_TEST = "test_batch"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
-
-class DataError(RuntimeError):
-    """Data missing, corrupt or unusable; the message says how to fix it."""
 
 
 @dataclass
@@ -63,14 +64,45 @@ def _fix_hint(root):
             f"or point --data-dir at a folder holding a good {CIFAR10_DIR}/")
 
 
+class SafeUnpickler(pickle.Unpickler):
+    """Builds only what the CIFAR-10 batches hold: dicts, lists, strings, bytes, numbers and NumPy arrays.
+
+    A pickle names the callables that rebuild its objects; a crafted one can name ``os.system``.
+    Here every name outside the few NumPy array constructors is refused before it is looked up.
+    """
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),   # protocol 5
+               ("_codecs", "encode")}     # how protocol-2 pickles spell bytes
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it asks to build {module}.{name}, which a CIFAR-10 batch never holds "
+                                     f"(refused: unpickling it could run code)")
+
+
+def safe_unpickle(f):
+    return SafeUnpickler(f, encoding="latin1").load()
+
+
 def _read_batch(path, root):
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="latin1")
+            d = safe_unpickle(f)
         data = np.asarray(d["data"], dtype=np.uint8)
         labels = np.asarray(d["labels"], dtype=np.int64)
     except FileNotFoundError:
         raise DataError(f"CIFAR-10 file {path} is missing; {_fix_hint(root)}") from None
+    except PermissionError:
+        raise DataError(f"cannot read CIFAR-10 file {path}: permission denied (check the file's "
+                        f"permissions; the data itself may be fine)") from None
+    except IsADirectoryError:
+        raise DataError(f"CIFAR-10 file {path} is a directory, not a batch file; {_fix_hint(root)}") from None
+    except pickle.UnpicklingError as e:
+        raise DataError(f"CIFAR-10 file {path} is not a CIFAR-10 batch: {e}; {_fix_hint(root)}") from None
     except Exception as e:
         raise DataError(f"CIFAR-10 file {path} is corrupt or truncated ({type(e).__name__}: {e}); "
                         f"{_fix_hint(root)}") from None
@@ -82,19 +114,29 @@ def _read_batch(path, root):
     return data.reshape(-1, 3, 32, 32), labels
 
 
+def cifar10_root(root):
+    """The folder holding ``cifar-10-batches-py/``; ``root`` may also be that folder itself."""
+    root = os.fspath(root)
+    if os.path.basename(os.path.normpath(root)) == CIFAR10_DIR and cifar10_present(os.path.dirname(
+            os.path.normpath(root))):
+        return os.path.dirname(os.path.normpath(root))
+    return root
+
+
 def cifar10_present(root) -> bool:
     folder = os.path.join(root, CIFAR10_DIR)
     return all(os.path.isfile(os.path.join(folder, f)) for f in CIFAR10_TRAIN + [CIFAR10_TEST])
 
 
 def load_cifar10(root, download=False, url=CIFAR10_URL, md5=CIFAR10_MD5) -> Dataset:
-    """Read CIFAR-10 from ``root/cifar-10-batches-py``; download it first if absent and ``download``."""
-    root = os.fspath(root)
+    """Read CIFAR-10 from ``root/cifar-10-batches-py`` (``root`` may be that folder itself); download it
+    first if absent and ``download``."""
+    root = cifar10_root(root)
     if not cifar10_present(root):
         if not download:
             raise DataError(f"CIFAR-10 not found: {os.path.join(root, CIFAR10_DIR)} does not hold "
-                            f"{', '.join(CIFAR10_TRAIN)}, {CIFAR10_TEST}; allow downloading (drop --no-download) "
-                            f"or point --data-dir at the folder that contains {CIFAR10_DIR}/")
+                            f"{', '.join(CIFAR10_TRAIN)}, {CIFAR10_TEST}; point --data-dir at the folder "
+                            f"that contains {CIFAR10_DIR}/")
         download_cifar10(root, url=url, md5=md5)
     folder = os.path.join(root, CIFAR10_DIR)
     train = [_read_batch(os.path.join(folder, f), root) for f in CIFAR10_TRAIN]
@@ -104,7 +146,9 @@ def load_cifar10(root, download=False, url=CIFAR10_URL, md5=CIFAR10_MD5) -> Data
     if os.path.isfile(meta):
         try:
             with open(meta, "rb") as f:
-                classes = tuple(pickle.load(f, encoding="latin1")["label_names"])
+                classes = tuple(safe_unpickle(f)["label_names"])
+        except PermissionError:
+            raise DataError(f"cannot read CIFAR-10 file {meta}: permission denied") from None
         except Exception as e:
             raise DataError(f"CIFAR-10 file {meta} is corrupt ({e}); {_fix_hint(root)}") from None
     return Dataset(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_test, y_test,
@@ -182,9 +226,16 @@ def load_image_folder(root, image_size, num_channels=3) -> Dataset:
     if missing:
         raise DataError(f"image folder dataset needs {root}/train/<class>/ and {root}/test/<class>/; "
                         f"missing {missing}")
-    classes = tuple(sorted(d for d in os.listdir(splits["train"]) if os.path.isdir(os.path.join(splits["train"], d))))
+    def class_dirs(folder):
+        return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+
+    classes = tuple(class_dirs(splits["train"]))
     if not classes:
         raise DataError(f"no class folders in {splits['train']}")
+    unknown = sorted(set(class_dirs(splits["test"])) - set(classes))
+    if unknown:
+        raise DataError(f"{splits['test']} has class folders that {splits['train']} lacks: {unknown}; every "
+                        f"test class must have training images")
     mode = "RGB" if num_channels == 3 else "L"
     out = []
     for split, folder in splits.items():
@@ -193,6 +244,7 @@ def load_image_folder(root, image_size, num_channels=3) -> Dataset:
             cdir = os.path.join(folder, name)
             if not os.path.isdir(cdir):
                 continue
+            n_before = len(xs)
             for fname in sorted(os.listdir(cdir)):
                 if not fname.lower().endswith(IMAGE_EXTENSIONS):
                     continue
@@ -207,6 +259,9 @@ def load_image_folder(root, image_size, num_channels=3) -> Dataset:
                     raise DataError(f"cannot read image {path} ({e})") from None
                 xs.append(a.reshape(image_size, image_size, -1).transpose(2, 0, 1))
                 ys.append(label)
+            if split == "train" and len(xs) == n_before:
+                raise DataError(f"class folder {cdir} holds no images ({', '.join(IMAGE_EXTENSIONS)}): "
+                                f"add images or remove the folder")
         if not xs:
             raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {folder}/<class>/")
         out += [np.stack(xs), np.asarray(ys, dtype=np.int64)]

@@ -4,18 +4,32 @@ from __future__ import annotations
 import numpy as np
 
 from .augment import normalize
-from .backend import to_device, to_numpy
+from .backend import get_xp, to_device, to_numpy
 from .checkpoint import load_checkpoint
+from .errors import CheckpointError, ConfigError, DataError
 from .losses import log_softmax
 
 
 def load_trained(path, backend="numpy", threads=1):
-    """A checkpoint written by training, in eval mode, with the class names and normalisation it used."""
+    """A checkpoint written by training, in eval mode, with the class names and normalisation it used.
+    Refuses checkpoints with non-finite weights (a diverged run's), naming the arrays."""
+    try:
+        get_xp(backend)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     model, _, meta = load_checkpoint(path, backend=backend, threads=threads)
     for key in ("classes", "mean", "std"):
         if key not in meta:
-            raise ValueError(f"checkpoint {path} has no {key!r}: it was not written by npvit training")
+            raise CheckpointError(f"checkpoint {path} has no {key!r}: it was not written by npvit training")
     return model.eval(), meta
+
+
+def check_labels(labels, classes, where):
+    """Every label must name one of the model's classes."""
+    if len(labels) and int(labels.max()) >= len(classes):
+        raise DataError(f"{where} has labels up to {int(labels.max())}, but the model knows {len(classes)} "
+                        f"classes ({', '.join(classes[:4])}{', ...' if len(classes) > 4 else ''}): it was trained "
+                        f"on other data")
 
 
 def confusion_matrix(y_true, y_pred, num_classes):

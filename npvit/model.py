@@ -85,6 +85,8 @@ class ViT(Layer):
         if x.shape[2:] != expected[1:]:
             raise ValueError(f"input images are {x.shape[2]}x{x.shape[3]}, the model expects "
                              f"image_size={c.image_size} ({c.image_size}x{c.image_size})")
+        if len(x) == 0:
+            raise ValueError(f"input is an empty batch {x.shape}: give at least one image")
 
     def forward(self, x, return_attention=False):
         """x (B, C, H, W) -> logits (B, K), and with return_attention the L maps att (B, H, N, N)."""

@@ -105,8 +105,14 @@ class DataParallel:
         """Run the zero-argument callables in parallel (the first on this thread); their results in order."""
         if self.pool is None:
             self.pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="npvit")
+        errstate = np.geterr()      # NumPy's floating-point error handling is per thread: shards follow the caller's
+
+        def in_callers_errstate(call):
+            with np.errstate(**errstate):
+                return call()
+
         with self.blas.limit(limits=1, user_api="blas"):
-            futures = [self.pool.submit(call) for call in calls[1:]]
+            futures = [self.pool.submit(in_callers_errstate, call) for call in calls[1:]]
             try:
                 first = calls[0]()
             finally:

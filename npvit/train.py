@@ -1,12 +1,15 @@
-"""Training on CIFAR-10 (or a folder of images): config, recipes, the loop, checkpoints, resume.
+"""Training on CIFAR-10 (or a folder of images): the loop, its run directory, checkpoints, resume.
 
-One dict holds everything: the article's model keys (``ViTConfig``) plus the
-training keys below. It is built from defaults < recipe < JSON config file <
-command-line flags. ``scripts/train.py`` is a thin wrapper around :func:`main`.
+The loop comes in parts: :class:`Trainer` sets a run up, runs one epoch at a time
+(:meth:`Trainer.train_epoch`) and closes each (:meth:`Trainer.end_of_epoch`: evaluation,
+metrics, checkpoints). The options and recipes are in npvit/options.py; the run
+directory's rules (one run per directory, a lock, atomic writes) in npvit/runfiles.py.
+``scripts/train.py`` and ``npvit train`` are thin wrappers around :func:`main`.
 
 Randomness of every step (shuffle, augmentation, dropout masks) is derived from
-(seed, epoch, step), so a run stopped anywhere and resumed from its checkpoint
-continues bit for bit as if it had never stopped.
+(seed, epoch, step), and everything a run writes is written atomically, with the
+checkpoint as the one record that metrics.jsonl is rewritten from. So a run killed at
+any instant and resumed continues bit for bit as if it had never stopped.
 """
 from __future__ import annotations
 
@@ -21,137 +24,23 @@ import time
 import numpy as np
 
 from . import augment as aug
-from .backend import BACKENDS, DTYPES, default_rng, get_xp, seed_for, to_device, to_host_scalar
-from .checkpoint import read_checkpoint, save_checkpoint
+from .backend import default_rng, get_xp, seed_for, to_device, to_host_scalar
+from .checkpoint import check_finite, read_checkpoint, save_checkpoint
+from .cli import SafeStream, run_main
 from .config import ViTConfig
 from .data import load_dataset
+from .errors import CheckpointError, ConfigError, DataError, Diverged, RunDirError
 from .layers.dropout import Dropout
 from .losses import softmax_cross_entropy
 from .model import ViT
 from .optim import AdamW, clip_grad_norm, weight_decay_groups
-from .parallel import check_threads, threads_arg
+from .options import (ALL_KEYS, MODEL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, build_config, default_text,  # noqa: F401
+                      validate)
+from .parallel import default_threads, threads_arg
+from .runfiles import RunDir, contents, strict_json, write_metrics, atomic_write_text
 
-TRAIN_DEFAULTS = {
-    "epochs": 100,
-    "batch_size": 256,
-    "lr": 1e-2,
-    "weight_decay": 1e-2,
-    "decay": "all",              # "all" parameters (the article's AdamW) or "matrices" (no decay on biases/norms/embeddings)
-    "betas": [0.9, 0.999],
-    "warmup_epochs": 0.0,
-    "schedule": "constant",      # "constant" or "cosine" (to zero at the end of the run)
-    "label_smoothing": 0.0,
-    "augment": "article",        # "none", "flip", "crop_flip" (pad + random crop + flip), "article" (flip + RandomResizedCrop)
-    "crop_padding": 4,
-    "rrc_scale": [0.8, 1.0],
-    "mixup": 0.0,                # mixup alpha (0 = off)
-    "cutmix": 0.0,               # cutmix alpha (0 = off)
-    "grad_clip": 0.0,            # global-norm clipping (0 = off)
-    "micro_batch": None,         # run each batch through forward/backward in chunks of this size (same step)
-    "normalize": "half",         # "half": (x - 0.5) / 0.5 as the article; "dataset": per-channel mean/std of the train set
-    "seed": 42,
-    "backend": "numpy",
-    "dtype": "float32",
-    "threads": "auto",           # NumPy: split each batch over this many cores ("auto": all this process may use)
-    "dataset": "cifar10",        # "cifar10" or "folder" (<data_dir>/train/<class>/*.png, <data_dir>/test/<class>/...)
-    "data_dir": "./data",
-    "download": True,
-    "out_dir": "runs/vit",
-    "eval_every": 1,
-    "save_every": 1,
-    "eval_batch_size": 500,
-    "train_limit": None,
-    "test_limit": None,
-    "progress": True,
-    "recipe": "strong",
-}
-
-RECIPES = {
-    # The article's training script: AdamW lr 1e-2 (weight decay 1e-2 on everything), batch 256,
-    # flip + RandomResizedCrop(scale 0.8-1), inputs normalised to [-1, 1], no schedule, 100 epochs.
-    "article": {"epochs": 100, "batch_size": 256, "lr": 1e-2, "weight_decay": 1e-2, "decay": "all",
-                "warmup_epochs": 0.0, "schedule": "constant", "label_smoothing": 0.0, "augment": "article",
-                "rrc_scale": [0.8, 1.0], "normalize": "half", "mixup": 0.0, "cutmix": 0.0, "grad_clip": 0.0},
-    # Ours: AdamW lr 3e-3, weight decay 0.05 on weight matrices only, 3 warmup epochs then cosine to zero,
-    # pad-4 random crop + flip, label smoothing 0.1, per-channel normalisation, batch 128.
-    "strong": {"epochs": 100, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.05, "decay": "matrices",
-               "warmup_epochs": 3.0, "schedule": "cosine", "label_smoothing": 0.1, "augment": "crop_flip",
-               "crop_padding": 4, "normalize": "dataset", "mixup": 0.0, "cutmix": 0.0, "grad_clip": 0.0},
-}
-
-CHOICES = {"decay": ("all", "matrices"), "schedule": ("constant", "cosine"),
-           "augment": ("none", "flip", "crop_flip", "article"), "normalize": ("half", "dataset"),
-           "backend": BACKENDS, "dtype": DTYPES, "dataset": ("cifar10", "folder"), "recipe": tuple(RECIPES)}
-
-MODEL_KEYS = ViTConfig.keys()
-ALL_KEYS = set(TRAIN_DEFAULTS) | set(MODEL_KEYS)
-
-
-class ConfigError(ValueError):
-    """An impossible or inconsistent training configuration."""
-
-
-# -- configuration ------------------------------------------------------------
-def build_config(recipe=None, file=None, overrides=None) -> dict:
-    """defaults < recipe < JSON file < overrides, validated. The recipe may come from the file or overrides."""
-    from_file = {}
-    if file is not None:
-        if not os.path.isfile(file):
-            raise ConfigError(f"config file {file} does not exist")
-        try:
-            with open(file) as f:
-                from_file = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"config file {file} is not valid JSON: {e}") from None
-        if not isinstance(from_file, dict):
-            raise ConfigError(f"config file {file} must hold a JSON object of config keys")
-    overrides = dict(overrides or {})
-    unknown = sorted((set(from_file) | set(overrides)) - ALL_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown config keys {unknown}")
-    recipe = overrides.get("recipe", recipe or from_file.get("recipe", TRAIN_DEFAULTS["recipe"]))
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {recipe!r}; choose one of {list(RECIPES)}")
-    cfg = {**TRAIN_DEFAULTS, **ViTConfig().to_dict(), **RECIPES[recipe], **from_file, **overrides, "recipe": recipe}
-    validate(cfg)
-    return cfg
-
-
-def validate(cfg):
-    try:
-        ViTConfig.from_dict({k: cfg[k] for k in MODEL_KEYS})
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model config: {e}") from None
-    for key, choices in CHOICES.items():
-        if cfg[key] not in choices:
-            raise ConfigError(f"{key} must be one of {list(choices)}, got {cfg[key]!r}")
-    for key in ("epochs", "batch_size", "eval_every", "save_every", "eval_batch_size"):
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] <= 0:
-            raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
-    for key in ("train_limit", "test_limit", "micro_batch"):
-        if cfg[key] is not None and (isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] <= 0):
-            raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
-    for key in ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "mixup", "cutmix", "grad_clip"):
-        v = cfg[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ConfigError(f"{key} must be a finite number >= 0, got {v!r}")
-    if cfg["lr"] == 0:
-        raise ConfigError("lr must be positive")
-    if cfg["label_smoothing"] >= 1:
-        raise ConfigError(f"label_smoothing must be below 1, got {cfg['label_smoothing']}")
-    b = cfg["betas"]
-    if not (isinstance(b, (list, tuple)) and len(b) == 2 and all(0 <= v < 1 for v in b)):
-        raise ConfigError(f"betas must be two numbers in [0, 1), got {b!r}")
-    s = cfg["rrc_scale"]
-    if not (isinstance(s, (list, tuple)) and len(s) == 2 and 0 < s[0] <= s[1] <= 1):
-        raise ConfigError(f"rrc_scale must be [low, high] with 0 < low <= high <= 1, got {s!r}")
-    if not isinstance(cfg["crop_padding"], int) or cfg["crop_padding"] < 0:
-        raise ConfigError(f"crop_padding must be an integer >= 0, got {cfg['crop_padding']!r}")
-    get_xp(cfg["backend"])  # a clear error now if CuPy or the GPU is missing
-    try:
-        check_threads(cfg["threads"], cfg["backend"])
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+LOG_EVERY = 10          # steps between reads of the running loss: progress display and divergence check
+PLAIN_PROGRESS_S = 30   # seconds between progress lines when stderr is not a terminal
 
 
 def lr_at(cfg, step, steps_per_epoch):
@@ -168,7 +57,13 @@ def lr_at(cfg, step, steps_per_epoch):
 
 # -- data -------------------------------------------------------------------------
 def load_data(cfg):
-    data = load_dataset(cfg["dataset"], cfg["data_dir"], cfg["image_size"], cfg["num_channels"], cfg["download"])
+    try:
+        data = load_dataset(cfg["dataset"], cfg["data_dir"], cfg["image_size"], cfg["num_channels"],
+                            cfg["download"])
+    except DataError as e:
+        if cfg["dataset"] == "cifar10" and not cfg["download"] and "not found" in str(e):
+            raise DataError(f"{e} (or drop --no-download to download it there)") from None
+        raise
     if data.x_train.shape[1:] != (cfg["num_channels"], cfg["image_size"], cfg["image_size"]):
         raise ConfigError(f"the data's images are {data.x_train.shape[1:]} (C, H, W) but the model expects "
                           f"num_channels={cfg['num_channels']}, image_size={cfg['image_size']}")
@@ -253,10 +148,13 @@ def evaluate(model, x_u8, y, mean, std, batch_size=500):
 
 # -- the loop -----------------------------------------------------------------------
 class StopRequest:
-    """First Ctrl-C (SIGINT) or SIGTERM: finish the current step, save, exit. A second Ctrl-C stops at once."""
+    """Stop at the next step boundary, save, exit: asked by the first Ctrl-C (SIGINT), SIGTERM, or the
+    reader of the output going away. A second Ctrl-C stops at once."""
 
     def __init__(self):
         self.requested = False
+        self.reason = None
+        self.note = None           # where to say that we are stopping (stderr)
 
     def __enter__(self):
         self.old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -267,186 +165,328 @@ class StopRequest:
     def handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping: finishing this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+        self.request(signal.Signals(signum).name)
+        print("\nstopping: finishing this step and saving a checkpoint (Ctrl-C again to abort)",
+              file=self.note or sys.stderr)
+
+    def request(self, reason):
+        self.requested, self.reason = True, reason
 
     def __exit__(self, *exc):
         for s, h in self.old.items():
             signal.signal(s, h)
 
 
-def check_out_dir(out_dir):
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, ".write-test")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise ConfigError(f"cannot write to output directory {out_dir!r}: {e.strerror or e}") from None
+class Progress:
+    """One epoch's progress: a tqdm bar on a terminal; elsewhere (a log file) a plain line every
+    PLAIN_PROGRESS_S seconds; nothing with --no-progress."""
+
+    def __init__(self, cfg, steps, start, epoch, stream):
+        self.steps, self.epoch, self.stream = steps, epoch, stream
+        self.bar, self.plain = None, False
+        if cfg["progress"] and stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{cfg['epochs']}", unit="step",
+                            dynamic_ncols=True, leave=False, file=stream)
+        elif cfg["progress"]:
+            self.plain, self.last = True, time.monotonic()
+        self.desc = f"epoch {epoch + 1}/{cfg['epochs']}"
+
+    def step(self):
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def show(self, i, loss, acc, ips, lr):
+        """At a log point: the running loss and accuracy after ``i`` steps of the epoch."""
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.3f}", ips=f"{ips:.0f}", lr=f"{lr:.2e}",
+                                 refresh=False)
+        elif self.plain and time.monotonic() - self.last >= PLAIN_PROGRESS_S:
+            self.last = time.monotonic()
+            print(f"{self.desc} step {i}/{self.steps} | loss {loss:.4f} acc {acc:.3f} | {ips:.0f} img/s | "
+                  f"lr {lr:.2e}", file=self.stream)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
-def resume_state(cfg, path):
-    """Read a checkpoint to resume from; the model must be the same as the config's."""
-    if os.path.isdir(path):
-        path = os.path.join(path, "latest.npz")
-    config, params, optim, meta = read_checkpoint(path)
-    want = ViTConfig.from_dict({k: cfg[k] for k in MODEL_KEYS})
-    if config != want:
-        diff = {k: (v, getattr(want, k)) for k, v in config.to_dict().items() if getattr(want, k) != v}
-        raise ConfigError(f"checkpoint {path} is for another model: (checkpoint, requested) differ in {diff}")
-    if "train" not in meta:
-        raise ConfigError(f"checkpoint {path} has no training state (it is a model-only checkpoint)")
-    return path, params, optim, meta
+class Trainer:
+    """One training run in its (locked) run directory: ``Trainer(cfg, run, resumed).fit()``.
 
+    ``callbacks``: functions ``f(trainer, epoch, steps_done)`` called after every step, for
+    tests and tools that steer a run from outside the loop.
+    """
 
-def train(cfg, resume=None, log=print):
-    """Run (or resume) the training described by ``cfg``; returns the list of per-epoch metrics."""
-    validate(cfg)
-    resumed = resume_state(cfg, resume) if resume else None
-    out_dir = cfg["out_dir"]
-    check_out_dir(out_dir)
-    data = load_data(cfg)
-    mean, std = norm_stats(cfg, data)
-    xp = get_xp(cfg["backend"])
-    model = ViT({k: cfg[k] for k in MODEL_KEYS}, backend=cfg["backend"], dtype=cfg["dtype"], seed=cfg["seed"],
-                threads=cfg["threads"])
-    groups = weight_decay_groups(model.parameters(), cfg["weight_decay"]) if cfg["decay"] == "matrices" else None
-    opt = AdamW(model, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"], param_groups=groups)
+    def __init__(self, cfg, run, resumed=None, log=print, callbacks=(), stop=None, err=None):
+        self.cfg, self.run, self.log, self.callbacks = cfg, run, log, list(callbacks)
+        self.stop = stop or StopRequest()
+        self.err = err or sys.stderr
+        data = load_data(cfg)
+        self.mean, self.std = norm_stats(cfg, data)
+        self.xp = xp = get_xp(cfg["backend"])
+        self.model = ViT({k: cfg[k] for k in MODEL_KEYS}, backend=cfg["backend"], dtype=cfg["dtype"],
+                         seed=cfg["seed"], threads=cfg["threads"])
+        groups = (weight_decay_groups(self.model.parameters(), cfg["weight_decay"]) if cfg["decay"] == "matrices"
+                  else None)
+        self.opt = AdamW(self.model, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"],
+                         param_groups=groups)
+        self.state = {"epoch": 0, "step": 0, "best_acc": -1.0, "partial": None}
+        self.history = []
+        if resumed is not None:
+            self.model.load_state_dict(resumed.params)
+            self.opt.load_state_dict(resumed.optim)
+            self.state = dict(resumed.meta["train"])
+            self.history = resumed.meta.get("history", [])
+            if not resumed.same_dir:            # best.npz stays with the run it came from
+                self.state["best_acc"] = -1.0
+        elif cfg["init_from"]:
+            self.model.load_state_dict(init_weights(cfg))
 
-    state = {"epoch": 0, "step": 0, "best_acc": -1.0, "partial": None}
-    history = []
-    if resumed:
-        path, params, optim, meta = resumed
-        model.load_state_dict(params)
-        opt.load_state_dict(optim)
-        state = meta["train"]
-        history = meta.get("history", [])
-        log(f"resuming from {path}: epoch {state['epoch'] + 1}, step {state['step']}")
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
+        # The data goes to the device once; batches are gathered, normalised and augmented there.
+        self.x_train, self.y_train = to_device(data.x_train, xp), to_device(data.y_train, xp)
+        self.x_test, self.y_test = to_device(data.x_test, xp), to_device(data.y_test, xp)
+        self.N, self.B = len(data.y_train), cfg["batch_size"]
+        self.steps = math.ceil(self.N / self.B)
+        self.meta_base = {"classes": list(data.classes), "mean": self.mean, "std": self.std}
+        self.norm = aug.normalizer(xp, self.mean, self.std, self.model.dtype)      # uploaded once
+        self.saved = (self.state["epoch"], self.state["step"])                     # what latest.npz holds
 
-    # The data goes to the device once; batches are gathered, normalised and augmented there.
-    x_train, y_train = to_device(data.x_train, xp), to_device(data.y_train, xp)
-    x_test, y_test = to_device(data.x_test, xp), to_device(data.y_test, xp)
-    N, B = len(data.y_train), cfg["batch_size"]
-    steps = math.ceil(N / B)
-    meta_base = {"classes": list(data.classes), "mean": mean, "std": std}
-    norm = aug.normalizer(xp, mean, std, model.dtype)           # uploaded once
-    if cfg["warmup_epochs"] >= cfg["epochs"]:
-        log(f"note: warmup ({cfg['warmup_epochs']} epochs) lasts the whole run of {cfg['epochs']}: "
-            f"the learning rate never reaches {cfg['lr']}; set --warmup-epochs to change that")
-    log(f"npvit: {model.num_parameters():,} parameters, {N} train / {len(data.y_test)} test images, "
-        f"{steps} steps of {B} per epoch, recipe {cfg['recipe']}, {cfg['backend']} {cfg['dtype']}"
-        + (f", {model.threads} threads" if cfg["backend"] == "numpy" else ""))
+        if resumed is not None:
+            write_metrics(run.file("metrics.jsonl"), self.history)   # the checkpoint's epochs, each once
+            log(f"resuming from {resumed.path}: epoch {self.state['epoch'] + 1}, step {self.state['step']}"
+                + ("" if resumed.same_dir else f", into {run.path}"))
+        else:
+            self.save("latest.npz", 0, 0, None)     # from now on --resume always finds a checkpoint
+        atomic_write_text(run.file("config.json"), json_text(cfg))
+        self.note_settings(data)
 
-    def save(name, epoch, step, partial):
-        train_state = {"epoch": epoch, "step": step, "best_acc": state["best_acc"], "partial": partial}
-        save_checkpoint(os.path.join(out_dir, name), model, opt,
-                        meta={**meta_base, "train": train_state, "history": history, "train_config": cfg})
+    def note_settings(self, data):
+        cfg = self.cfg
+        if cfg["warmup_epochs"] >= cfg["epochs"]:
+            self.log(f"note: warmup ({cfg['warmup_epochs']} epochs) lasts the whole run of {cfg['epochs']}: "
+                     f"the learning rate never reaches {cfg['lr']}; set --warmup-epochs to change that")
+        if isinstance(cfg["threads"], int) and cfg["threads"] > default_threads():
+            print(f"warning: --threads {cfg['threads']} is more than the {default_threads()} cores this process "
+                  f"may use; the shards will compete for cores and run slower", file=self.err)
+        self.log(f"npvit: {self.model.num_parameters():,} parameters, {self.N} train / {len(data.y_test)} test "
+                 f"images, {self.steps} steps of {self.B} per epoch, recipe {cfg['recipe']}, {cfg['backend']} "
+                 f"{cfg['dtype']}" + (f", {self.model.threads} threads" if cfg["backend"] == "numpy" else "")
+                 + f"; writing to {self.run.path}")
 
-    metrics_path = os.path.join(out_dir, "metrics.jsonl")
-    if not resumed and os.path.exists(metrics_path):
-        os.remove(metrics_path)   # a fresh run starts a fresh log
+    def fit(self):
+        """Train from the current state to the last epoch, or until a stop is requested; the history."""
+        cfg = self.cfg
+        if self.state["epoch"] >= cfg["epochs"]:
+            self.log(f"nothing to do: this run already finished {self.state['epoch']} epochs; "
+                     f"pass --epochs to train longer")
+        self.model.train()
+        self.stop.note = self.err
+        # A diverging run overflows; the loop reports that itself (diverged), so NumPy's warnings would be noise.
+        with self.stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for epoch in range(self.state["epoch"], cfg["epochs"]):
+                finished, step, partial, lr = self.train_epoch(epoch)     # unfinished: a stop was requested
+                if finished:
+                    self.end_of_epoch(epoch, partial, lr)
+                if self.stop.requested:
+                    if not finished:
+                        self.save("latest.npz", epoch, step, partial)
+                    where = f"at epoch {epoch + 1} step {step}" if not finished else f"after epoch {epoch + 1}"
+                    self.log(f"saved {self.run.file('latest.npz')} {where}; resume with --resume {self.run.path}")
+                    break
+        return self.history
 
-    if state["epoch"] >= cfg["epochs"]:
-        log(f"nothing to do: this run already finished {state['epoch']} epochs; pass --epochs to train longer")
-    model.train()
-    with StopRequest() as stop:
-        for epoch in range(state["epoch"], cfg["epochs"]):
-            start = state["step"] if epoch == state["epoch"] else 0
-            partial = state["partial"] if (epoch == state["epoch"] and state["partial"]) else \
-                {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-            perm = to_device(np.random.default_rng(seed_for(cfg["seed"], epoch)).permutation(N), xp)
-            bar = _progress(cfg, steps, start, epoch)
-            loss_sum, correct = xp.zeros((), xp.float64), xp.zeros((), xp.int64)
-            seen, t0 = 0, time.perf_counter()
-            for i in range(start, steps):
-                lr = lr_at(cfg, epoch * steps + i, steps)
-                opt.set_lr(lr)
+    def train_epoch(self, epoch):
+        """The steps of one epoch from where the state says: (finished, steps done, running totals, lr)."""
+        cfg, xp, model, B = self.cfg, self.xp, self.model, self.B
+        resuming = epoch == self.state["epoch"]
+        start = self.state["step"] if resuming else 0
+        partial = (self.state["partial"] if resuming and self.state["partial"] else
+                   {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0})
+        perm = to_device(np.random.default_rng(seed_for(cfg["seed"], epoch)).permutation(self.N), xp)
+        progress = Progress(cfg, self.steps, start, epoch, self.err)
+        loss_sum, correct = xp.zeros((), xp.float64), xp.zeros((), xp.int64)
+        seen, t0, lr, first = 0, time.perf_counter(), cfg["lr"], start
+        try:
+            for i in range(start, self.steps):
+                lr = lr_at(cfg, epoch * self.steps + i, self.steps)
+                self.opt.set_lr(lr)
                 idx = perm[i * B:(i + 1) * B]
-                yb = y_train[idx]
+                yb = self.y_train[idx]
                 rng = default_rng(xp, seed_for(cfg["seed"], epoch, i, 1))
                 host_rng = np.random.default_rng(seed_for(cfg["seed"], epoch, i, 3))
-                xb = aug.normalize(x_train[idx], *norm, model.dtype)
+                xb = aug.normalize(self.x_train[idx], *self.norm, model.dtype)
                 xb, target = augment_batch(cfg, xb, yb, rng, host_rng)
                 reseed_dropout(model, seed_for(cfg["seed"], epoch, i, 2))
-                loss, n_correct = train_step(model, opt, xb, target, yb, cfg["label_smoothing"], cfg["grad_clip"],
-                                             cfg["micro_batch"])
+                loss, n_correct = train_step(model, self.opt, xb, target, yb, cfg["label_smoothing"],
+                                             cfg["grad_clip"], cfg["micro_batch"])
                 loss_sum += loss * len(yb)
                 correct += n_correct
                 seen += len(yb)
-                _test_hooks(epoch * steps + i)
-                if bar is not None and (i % 10 == 9 or i == steps - 1):
+                progress.step()
+                if i % LOG_EVERY == LOG_EVERY - 1 or i == self.steps - 1:
+                    # One read-back per LOG_EVERY steps: the running loss shows progress and catches divergence.
                     done = partial["seen"] + seen
-                    bar.set_postfix(loss=f"{(partial['loss_sum'] + to_host_scalar(loss_sum)) / done:.4f}",
-                                    acc=f"{(partial['correct'] + to_host_scalar(correct)) / done:.3f}",
-                                    ips=f"{seen / (time.perf_counter() - t0):.0f}", lr=f"{lr:.2e}", refresh=False)
-                if bar is not None:
-                    bar.update(1)
-                if stop.requested and i < steps - 1:
-                    partial = _merge(partial, loss_sum, correct, seen, t0)
-                    save("latest.npz", epoch, i + 1, partial)
-                    if bar is not None:
-                        bar.close()
-                    log(f"saved {os.path.join(out_dir, 'latest.npz')} at epoch {epoch + 1} step {i + 1}; "
-                        f"resume with --resume {out_dir}")
-                    return history
-            if bar is not None:
-                bar.close()
-            partial = _merge(partial, loss_sum, correct, seen, t0)
-            record = {"epoch": epoch + 1, "train_loss": partial["loss_sum"] / partial["seen"],
-                      "train_acc": partial["correct"] / partial["seen"], "lr": lr,
-                      "seconds": partial["seconds"], "images_per_s": partial["seen"] / partial["seconds"]}
-            if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]:
-                t1 = time.perf_counter()
-                record["test_loss"], record["test_acc"], _ = evaluate(model, x_test, y_test, *norm,
-                                                                      cfg["eval_batch_size"])
-                record["eval_seconds"] = time.perf_counter() - t1
-            history.append(record)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            log(_summary(record, cfg["epochs"]))
-            if record.get("test_acc", -1.0) > state["best_acc"]:
-                state["best_acc"] = record["test_acc"]
-                save("best.npz", epoch + 1, 0, None)
-            if (epoch + 1) % cfg["save_every"] == 0 or epoch + 1 == cfg["epochs"] or stop.requested:
-                save("latest.npz", epoch + 1, 0, None)
-            if stop.requested:
-                log(f"saved {os.path.join(out_dir, 'latest.npz')} after epoch {epoch + 1}; "
-                    f"resume with --resume {out_dir}")
-                return history
-    return history
+                    running = (partial["loss_sum"] + to_host_scalar(loss_sum)) / done
+                    if not math.isfinite(running):
+                        raise self.diverged(epoch, first, i + 1, running, lr)
+                    first = i + 1
+                    progress.show(i + 1, running, (partial["correct"] + to_host_scalar(correct)) / done,
+                                  seen / (time.perf_counter() - t0), lr)
+                for callback in self.callbacks:
+                    callback(self, epoch, i + 1)
+                if self.stop.requested and i < self.steps - 1:
+                    return False, i + 1, merge(partial, loss_sum, correct, seen, t0), lr
+        finally:
+            progress.close()
+        return True, self.steps, merge(partial, loss_sum, correct, seen, t0), lr
+
+    def end_of_epoch(self, epoch, partial, lr):
+        """Evaluate, record the epoch in metrics.jsonl, then save best.npz and latest.npz, in that order:
+        a crash between any two of these writes resumes from latest.npz and rewrites the rest identically."""
+        cfg = self.cfg
+        record = {"epoch": epoch + 1, "train_loss": partial["loss_sum"] / partial["seen"],
+                  "train_acc": partial["correct"] / partial["seen"], "lr": lr,
+                  "seconds": partial["seconds"], "images_per_s": partial["seen"] / partial["seconds"]}
+        if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]:
+            t1 = time.perf_counter()
+            record["test_loss"], record["test_acc"], _ = evaluate(self.model, self.x_test, self.y_test, *self.norm,
+                                                                  cfg["eval_batch_size"])
+            record["eval_seconds"] = time.perf_counter() - t1
+        self.history.append(strict_json(record))
+        write_metrics(self.run.file("metrics.jsonl"), self.history)
+        self.log(summary(record, cfg["epochs"]))
+        if record.get("test_acc", -1.0) > self.state["best_acc"]:
+            self.state["best_acc"] = record["test_acc"]
+            self.save("best.npz", epoch + 1, 0, None)
+        if (epoch + 1) % cfg["save_every"] == 0 or epoch + 1 == cfg["epochs"] or self.stop.requested:
+            self.save("latest.npz", epoch + 1, 0, None)
+
+    def save(self, name, epoch, step, partial):
+        """Write a checkpoint of the current weights, which must be finite (a diverged model is never saved)."""
+        bad = [k for k, p in self.model.parameters().items() if not bool(self.xp.isfinite(p).all())]
+        if bad:
+            raise Diverged(f"the weights became non-finite (in {', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''})"
+                           f" before epoch {epoch}, step {step} could be saved; {self.kept()}")
+        train_state = {"epoch": epoch, "step": step, "best_acc": self.state["best_acc"], "partial": partial}
+        meta = {**self.meta_base, "train": train_state, "history": self.history, "train_config": self.cfg}
+        save_checkpoint(self.run.file(name), self.model, self.opt, meta=strict_json(meta))
+        if name == "latest.npz":
+            self.saved = (epoch, step)
+
+    def kept(self):
+        e, s = self.saved
+        at = f"epoch {e}" + (f", step {s}" if s else "") if e or s else "the initial weights"
+        return f"{self.run.file('latest.npz')} keeps the last finite state ({at})"
+
+    def diverged(self, epoch, first, last, loss, lr):
+        steps = f"step {last}" if last - first <= 1 else f"steps {first + 1}-{last}"
+        return Diverged(f"training diverged in epoch {epoch + 1}, {steps} of {self.steps}: the running loss "
+                        f"is {loss} (learning rate {lr:.3g}). The learning rate is the likely cause: lower --lr, "
+                        f"or add --warmup-epochs or --grad-clip. {self.kept()}")
 
 
-def _merge(partial, loss_sum, correct, seen, t0):
+def merge(partial, loss_sum, correct, seen, t0):
     return {"loss_sum": partial["loss_sum"] + to_host_scalar(loss_sum),
             "correct": partial["correct"] + int(to_host_scalar(correct)),
             "seen": partial["seen"] + seen, "seconds": partial["seconds"] + time.perf_counter() - t0}
 
 
-def _progress(cfg, steps, start, epoch):
-    if not cfg["progress"]:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{cfg['epochs']}", unit="step",
-                dynamic_ncols=True, leave=False)
-
-
-def _summary(r, epochs):
+def summary(r, epochs):
     test = f" | test loss {r['test_loss']:.4f} acc {r['test_acc']:.4f}" if "test_acc" in r else ""
     return (f"epoch {r['epoch']:>3}/{epochs} | train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f}{test} | "
             f"lr {r['lr']:.2e} | {r['seconds']:.1f}s {r['images_per_s']:.0f} img/s")
 
 
-def _test_hooks(global_step):
-    """For the tests only: deliver a real signal at a fixed step (NPVIT_TEST_SIGNAL_AT="STEP:SIGNAME")."""
-    spec = os.environ.get("NPVIT_TEST_SIGNAL_AT")
-    if spec:
-        at, name = spec.split(":")
-        if global_step == int(at):
-            os.kill(os.getpid(), getattr(signal, name))
+def json_text(obj):
+    return json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n"
+
+
+# -- starting and resuming a run -------------------------------------------------------
+class Resumed:
+    """A checkpoint to resume: its path, weights, optimiser state, metadata; same_dir: it continues
+    in the directory it came from (else it branches into a new one)."""
+
+    def __init__(self, path, params, optim, meta, same_dir):
+        self.path, self.params, self.optim, self.meta, self.same_dir = path, params, optim, meta, same_dir
+
+
+def resume_source(path):
+    """``--resume PATH``: a run directory (its latest.npz) or a checkpoint file -> (checkpoint, its directory)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        latest = os.path.join(path, "latest.npz")
+        if not os.path.isfile(latest):
+            raise CheckpointError(f"{path} holds no checkpoint (latest.npz): the run stopped before its first "
+                                  f"save, or this is not a run directory; start the run again without --resume")
+        return latest, path
+    return path, os.path.dirname(path) or "."
+
+
+def load_resume(cfg, path):
+    """Read the checkpoint to resume from; it must be of the config's model and hold a training state."""
+    ckpt, _ = resume_source(path)
+    config, params, optim, meta = read_checkpoint(ckpt)
+    want = ViTConfig.from_dict({k: cfg[k] for k in MODEL_KEYS})
+    if config != want:
+        diff = {k: (v, getattr(want, k)) for k, v in config.to_dict().items() if getattr(want, k) != v}
+        raise CheckpointError(f"checkpoint {ckpt} is for another model: (checkpoint, requested) differ in {diff}")
+    if "train" not in meta or not optim:
+        raise CheckpointError(f"checkpoint {ckpt} has no training state (it is a model-only checkpoint); "
+                              f"start a new run from its weights with --init-from {ckpt}")
+    check_finite(params, ckpt)
+    return ckpt, params, optim, meta
+
+
+def init_weights(cfg):
+    """The weights of --init-from, which must be of the config's model."""
+    path = cfg["init_from"]
+    config, params, _, _ = read_checkpoint(path)
+    want = ViTConfig.from_dict({k: cfg[k] for k in MODEL_KEYS})
+    if config != want:
+        diff = {k: (v, getattr(want, k)) for k, v in config.to_dict().items() if getattr(want, k) != v}
+        raise CheckpointError(f"--init-from {path} is for another model: (file, requested) differ in {diff}")
+    check_finite(params, path)
+    return params
+
+
+def claim_for_resume(run, ckpt, overwrite):
+    """May the run of checkpoint ``ckpt`` continue in ``run``'s directory? Returns True if it is the
+    checkpoint's own directory, False for a branch into another (empty) one."""
+    source_dir = os.path.dirname(os.path.abspath(ckpt))
+    if os.path.realpath(source_dir) == os.path.realpath(run.path):
+        latest = run.file("latest.npz")
+        if os.path.basename(ckpt) != "latest.npz" and os.path.isfile(latest) and not overwrite:
+            raise RunDirError(f"resuming from {ckpt} in its own directory would replace {latest}, that run's latest "
+                              f"state: continue it with --resume {run.path}, branch off with --out-dir NEW_DIR, "
+                              f"or pass --overwrite")
+        return True
+    found = contents(run.path)
+    if found and not overwrite:
+        raise RunDirError(f"{run.path} already holds files ({', '.join(found[:5])}): resuming {ckpt} there would mix "
+                          f"two runs; choose an empty or new --out-dir, or pass --overwrite to replace them")
+    if found:
+        run.claim_fresh(overwrite=True)
+    return False
+
+
+def train(cfg, resume=None, overwrite=False, log=print, callbacks=(), stop=None, err=None):
+    """Run (or resume from checkpoint or run directory ``resume``) the training that ``cfg`` describes,
+    in ``cfg["out_dir"]``; returns the list of per-epoch metrics."""
+    validate(cfg)
+    try:
+        get_xp(cfg["backend"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    resumed = load_resume(cfg, resume) if resume else None
+    with RunDir(cfg["out_dir"]) as run:
+        if resumed is not None:
+            same_dir = claim_for_resume(run, resumed[0], overwrite)
+            resumed = Resumed(*resumed, same_dir=same_dir)
+        else:
+            run.claim_fresh(overwrite)
+        return Trainer(cfg, run, resumed, log, callbacks, stop, err).fit()
 
 
 # -- command line ---------------------------------------------------------------------
@@ -454,59 +494,44 @@ def _flag(key):
     return "--" + key.replace("_", "-")
 
 
-HELP = {
-    "epochs": "number of epochs", "batch_size": "training batch size", "lr": "peak learning rate (AdamW)",
-    "weight_decay": "AdamW decoupled weight decay", "decay": "which parameters decay: all | matrices",
-    "betas": "AdamW betas, two numbers", "warmup_epochs": "linear warmup length in epochs (fractions allowed)",
-    "schedule": "after warmup: constant | cosine (to zero at the end)", "label_smoothing": "label smoothing epsilon",
-    "augment": "none | flip | crop_flip (pad + random crop + flip) | article (flip + RandomResizedCrop)",
-    "crop_padding": "padding for crop_flip", "rrc_scale": "RandomResizedCrop area range, two numbers",
-    "mixup": "mixup alpha (0 = off)", "cutmix": "cutmix alpha (0 = off)", "grad_clip": "clip the global gradient "
-    "norm to this (0 = off)", "normalize": "half: (x-0.5)/0.5 as the article | dataset: per-channel mean/std",
-    "seed": "seed for weights, shuffling, augmentation, dropout", "backend": "numpy (CPU) | cupy (GPU)",
-    "dtype": "float32 | float64", "dataset": "cifar10 | folder (<data-dir>/train/<class>/*.png and test/)",
-    "data_dir": "folder holding cifar-10-batches-py/ (downloaded there if absent)",
-    "download": "download CIFAR-10 if absent (default on; --no-download to forbid)",
-    "out_dir": "where checkpoints (latest.npz, best.npz), metrics.jsonl and config.json go",
-    "eval_every": "evaluate on the test set every N epochs", "save_every": "save latest.npz every N epochs",
-    "eval_batch_size": "batch size for evaluation", "train_limit": "use only the first N training images",
-    "test_limit": "use only the first N test images",
-    "threads": "numpy: run each batch as this many shards on as many cores; auto = every core this process may use",
-    "micro_batch": "split each batch into chunks of N for forward/backward (same update, less memory)", "progress": "show the progress bar (--no-progress to hide)",
-}
-
-
 def make_parser():
     p = argparse.ArgumentParser(
-        prog="scripts/train.py", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="scripts/train.py",
         description="Train the article's Vision Transformer with npvit's hand-written backward passes. "
                     "Settings: defaults < --recipe < --config FILE < flags.",
-        epilog="Model keys (the article's config) can be set with the flags below or in the --config JSON, e.g. "
-               '{"hidden_size": 64, "epochs": 20}. Ctrl-C saves a checkpoint; --resume OUT_DIR continues it.')
+        epilog="Model keys (the article's config) can be set with the flags above or in the --config JSON, e.g. "
+               '{"hidden_size": 64, "epochs": 20}. A run directory holds one run: Ctrl-C saves a checkpoint and '
+               "--resume OUT_DIR continues it.")
     p.add_argument("--recipe", choices=list(RECIPES), default=argparse.SUPPRESS,
-                   help="preset: article (the article's script) or strong (our best; the default)")
+                   help=f"{OPTIONS['recipe'].help} (default: {TRAIN_DEFAULTS['recipe']})")
     p.add_argument("--config", metavar="FILE", help="JSON file of config keys (model and training)")
-    p.add_argument("--resume", metavar="PATH", help="checkpoint file, or an out dir holding latest.npz")
+    p.add_argument("--resume", metavar="PATH", help="continue the run in this directory (or from this checkpoint "
+                   "file), with its own settings unless flags change them; it continues in that directory, "
+                   "or branches into --out-dir if given (which must be empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out-dir (its "
+                   "checkpoints, metrics, config and curves are deleted)")
     t = p.add_argument_group("training")
-    for key, default in TRAIN_DEFAULTS.items():
+    for key, o in OPTIONS.items():
         if key == "recipe":
             continue
-        kw = dict(dest=key, default=argparse.SUPPRESS, help=HELP[key])
-        if isinstance(default, bool):
+        kw = dict(dest=key, default=argparse.SUPPRESS, help=f"{o.help} ({default_text(key)})")
+        if o.kind == "bool":
             t.add_argument(_flag(key), action=argparse.BooleanOptionalAction, **kw)
-        elif isinstance(default, list):
+        elif o.kind in ("betas", "scale"):
             t.add_argument(_flag(key), nargs=2, type=float, metavar=("A", "B"), **kw)
-        elif key in CHOICES:
-            t.add_argument(_flag(key), choices=list(CHOICES[key]), **kw)
-        elif key == "threads":
+        elif o.kind == "choice":
+            t.add_argument(_flag(key), choices=list(o.choices), **kw)
+        elif o.kind == "threads":
             t.add_argument(_flag(key), type=threads_arg, metavar="N|auto", **kw)
+        elif o.kind.startswith("int") or o.kind == "seed":
+            t.add_argument(_flag(key), type=int, metavar="N", **kw)
+        elif o.kind.startswith("float") or o.kind == "fraction":
+            t.add_argument(_flag(key), type=float, metavar="X", **kw)
         else:
-            typ = {int: int, float: float, str: str}.get(type(default), int)
-            t.add_argument(_flag(key), type=typ, metavar="N" if typ is int else None, **kw)
+            t.add_argument(_flag(key), metavar="PATH", **kw)
     m = p.add_argument_group("model (the article's config keys)")
-    for f in ViTConfig().to_dict().items():
-        key, default = f
-        kw = dict(dest=key, default=argparse.SUPPRESS)
+    for key, default in ViTConfig().to_dict().items():
+        kw = dict(dest=key, default=argparse.SUPPRESS, help=f"(default: {default})")
         if isinstance(default, bool):
             m.add_argument(_flag(key), action=argparse.BooleanOptionalAction, **kw)
         else:
@@ -514,29 +539,40 @@ def make_parser():
     return p
 
 
-def main(argv=None):
-    args = vars(make_parser().parse_args(argv))
+def config_from_args(args):
+    """The run's config from the parsed flags: a fresh run's, or a resumed run's own settings with the flags
+    on top (its directory as out_dir unless --out-dir branches it elsewhere)."""
     config_file, resume = args.pop("config"), args.pop("resume")
-    try:
-        if resume and config_file is None:
-            # Resume with the run's own settings unless told otherwise.
-            path = os.path.join(resume, "latest.npz") if os.path.isdir(resume) else resume
-            saved = read_checkpoint(path)[3].get("train_config")
-            if saved is None:
-                raise ConfigError(f"checkpoint {path} has no training state (it is a model-only checkpoint)")
-            saved_overrides = {k: v for k, v in saved.items() if k in ALL_KEYS}
-            cfg = build_config(overrides={**saved_overrides, **args})
-        else:
-            cfg = build_config(file=config_file, overrides=args)
-        train(cfg, resume=resume)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:
-        from .data import DataError
+    if not resume:
+        return build_config(file=config_file, overrides=args), None
+    ckpt, source_dir = resume_source(resume)
+    overrides = {**args, "out_dir": args.get("out_dir", source_dir)}
+    if config_file is not None:
+        return build_config(file=config_file, overrides=overrides), ckpt
+    saved = read_checkpoint(ckpt)[3].get("train_config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {ckpt} has no training state (it is a model-only checkpoint); "
+                              f"start a new run from its weights with --init-from {ckpt}")
+    saved = {k: v for k, v in saved.items() if k in ALL_KEYS and k != "out_dir"}
+    return build_config(overrides={**saved, **overrides}), ckpt
 
-        if isinstance(e, DataError):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
-    return 0
+
+def main(argv=None, callbacks=()):
+    """``scripts/train.py``: 0 when done (or stopped and saved), 1 if training diverged or the output
+    was closed, 2 for a usage error."""
+    return run_main(lambda a: _main(a, callbacks), argv)
+
+
+def _main(argv, callbacks):
+    args = vars(make_parser().parse_args(argv))
+    overwrite = args.pop("overwrite")
+    cfg, resume = config_from_args(args)
+    stop = StopRequest()
+    out = SafeStream(sys.stdout, on_broken=lambda: stop.request("output closed"))
+    err = SafeStream(sys.stderr, on_broken=lambda: stop.request("output closed"))
+    try:
+        train(cfg, resume, overwrite, log=lambda msg: print(msg, file=out), callbacks=callbacks, stop=stop, err=err)
+    except Diverged as e:
+        print(f"error: {e}", file=err)
+        return 1
+    return 1 if out.broken or err.broken else 0

@@ -8,16 +8,30 @@ Attention of the [CLS] token, two ways:
 """
 from __future__ import annotations
 
-import json
+import os
 
 import numpy as np
 
 from .backend import to_numpy
+from .errors import UserError
+from .runfiles import atomic_write, read_metrics  # noqa: F401  (read_metrics: the reader of what training wrote)
+
+IMAGE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 
-def read_metrics(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def check_image_path(path):
+    """The picture format from ``path``'s extension; a UserError for one matplotlib will not write."""
+    ext = os.path.splitext(os.fspath(path))[1].lower().lstrip(".")
+    if ext not in IMAGE_FORMATS:
+        raise UserError(f"cannot write a picture to {path}: give it one of the extensions "
+                        f"{', '.join('.' + e for e in IMAGE_FORMATS)}")
+    return ext
+
+
+def save_figure(fig, path):
+    """Save a matplotlib figure atomically in the format its extension names."""
+    fmt = check_image_path(path)
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=120))
 
 
 def _plt():
@@ -30,10 +44,13 @@ def _plt():
 
 
 def plot_curves(metrics, out_png, title=None):
-    """Loss and accuracy (train and test) per epoch, side by side."""
+    """Loss and accuracy (train and test) per epoch, side by side. Epochs whose values are not
+    finite numbers (null in strict JSON) are left out of their curve."""
     plt = _plt()
+    check_image_path(out_png)
+    metrics = [m for m in metrics if _number(m.get("train_loss")) and _number(m.get("train_acc"))]
     ep = [m["epoch"] for m in metrics]
-    tested = [m for m in metrics if "test_acc" in m]
+    tested = [m for m in metrics if _number(m.get("test_acc")) and _number(m.get("test_loss"))]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.plot(ep, [m["train_loss"] for m in metrics], label="train")
     a.plot([m["epoch"] for m in tested], [m["test_loss"] for m in tested], label="test")
@@ -48,9 +65,13 @@ def plot_curves(metrics, out_png, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
+    save_figure(fig, out_png)
     plt.close(fig)
     return out_png
+
+
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
 
 
 def _grid(maps):
@@ -105,6 +126,6 @@ def plot_attention(images_u8, maps, labels, preds, classes, out_png):
     for ax in axes.ravel():
         ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
+    save_figure(fig, out_png)
     plt.close(fig)
     return out_png

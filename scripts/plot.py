@@ -4,28 +4,31 @@ import argparse
 import os
 import sys
 
-from npvit.visualize import plot_curves, read_metrics
+from npvit.cli import run_main
+from npvit.errors import UserError
+from npvit.runfiles import check_writable
+from npvit.visualize import check_image_path, plot_curves, read_metrics
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("metrics", help="metrics.jsonl, or the run's out dir")
-    p.add_argument("-o", "--out", help="PNG to write (default: curves.png beside the metrics)")
+    p.add_argument("-o", "--out", help="picture to write (default: curves.png beside the metrics; .png, .pdf, .svg)")
     p.add_argument("--title")
     args = p.parse_args(argv)
     path = os.path.join(args.metrics, "metrics.jsonl") if os.path.isdir(args.metrics) else args.metrics
     if not os.path.isfile(path):
-        print(f"error: no metrics file at {path}", file=sys.stderr)
-        return 2
+        raise UserError(f"no metrics file at {path}")
+    out = args.out or os.path.join(os.path.dirname(path), "curves.png")
+    check_image_path(out)
+    check_writable(out)
     metrics = read_metrics(path)
     if not metrics:
-        print(f"error: {path} holds no epochs yet", file=sys.stderr)
-        return 2
-    out = args.out or os.path.join(os.path.dirname(path), "curves.png")
+        raise UserError(f"{path} holds no epochs yet")
     plot_curves(metrics, out, args.title)
     print(f"wrote {out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -3,6 +3,7 @@ import pytest
 
 from npvit import ViT
 from npvit.checkpoint import load_checkpoint, save_checkpoint
+from npvit.errors import CheckpointError
 from npvit.gradcheck import small_vit_config
 from npvit.optim import AdamW
 
@@ -29,7 +30,7 @@ def test_round_trip_is_exact(tmp_path):
 
 
 def test_missing_and_corrupt_files_are_clear_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "nope.npz")
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a zip")

@@ -11,6 +11,7 @@ from npvit.train import build_config, lr_at, ConfigError
 from tests.cifar_fixtures import REPO, real_cifar, write_fake_cifar
 
 TRAIN = [sys.executable, os.path.join(REPO, "scripts", "train.py")]
+DRIVER = os.path.join(REPO, "tests", "train_driver.py")
 # A small model keeps the resume tests quick; they test the loop, not the model.
 SMALL = ["--hidden-size", "24", "--num-attention-heads", "3", "--intermediate-size", "48",
          "--num-hidden-layers", "2", "--no-progress", "--threads", "2"]   # 2 shards: their dropout must resume too
@@ -63,14 +64,23 @@ def uninterrupted(fake_data, tmp_path_factory):
     return metrics(out)
 
 
-@pytest.mark.parametrize("sig,at", [("SIGINT", 7), ("SIGKILL", 7), ("SIGTERM", 4)])
+def drive(fault, args, check=False):
+    """scripts/train.py with a fault (tests/train_driver.py): a signal at a step, or SIGKILL around a file write."""
+    p = subprocess.run([sys.executable, DRIVER, fault, "--"] + args, capture_output=True, text=True, cwd=REPO)
+    if check and p.returncode != 0:
+        raise AssertionError(f"train_driver {fault} {args} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.mark.parametrize("sig,at", [("SIGINT", 8), ("SIGKILL", 8), ("SIGTERM", 5)])
 def test_stop_and_resume_reproduces_the_uninterrupted_run(fake_data, uninterrupted, tmp_path, sig, at):
-    """5 steps per epoch; a signal mid-epoch 2. SIGINT/SIGTERM save first; SIGKILL resumes from epoch 1."""
+    """5 steps per epoch; a signal after step 8 (mid-epoch 2) or 5 (the end of epoch 1). SIGINT/SIGTERM save
+    first; SIGKILL resumes from epoch 1."""
     full = uninterrupted
     out = str(tmp_path / "stopped")
     args = ["--data-dir", fake_data, "--out-dir", out, "--epochs", "3", "--batch-size", "64", "--warmup-epochs", "1",
             "--mixup", "0.2", "--hidden-dropout-prob", "0.1"] + SMALL
-    p = run(args, env={"NPVIT_TEST_SIGNAL_AT": f"{at}:{sig}"}, check=False)
+    p = drive(f"step:{at}:{sig}", args)
     if sig == "SIGKILL":
         assert p.returncode == -signal.SIGKILL
     else:
@@ -104,7 +114,7 @@ def test_cli_bad_input_is_a_clear_error(fake_data, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     p = run(["--data-dir", fake_data, "--out-dir", str(blocker / "out")], check=False)
-    assert p.returncode == 2 and "cannot write to output directory" in p.stderr
+    assert p.returncode == 2 and "cannot write to output directory" in p.stderr and "Traceback" not in p.stderr
     p = run(["--data-dir", str(tmp_path / "empty"), "--no-download", "--out-dir", str(tmp_path / "o")], check=False)
     assert p.returncode == 2 and "CIFAR-10 not found" in p.stderr
     bad = tmp_path / "bad.json"
@@ -120,6 +130,9 @@ def test_resume_refuses_a_checkpoint_of_another_model(fake_data, tmp_path):
     assert p.returncode == 2 and "is for another model" in p.stderr and "hidden_size" in p.stderr
     p = run(["--resume", str(tmp_path / "nothing")], check=False)
     assert p.returncode == 2 and "no checkpoint at" in p.stderr
+    (tmp_path / "empty").mkdir()
+    p = run(["--resume", str(tmp_path / "empty")], check=False)
+    assert p.returncode == 2 and "holds no checkpoint" in p.stderr and "without --resume" in p.stderr
 
 
 def test_config_precedence_and_schedule(tmp_path):
@@ -128,7 +141,7 @@ def test_config_precedence_and_schedule(tmp_path):
     cfg = build_config(file=str(f), overrides={"lr": 0.25})
     assert cfg["recipe"] == "article" and cfg["batch_size"] == 256 and cfg["hidden_size"] == 64 and cfg["lr"] == 0.25
     assert build_config()["recipe"] == "strong"
-    with pytest.raises(ConfigError, match="unknown recipe"):
+    with pytest.raises(ConfigError, match="recipe must be one of"):
         build_config(recipe="nope")
     cfg = build_config(overrides={"epochs": 10, "warmup_epochs": 2.0, "lr": 1.0, "schedule": "cosine"})
     lrs = [lr_at(cfg, s, 10) for s in range(100)]
@@ -171,7 +184,7 @@ def test_killed_real_run_resumes_exactly(real_data, tmp_path):
             "--batch-size", "64", "--warmup-epochs", "0.5"] + SMALL
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
     run(args + ["--out-dir", full])
-    p = run(args + ["--out-dir", killed], env={"NPVIT_TEST_SIGNAL_AT": "7:SIGKILL"}, check=False)
+    p = drive("step:8:SIGKILL", args + ["--out-dir", killed])
     assert p.returncode == -signal.SIGKILL and len(metrics(killed)) == 1
     run(["--resume", killed, "--no-progress"])
     for a, b in zip(metrics(full), metrics(killed)):

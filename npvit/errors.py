@@ -1,0 +1,30 @@
+"""The errors npvit raises for problems a user can fix, so every program reports them as one line.
+
+A ``UserError`` is a mistake in what the user asked for or gave (a flag, a config file, a
+checkpoint, a dataset, a run directory); the command-line programs print its message after
+``error:`` and exit with status 2. Anything else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """A problem the user can fix; the message says what it is and, where it can, how to fix it."""
+
+
+class ConfigError(UserError, ValueError):
+    """An impossible or inconsistent training configuration."""
+
+
+class DataError(UserError, RuntimeError):
+    """Data missing, unreadable or unusable."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that is missing, unreadable, of another model, or holds non-finite weights."""
+
+
+class RunDirError(UserError, RuntimeError):
+    """A run directory that holds another run or is in use by another process."""
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss; the last finite checkpoint is kept."""

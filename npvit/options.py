@@ -1,0 +1,197 @@
+"""The training options, in one table: each key's default, help text and rule, from which the
+config defaults, its validation and ``scripts/train.py --help`` all come; and the recipes.
+
+A config is one dict: these keys plus the article's model keys (``ViTConfig``), built
+from defaults < recipe < JSON config file < command-line flags (:func:`build_config`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from .backend import BACKENDS, DTYPES
+from .config import ViTConfig
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Option:
+    default: object
+    help: str
+    kind: str                 # how the value is checked (and parsed from a flag): see check_value
+    choices: tuple = ()
+
+
+# kind: "int>0", "int>=0", "int>0|none", "seed", "float>0", "float>=0", "fraction" ([0, 1)), "betas", "scale",
+#       "bool", "choice", "path", "path|none", "threads"
+OPTIONS = {
+    "epochs": Option(100, "number of epochs", "int>0"),
+    "batch_size": Option(256, "training batch size", "int>0"),
+    "lr": Option(1e-2, "peak learning rate (AdamW)", "float>0"),
+    "weight_decay": Option(1e-2, "AdamW decoupled weight decay", "float>=0"),
+    "decay": Option("all", "which parameters decay: all, or matrices (not biases, norms, embeddings)", "choice",
+                    ("all", "matrices")),
+    "betas": Option([0.9, 0.999], "AdamW betas, two numbers in [0, 1)", "betas"),
+    "warmup_epochs": Option(0.0, "linear warmup length in epochs (fractions allowed)", "float>=0"),
+    "schedule": Option("constant", "after warmup: constant, or cosine (to zero at the end)", "choice",
+                       ("constant", "cosine")),
+    "label_smoothing": Option(0.0, "label smoothing epsilon, in [0, 1)", "fraction"),
+    "augment": Option("article", "none | flip | crop_flip (pad + random crop + flip) | article (flip + "
+                      "RandomResizedCrop)", "choice", ("none", "flip", "crop_flip", "article")),
+    "crop_padding": Option(4, "padding for crop_flip", "int>=0"),
+    "rrc_scale": Option([0.8, 1.0], "RandomResizedCrop area range, two numbers 0 < low <= high <= 1", "scale"),
+    "mixup": Option(0.0, "mixup alpha (0 = off)", "float>=0"),
+    "cutmix": Option(0.0, "cutmix alpha (0 = off)", "float>=0"),
+    "grad_clip": Option(0.0, "clip the global gradient norm to this (0 = off)", "float>=0"),
+    "micro_batch": Option(None, "split each batch into chunks of N for forward/backward (same update, less "
+                          "memory)", "int>0|none"),
+    "normalize": Option("half", "half: (x-0.5)/0.5 as the article | dataset: per-channel mean/std", "choice",
+                        ("half", "dataset")),
+    "seed": Option(42, "seed for weights, shuffling, augmentation, dropout (an integer >= 0)", "seed"),
+    "backend": Option("numpy", "numpy (CPU) | cupy (GPU)", "choice", BACKENDS),
+    "dtype": Option("float32", "float32 | float64", "choice", DTYPES),
+    "threads": Option("auto", "numpy: run each batch as this many shards on as many cores; auto = every core "
+                      "this process may use", "threads"),
+    "dataset": Option("cifar10", "cifar10 | folder (<data-dir>/train/<class>/*.png and test/)", "choice",
+                      ("cifar10", "folder")),
+    "data_dir": Option("./data", "folder holding cifar-10-batches-py/ (downloaded there if absent)", "path"),
+    "download": Option(True, "download CIFAR-10 if absent (--no-download to forbid)", "bool"),
+    "out_dir": Option("runs/vit", "the run directory: checkpoints (latest.npz, best.npz), metrics.jsonl, "
+                      "config.json; must be empty or new (see --resume, --overwrite)", "path"),
+    "init_from": Option(None, "start from the weights of this checkpoint (.npz or .safetensors) of the same "
+                        "model", "path|none"),
+    "eval_every": Option(1, "evaluate on the test set every N epochs", "int>0"),
+    "save_every": Option(1, "save latest.npz every N epochs", "int>0"),
+    "eval_batch_size": Option(500, "batch size for evaluation", "int>0"),
+    "train_limit": Option(None, "use only the first N training images", "int>0|none"),
+    "test_limit": Option(None, "use only the first N test images", "int>0|none"),
+    "progress": Option(True, "show progress: a bar on a terminal, a line every 30 s otherwise "
+                       "(--no-progress: epoch lines only)", "bool"),
+    "recipe": Option("strong", "preset: article (the article's script) or strong (ours)", "choice",
+                     ("article", "strong")),
+}
+
+RECIPES = {
+    # The article's training script: AdamW lr 1e-2 (weight decay 1e-2 on everything), batch 256,
+    # flip + RandomResizedCrop(scale 0.8-1), inputs normalised to [-1, 1], no schedule, 100 epochs.
+    "article": {"epochs": 100, "batch_size": 256, "lr": 1e-2, "weight_decay": 1e-2, "decay": "all",
+                "warmup_epochs": 0.0, "schedule": "constant", "label_smoothing": 0.0, "augment": "article",
+                "rrc_scale": [0.8, 1.0], "normalize": "half", "mixup": 0.0, "cutmix": 0.0, "grad_clip": 0.0},
+    # Ours: AdamW lr 3e-3, weight decay 0.05 on weight matrices only, 3 warmup epochs then cosine to zero,
+    # pad-4 random crop + flip, label smoothing 0.1, per-channel normalisation, batch 128.
+    "strong": {"epochs": 100, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.05, "decay": "matrices",
+               "warmup_epochs": 3.0, "schedule": "cosine", "label_smoothing": 0.1, "augment": "crop_flip",
+               "crop_padding": 4, "normalize": "dataset", "mixup": 0.0, "cutmix": 0.0, "grad_clip": 0.0},
+}
+assert set(RECIPES) == set(OPTIONS["recipe"].choices)
+
+TRAIN_DEFAULTS = {k: o.default for k, o in OPTIONS.items()}
+MODEL_KEYS = ViTConfig.keys()
+ALL_KEYS = set(OPTIONS) | set(MODEL_KEYS)
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_value(key, v):
+    """Raise ConfigError unless ``v`` is a valid value of training option ``key``."""
+    o = OPTIONS[key]
+    k = o.kind
+    ok = {
+        "int>0": lambda: _is_int(v) and v > 0,
+        "int>=0": lambda: _is_int(v) and v >= 0,
+        "int>0|none": lambda: v is None or (_is_int(v) and v > 0),
+        "seed": lambda: _is_int(v) and 0 <= v < 2 ** 63,
+        "float>0": lambda: _is_number(v) and v > 0,
+        "float>=0": lambda: _is_number(v) and v >= 0,
+        "fraction": lambda: _is_number(v) and 0 <= v < 1,
+        "betas": lambda: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1
+                                                                              for b in v),
+        "scale": lambda: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_number, v))
+        and 0 < v[0] <= v[1] <= 1,
+        "bool": lambda: isinstance(v, bool),
+        "choice": lambda: isinstance(v, str) and v in o.choices,
+        "path": lambda: isinstance(v, str) and v != "",
+        "path|none": lambda: v is None or (isinstance(v, str) and v != ""),
+        "threads": lambda: v == "auto" or (_is_int(v) and v > 0),
+    }[k]()
+    if not ok:
+        want = {"int>0": "a positive integer", "int>=0": "an integer >= 0", "int>0|none": "a positive integer or null",
+                "seed": "an integer in [0, 2**63)", "float>0": "a positive finite number",
+                "float>=0": "a finite number >= 0", "fraction": "a number in [0, 1)",
+                "betas": "two numbers in [0, 1)", "scale": "[low, high] with 0 < low <= high <= 1",
+                "bool": "true or false", "choice": f"one of {list(o.choices)}", "path": "a non-empty path",
+                "path|none": "a path or null", "threads": "a positive integer or 'auto'"}[k]
+        raise ConfigError(f"{key} must be {want}, got {v!r}")
+
+
+def validate(cfg):
+    """Every training option by its rule, the model keys by ViTConfig, then what they say together."""
+    for key in OPTIONS:
+        check_value(key, cfg[key])
+    try:
+        ViTConfig.from_dict({k: cfg[k] for k in MODEL_KEYS})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model config: {e}") from None
+    if cfg["threads"] != "auto" and cfg["threads"] > 1 and cfg["backend"] != "numpy":
+        raise ConfigError(f"threads={cfg['threads']} splits the batch over CPU cores; it applies to the numpy "
+                          f"backend only (use --threads 1 with {cfg['backend']})")
+
+
+def read_config_file(path) -> dict:
+    """A JSON object of config keys from ``path``, or a ConfigError that says what is wrong with the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read config file {path}: permission denied") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object of config keys")
+    return data
+
+
+def build_config(recipe=None, file=None, overrides=None) -> dict:
+    """defaults < recipe < JSON file < overrides, validated. The recipe may come from the file or overrides."""
+    from_file = read_config_file(file) if file is not None else {}
+    overrides = dict(overrides or {})
+    unknown = sorted((set(from_file) | set(overrides)) - ALL_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown config keys {unknown}")
+    recipe = overrides.get("recipe", recipe or from_file.get("recipe", TRAIN_DEFAULTS["recipe"]))
+    check_value("recipe", recipe)
+    cfg = {**TRAIN_DEFAULTS, **ViTConfig().to_dict(), **RECIPES[recipe], **from_file, **overrides, "recipe": recipe}
+    validate(cfg)
+    return cfg
+
+
+def default_text(key):
+    """What ``--help`` says about a key's default: the default recipe's value, and the others' where they differ."""
+    default_recipe = TRAIN_DEFAULTS["recipe"]
+    value = RECIPES[default_recipe].get(key, TRAIN_DEFAULTS[key])
+    text = f"default: {_show(value)}"
+    if key in RECIPES[default_recipe]:
+        text += f" in recipe {default_recipe}"
+    for name, recipe in RECIPES.items():
+        if name != default_recipe and recipe.get(key, TRAIN_DEFAULTS[key]) != value:
+            text += f"; {_show(recipe.get(key, TRAIN_DEFAULTS[key]))} in {name}"
+    return text
+
+
+def _show(v):
+    if isinstance(v, list):
+        return " ".join(map(str, v))
+    return "none" if v is None else str(v)

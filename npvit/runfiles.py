@@ -1,0 +1,246 @@
+"""The files npvit writes, and the run directory they live in: atomic writes, one run per directory, a lock.
+
+Every file npvit writes (checkpoints, metrics.jsonl, config.json, pictures, JSON reports)
+goes through :func:`atomic_write`: the bytes go to a temporary file beside the target,
+are flushed to disk, and replace the target in one ``os.replace``. A process killed at any
+instant leaves either the old file or the new one, never a mix, plus at most one
+``.tmp-*`` file, which the next run in that directory removes.
+
+A run directory belongs to one run. :class:`RunDir` takes an exclusive lock on
+``<dir>/.lock`` for as long as training runs (``flock``: the operating system drops it
+when the process ends, however it ends, so a stale lock is simply taken over), and
+refuses to start a fresh run in a directory that already holds files.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import socket
+import tempfile
+
+from .errors import RunDirError, UserError
+
+# What a training run writes into its directory; --overwrite removes exactly these.
+RUN_FILES = ("latest.npz", "best.npz", "metrics.jsonl", "config.json", "curves.png")
+LOCK_FILE = ".lock"
+TMP_PREFIX = ".tmp-"
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()     # what open() would give a new file; mkstemp's own is 0600
+
+
+def atomic_write(path, write):
+    """Create or replace ``path`` with what ``write(f)`` writes to a binary file object; all or nothing."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=suffix)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        _replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_dir(folder)
+    return path
+
+
+def _replace(tmp, path):
+    """The one step that makes a write visible (its own function, so the fault-injection tests can
+    kill the process around it)."""
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path, text):
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _fsync_dir(folder):
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:   # pragma: no cover - Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:   # pragma: no cover - file systems without directory fsync
+        pass
+    finally:
+        os.close(fd)
+
+
+def check_writable(path):
+    """Raise a clear OSError now if ``path`` could not be written later (missing folder, permissions)."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {path}: it is a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write {path}: permission denied in {folder}")
+
+
+# -- metrics.jsonl ------------------------------------------------------------------
+def strict_json(value):
+    """``value`` with every non-finite float replaced by None, so json.dumps gives strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def write_metrics(path, history):
+    """The whole history, one strict JSON object per epoch, written at once (never appended to)."""
+    atomic_write_text(path, "".join(json.dumps(strict_json(r), allow_nan=False) + "\n" for r in history))
+
+
+def read_metrics(path):
+    """The epochs of a metrics.jsonl; a line that is not a JSON object is an error naming the line."""
+    records = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except ValueError as e:
+            raise UserError(f"{path} line {n} is not valid JSON ({e})") from None
+        if not isinstance(r, dict) or not isinstance(r.get("epoch"), int):
+            raise UserError(f"{path} line {n} is not an epoch record (a JSON object with an integer 'epoch')")
+        records.append(r)
+    return records
+
+
+# -- the run directory -----------------------------------------------------------------
+def remove_stale_temps(folder):
+    """Temporary files left by a process killed while writing (only call while holding the lock)."""
+    for tmp in glob.glob(os.path.join(glob.escape(folder), TMP_PREFIX + "*")):
+        os.remove(tmp)
+
+
+def contents(folder):
+    """The entries of ``folder`` that belong to a run: everything but the lock and stale temporary files."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(e for e in os.listdir(folder) if e != LOCK_FILE and not e.startswith(TMP_PREFIX))
+
+
+class RunDir:
+    """An output directory, locked for one process: ``with RunDir(path) as run: ...``."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.lock_path = os.path.join(self.path, LOCK_FILE)
+        self.fd = None
+
+    def __enter__(self):
+        try:
+            os.makedirs(self.path, exist_ok=True)
+            self._lock()
+            remove_stale_temps(self.path)
+        except OSError as e:
+            self._unlock()
+            what = "permission denied" if isinstance(e, PermissionError) else (e.strerror or str(e)).lower()
+            raise RunDirError(f"cannot write to output directory {self.path}: {what}") from None
+        return self
+
+    def __exit__(self, *exc):
+        self._unlock(remove=True)
+
+    def _lock(self):
+        """Take ``.lock`` with flock; the file may be left from a dead process, which holds nothing."""
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                _flock(fd)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise RunDirError(f"{self.path} is in use by another npvit process ({holder}); wait for it to "
+                                  f"finish or choose another --out-dir") from None
+            # The holder before us may have removed the file after we opened it: lock the file at the path.
+            try:
+                same = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self.fd = fd
+
+    def _unlock(self, remove=False):
+        if self.fd is None:
+            return
+        if remove:
+            try:
+                os.remove(self.lock_path)    # removed while still held, so no one locks a file about to go
+            except OSError:
+                pass
+        os.close(self.fd)
+        self.fd = None
+
+    def claim_fresh(self, overwrite=False):
+        """A fresh run starts here: refuse if the directory holds anything, or with ``overwrite``
+        remove the files of the run that is there."""
+        found = contents(self.path)
+        if not found:
+            return
+        if not overwrite:
+            raise RunDirError(
+                f"{self.path} already holds files ({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}): "
+                f"continue that run with --resume {self.path}, replace it with --overwrite, "
+                f"or choose another --out-dir")
+        for name in RUN_FILES:
+            p = os.path.join(self.path, name)
+            if os.path.isfile(p):
+                os.remove(p)
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+
+try:
+    import fcntl
+
+    def _flock(fd):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+except ImportError:  # pragma: no cover - Windows
+    import msvcrt
+
+    def _flock(fd):
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError as e:
+            raise BlockingIOError(str(e)) from None
+
+
+def _read_holder(fd):
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 200).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "pid unknown"

@@ -1,0 +1,210 @@
+"""A run directory belongs to one run, a run killed at any instant resumes exactly, divergence is caught.
+
+Every case of the run-safety issue is reproduced here through scripts/train.py itself,
+on a small model and small fake CIFAR-10 (5 steps per epoch), so each run takes a second or two.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from npvit.runfiles import RunDir, read_metrics, write_metrics
+from tests.cifar_fixtures import REPO, write_fake_cifar
+
+TRAIN = [sys.executable, os.path.join(REPO, "scripts", "train.py")]
+DRIVER = [sys.executable, os.path.join(REPO, "tests", "train_driver.py")]
+SMALL = ["--hidden-size", "24", "--num-attention-heads", "3", "--intermediate-size", "48",
+         "--num-hidden-layers", "2", "--no-progress", "--threads", "2", "--batch-size", "64"]
+
+
+def run(args, check=True, cmd=TRAIN, **kw):
+    p = subprocess.run(cmd + args, capture_output=True, text=True, cwd=REPO, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{args} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def snapshot(folder):
+    """{name: bytes} of every file in a directory, to prove nothing in it changed."""
+    return {n: open(os.path.join(folder, n), "rb").read() for n in sorted(os.listdir(folder))}
+
+
+def weights(path):
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files if k.startswith("param/")}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return str(write_fake_cifar(tmp_path_factory.mktemp("fake"), n_per_batch=64))
+
+
+@pytest.fixture(scope="module")
+def finished_run(data, tmp_path_factory):
+    """A finished 1-epoch run, with a curves.png as plot.py leaves it."""
+    out = str(tmp_path_factory.mktemp("runs") / "a")
+    run(["--data-dir", data, "--out-dir", out, "--epochs", "1"] + SMALL)
+    run(["--out", os.path.join(out, "curves.png"), out], cmd=[sys.executable, os.path.join(REPO, "scripts",
+                                                                                            "plot.py")])
+    return out
+
+
+# -- a run directory belongs to one run ------------------------------------------------------
+def test_a_fresh_run_into_a_used_directory_is_refused_and_changes_nothing(data, finished_run):
+    before = snapshot(finished_run)
+    p = run(["--data-dir", data, "--out-dir", finished_run, "--epochs", "1"] + SMALL, check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "already holds files" in p.stderr and "--resume" in p.stderr and "--overwrite" in p.stderr
+    assert snapshot(finished_run) == before
+
+
+def test_overwrite_replaces_the_whole_run(data, finished_run, tmp_path):
+    out = str(tmp_path / "copy")
+    shutil.copytree(finished_run, out)
+    run(["--data-dir", data, "--out-dir", out, "--epochs", "2", "--seed", "7", "--overwrite"] + SMALL)
+    assert [r["epoch"] for r in read_metrics(os.path.join(out, "metrics.jsonl"))] == [1, 2]
+    assert not os.path.exists(os.path.join(out, "curves.png")), "the old run's picture stayed"
+    assert json.load(open(os.path.join(out, "config.json")))["seed"] == 7
+
+
+def test_resume_continues_in_the_resumed_directory(data, finished_run, tmp_path):
+    """A moved or copied run resumes where it is now; the original is not touched."""
+    before = snapshot(finished_run)
+    moved = str(tmp_path / "moved")
+    shutil.copytree(finished_run, moved)
+    p = run(["--resume", moved, "--epochs", "2"])
+    assert "writing to " + moved in p.stdout
+    assert [r["epoch"] for r in read_metrics(os.path.join(moved, "metrics.jsonl"))] == [1, 2]
+    assert json.load(open(os.path.join(moved, "config.json")))["out_dir"] == moved
+    assert snapshot(finished_run) == before
+
+
+def test_resume_into_another_runs_directory_is_refused(data, finished_run, tmp_path):
+    other = str(tmp_path / "other")
+    run(["--data-dir", data, "--out-dir", other, "--epochs", "1", "--hidden-size", "36"] + SMALL[2:])
+    before, mine = snapshot(other), snapshot(finished_run)
+    p = run(["--resume", finished_run, "--out-dir", other, "--epochs", "2"], check=False)
+    assert p.returncode == 2 and "would mix two runs" in p.stderr and "Traceback" not in p.stderr
+    assert snapshot(other) == before and snapshot(finished_run) == mine
+    # into an empty directory it branches: the history comes along, the source stays as it was
+    branch = str(tmp_path / "branch")
+    run(["--resume", finished_run, "--out-dir", branch, "--epochs", "2"])
+    assert [r["epoch"] for r in read_metrics(os.path.join(branch, "metrics.jsonl"))] == [1, 2]
+    assert os.path.isfile(os.path.join(branch, "best.npz"))
+    assert snapshot(finished_run) == mine
+
+
+def test_resuming_an_older_checkpoint_in_place_is_refused(finished_run):
+    before = snapshot(finished_run)
+    p = run(["--resume", os.path.join(finished_run, "best.npz"), "--epochs", "2"], check=False)
+    assert p.returncode == 2 and "would replace" in p.stderr and "--out-dir" in p.stderr
+    assert snapshot(finished_run) == before
+
+
+def test_a_running_directory_is_locked_and_a_stale_lock_is_taken_over(data, tmp_path):
+    out = str(tmp_path / "busy")
+    with RunDir(out):                                  # another process (this one) trains there
+        p = run(["--data-dir", data, "--out-dir", out, "--epochs", "1"] + SMALL, check=False)
+        assert p.returncode == 2 and "in use by another npvit process" in p.stderr and f"pid {os.getpid()}" in p.stderr
+        p = run(["--resume", out], check=False)
+        assert p.returncode == 2
+    # a lock left by a process that died holds nothing: the next run takes it over and removes it
+    with open(os.path.join(out, ".lock"), "w") as f:
+        f.write("pid 999999 on elsewhere\n")
+    run(["--data-dir", data, "--out-dir", out, "--epochs", "1"] + SMALL)
+    assert sorted(os.listdir(out)) == ["best.npz", "config.json", "latest.npz", "metrics.jsonl"]
+
+
+# -- crash consistency -----------------------------------------------------------------------
+FAULT_ARGS = ["--epochs", "3", "--save-every", "2", "--warmup-epochs", "1", "--mixup", "0.2",
+              "--hidden-dropout-prob", "0.1"] + SMALL
+STEPS = 15            # 3 epochs of 5 steps
+WRITES = 8            # the uninterrupted run makes 8 to 10 atomic writes (checkpoints, metrics, config)
+
+
+def fault_plan(trials=16, seed=2026):
+    """Where to kill the run: after a random step, in the middle of a write, or just after a write became
+    visible; and Ctrl-C / SIGTERM at random steps. The first write (the initial latest.npz) is always among them."""
+    rng = np.random.default_rng(seed)
+    plan = ["write:1", "replace:1"]
+    while len(plan) < trials:
+        kind = rng.choice(["step", "write", "replace", "signal"], p=[0.35, 0.25, 0.25, 0.15])
+        if kind == "step":
+            f = f"step:{rng.integers(1, STEPS)}:SIGKILL"
+        elif kind == "signal":
+            f = f"step:{rng.integers(1, STEPS)}:{rng.choice(['SIGINT', 'SIGTERM'])}"
+        else:
+            f = f"{kind}:{rng.integers(2, WRITES + 1)}"
+        if f not in plan:
+            plan.append(f)
+    return plan
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("reference") / "run")
+    run(["--data-dir", data, "--out-dir", out] + FAULT_ARGS)
+    return out
+
+
+def same_metrics(a, b):
+    assert [r["epoch"] for r in b] == [r["epoch"] for r in a], "each epoch once, in order"
+    for x, y in zip(a, b):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+            assert abs(x[key] - y[key]) <= 1e-12 * max(1.0, abs(x[key])), (key, x, y)
+
+
+@pytest.mark.parametrize("fault", fault_plan())
+def test_killed_at_any_instant_resumes_to_the_uninterrupted_run(data, reference, tmp_path, fault):
+    out = str(tmp_path / "run")
+    fresh = ["--data-dir", data, "--out-dir", out] + FAULT_ARGS
+    p = run(["--", *fresh], cmd=DRIVER + [fault], check=False)
+    if fault.startswith("step:") and not fault.endswith("SIGKILL"):
+        assert p.returncode == 0 and "resume with --resume" in p.stdout, p.stdout + p.stderr
+    else:
+        assert p.returncode == -signal.SIGKILL, f"the fault did not fire: {p.returncode}\n{p.stdout}\n{p.stderr}"
+    if os.path.isfile(os.path.join(out, "latest.npz")):
+        run(["--resume", out])
+    else:                  # killed before the first checkpoint existed: nothing to resume, start again
+        assert fault == "write:1"
+        p = run(["--resume", out], check=False)
+        assert p.returncode == 2 and "holds no checkpoint" in p.stderr
+        run(fresh)
+    same_metrics(read_metrics(os.path.join(reference, "metrics.jsonl")), read_metrics(os.path.join(out,
+                                                                                                  "metrics.jsonl")))
+    for name in ("latest.npz", "best.npz"):
+        ref, got = weights(os.path.join(reference, name)), weights(os.path.join(out, name))
+        assert ref.keys() == got.keys()
+        for k in ref:
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{name} {k}")
+    assert sorted(os.listdir(out)) == ["best.npz", "config.json", "latest.npz", "metrics.jsonl"], \
+        "temporary or lock files left behind"
+
+
+# -- divergence ---------------------------------------------------------------------------------
+def test_divergence_stops_with_an_error_and_keeps_the_last_finite_state(data, tmp_path):
+    out = str(tmp_path / "nan")
+    p = run(["--data-dir", data, "--out-dir", out, "--epochs", "3", "--lr", "1e6"] + SMALL, check=False)
+    assert p.returncode == 1, p.stdout + p.stderr
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: training diverged in epoch 1"), p.stderr
+    assert "learning rate" in lines[0] and "latest.npz keeps the last finite state" in lines[0]
+    for k, v in weights(os.path.join(out, "latest.npz")).items():
+        assert np.isfinite(v).all(), k
+    assert not os.path.exists(os.path.join(out, "best.npz"))
+
+
+def test_metrics_are_strict_json(tmp_path):
+    path = str(tmp_path / "metrics.jsonl")
+    write_metrics(path, [{"epoch": 1, "train_loss": float("nan"), "test_loss": float("inf"), "train_acc": 0.1}])
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    rows = [json.loads(line, parse_constant=refuse) for line in open(path)]
+    assert rows == [{"epoch": 1, "train_loss": None, "test_loss": None, "train_acc": 0.1}]
