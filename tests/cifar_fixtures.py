@@ -53,8 +53,22 @@ def fake_cifar_archive(path, n_per_batch=20, extra_members=()):
     return path
 
 
+REAL_CIFAR_HOWTO = ("no real CIFAR-10 here: set NPVIT_CIFAR10_DIR to a folder holding cifar-10-batches-py/ "
+                    "(the python version of CIFAR-10), or keep this project's ../shared/data/cifar10-jpeg.tar.gz "
+                    "beside the repository")
+
+
 def real_cifar(root):
-    """Rebuild the real CIFAR-10 copy from ../shared into root (about 15 s); None if it is absent."""
+    """A folder holding the real cifar-10-batches-py/: $NPVIT_CIFAR10_DIR if set, else the copy from ../shared
+    rebuilt into root (about 15 s); None if neither is there (skip with REAL_CIFAR_HOWTO)."""
+    from npvit.data import cifar10_present, cifar10_root
+
+    env = os.environ.get("NPVIT_CIFAR10_DIR")
+    if env:
+        found = cifar10_root(env)
+        if not cifar10_present(found):
+            raise RuntimeError(f"NPVIT_CIFAR10_DIR={env} does not hold cifar-10-batches-py/ with the six batches")
+        return found
     if not (os.path.isfile(SHARED_ARCHIVE) and os.path.isfile(SHARED_TOOL)):
         return None
     if not os.path.isdir(os.path.join(root, "cifar-10-batches-py")):

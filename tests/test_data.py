@@ -128,3 +128,82 @@ def test_image_folder_dataset(tmp_path):
         load_image_folder(tmp_path, image_size=16)
     with pytest.raises(DataError, match="needs .*train/<class>"):
         load_image_folder(tmp_path / "nowhere", image_size=16)
+
+
+def test_a_crafted_pickle_runs_no_code(tmp_path):
+    """A data_batch whose pickle asks for os.system is refused before anything runs."""
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    write_fake_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps({"data": Evil(), "labels": []}))
+    with pytest.raises(DataError, match=r"data_batch_1 is not a CIFAR-10 batch: it asks to build (posix|os)\.system"):
+        load_cifar10(tmp_path)
+    assert not marker.exists(), "the pickle's code ran"
+    # the same for batches.meta
+    write_fake_cifar(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "batches.meta").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(DataError, match="batches.meta"):
+        load_cifar10(tmp_path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_the_restricted_unpickler_reads_every_protocol(tmp_path, protocol):
+    import io
+    import pickle
+
+    from npvit.data import safe_unpickle
+
+    d = {"data": np.arange(6, dtype=np.uint8).reshape(2, 3), "labels": [1, 2], "batch_label": b"x",
+         "filenames": [b"a.png"], "n": np.int64(3)}
+    back = safe_unpickle(io.BytesIO(pickle.dumps(d, protocol=protocol)))
+    np.testing.assert_array_equal(back["data"], d["data"])
+    assert back["labels"] == [1, 2] and back["n"] == 3
+
+
+def test_an_unreadable_batch_is_named_as_a_permission_problem(tmp_path, monkeypatch):
+    import builtins
+
+    write_fake_cifar(tmp_path)
+    real_open = builtins.open
+    locked = str(tmp_path / "cifar-10-batches-py" / "test_batch")
+
+    def fake_open(path, *a, **k):        # root reads any file, so chmod cannot show this here
+        if os.fspath(path) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    with pytest.raises(DataError, match="cannot read CIFAR-10 file .*test_batch: permission denied") as e:
+        load_cifar10(tmp_path)
+    assert "corrupt" not in str(e.value) and "delete" not in str(e.value)
+
+
+def test_data_dir_may_be_the_batches_folder(tmp_path):
+    write_fake_cifar(tmp_path)
+    assert load_cifar10(tmp_path / "cifar-10-batches-py").x_train.shape == (100, 3, 32, 32)
+
+
+def _folders(root, spec):
+    from PIL import Image
+
+    for split, classes in spec.items():
+        for cls, n in classes.items():
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / split / cls / f"{i}.png")
+
+
+def test_image_folders_with_an_empty_or_unknown_class_are_errors(tmp_path):
+    _folders(tmp_path / "a", {"train": {"cat": 2, "dog": 0}, "test": {"cat": 1}})
+    with pytest.raises(DataError, match=r"class folder .*train/dog holds no images"):
+        load_image_folder(tmp_path / "a", image_size=8)
+    _folders(tmp_path / "b", {"train": {"cat": 2}, "test": {"cat": 1, "cow": 1}})
+    with pytest.raises(DataError, match=r"test has class folders that .*train lacks: \['cow'\]"):
+        load_image_folder(tmp_path / "b", image_size=8)

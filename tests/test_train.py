@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from npvit.train import build_config, lr_at, ConfigError
-from tests.cifar_fixtures import REPO, real_cifar, write_fake_cifar
+from tests.cifar_fixtures import REAL_CIFAR_HOWTO, REPO, real_cifar, write_fake_cifar
 
 TRAIN = [sys.executable, os.path.join(REPO, "scripts", "train.py")]
 DRIVER = os.path.join(REPO, "tests", "train_driver.py")
@@ -33,7 +33,7 @@ def metrics(out):
 def real_data(tmp_path_factory):
     root = real_cifar(tmp_path_factory.mktemp("cifar10"))
     if root is None:
-        pytest.skip("../shared/data/cifar10-jpeg.tar.gz is not here: no real CIFAR-10 to train on")
+        pytest.skip(REAL_CIFAR_HOWTO)
     return str(root)
 
 
