@@ -2,6 +2,7 @@
 import copy
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -191,3 +192,17 @@ def test_a_shards_error_reaches_the_caller_after_every_shard_stopped():
     r1.classifier.forward = boom
     with pytest.raises(ValueError, match="boom in shard 0"):    # an error on the worker thread reaches us too
         model(x)
+
+
+def test_shards_follow_the_callers_floating_point_error_handling():
+    """np.errstate is per thread: the shards must see the caller's, or a diverging run prints
+    warnings (or fails to raise) from the worker threads alone."""
+    model = ViT(small_vit_config(), dtype="float32", seed=0, threads=2)
+    x = np.full((4, 3, 8, 8), 3e38, dtype=np.float32)          # overflows inside every shard
+    with np.errstate(over="raise", invalid="raise"):
+        with pytest.raises(FloatingPointError):
+            model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="ignore"):
+            model(x)                                           # silent on every thread
