@@ -203,16 +203,18 @@ class RunDir:
         self.fd = None
 
     def claim_fresh(self, overwrite=False):
-        """A fresh run starts here: refuse if the directory holds anything, or with ``overwrite``
-        remove the files of the run that is there."""
+        """May a fresh run start here? Refused if the directory holds anything, unless ``overwrite``
+        (then call :meth:`clear` once the new run is ready to write). True if there is something to clear."""
         found = contents(self.path)
-        if not found:
-            return
-        if not overwrite:
+        if found and not overwrite:
             raise RunDirError(
                 f"{self.path} already holds files ({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}): "
                 f"continue that run with --resume {self.path}, replace it with --overwrite, "
                 f"or choose another --out-dir")
+        return bool(found)
+
+    def clear(self):
+        """Remove the files of the run that was here (--overwrite); other files are left alone."""
         for name in RUN_FILES:
             p = os.path.join(self.path, name)
             if os.path.isfile(p):

@@ -213,7 +213,7 @@ class Progress:
 
 
 class Trainer:
-    """One training run in its (locked) run directory: ``Trainer(cfg, run, resumed).fit()``.
+    """One training run in its (locked) run directory: ``t = Trainer(cfg, run, resumed); t.begin(); t.fit()``.
 
     ``callbacks``: functions ``f(trainer, epoch, steps_done)`` called after every step, for
     tests and tools that steer a run from outside the loop.
@@ -253,16 +253,22 @@ class Trainer:
         self.norm = aug.normalizer(xp, self.mean, self.std, self.model.dtype)      # uploaded once
         self.saved = (self.state["epoch"], self.state["step"])                     # what latest.npz holds
 
-        if resumed is not None:
-            write_metrics(run.file("metrics.jsonl"), self.history)   # the checkpoint's epochs, each once
-            log(f"resuming from {resumed.path}: epoch {self.state['epoch'] + 1}, step {self.state['step']}"
-                + ("" if resumed.same_dir else f", into {run.path}"))
-        else:
-            self.save("latest.npz", 0, 0, None)     # from now on --resume always finds a checkpoint
-        atomic_write_text(run.file("config.json"), json_text(cfg))
-        self.note_settings(data)
+        self.resumed = resumed
 
-    def note_settings(self, data):
+    def begin(self):
+        """The run's first writes: a fresh run's initial checkpoint (so --resume always finds one), or a
+        resumed run's metrics.jsonl rewritten from its checkpoint (each epoch once); config.json."""
+        run, resumed = self.run, self.resumed
+        if resumed is not None:
+            write_metrics(run.file("metrics.jsonl"), self.history)
+            self.log(f"resuming from {resumed.path}: epoch {self.state['epoch'] + 1}, step {self.state['step']}"
+                     + ("" if resumed.same_dir else f", into {run.path}"))
+        else:
+            self.save("latest.npz", 0, 0, None)
+        atomic_write_text(run.file("config.json"), json_text(self.cfg))
+        self.note_settings()
+
+    def note_settings(self):
         cfg = self.cfg
         if cfg["warmup_epochs"] >= cfg["epochs"]:
             self.log(f"note: warmup ({cfg['warmup_epochs']} epochs) lasts the whole run of {cfg['epochs']}: "
@@ -270,7 +276,7 @@ class Trainer:
         if isinstance(cfg["threads"], int) and cfg["threads"] > default_threads():
             print(f"warning: --threads {cfg['threads']} is more than the {default_threads()} cores this process "
                   f"may use; the shards will compete for cores and run slower", file=self.err)
-        self.log(f"npvit: {self.model.num_parameters():,} parameters, {self.N} train / {len(data.y_test)} test "
+        self.log(f"npvit: {self.model.num_parameters():,} parameters, {self.N} train / {len(self.y_test)} test "
                  f"images, {self.steps} steps of {self.B} per epoch, recipe {cfg['recipe']}, {cfg['backend']} "
                  f"{cfg['dtype']}" + (f", {self.model.threads} threads" if cfg["backend"] == "numpy" else "")
                  + f"; writing to {self.run.path}")
@@ -452,8 +458,8 @@ def init_weights(cfg):
 
 
 def claim_for_resume(run, ckpt, overwrite):
-    """May the run of checkpoint ``ckpt`` continue in ``run``'s directory? Returns True if it is the
-    checkpoint's own directory, False for a branch into another (empty) one."""
+    """May the run of checkpoint ``ckpt`` continue in ``run``'s directory? Returns (same_dir: it is the
+    checkpoint's own directory, else a branch into another; clear: that other directory's run is to go)."""
     source_dir = os.path.dirname(os.path.abspath(ckpt))
     if os.path.realpath(source_dir) == os.path.realpath(run.path):
         latest = run.file("latest.npz")
@@ -461,14 +467,12 @@ def claim_for_resume(run, ckpt, overwrite):
             raise RunDirError(f"resuming from {ckpt} in its own directory would replace {latest}, that run's latest "
                               f"state: continue it with --resume {run.path}, branch off with --out-dir NEW_DIR, "
                               f"or pass --overwrite")
-        return True
+        return True, False
     found = contents(run.path)
     if found and not overwrite:
         raise RunDirError(f"{run.path} already holds files ({', '.join(found[:5])}): resuming {ckpt} there would mix "
                           f"two runs; choose an empty or new --out-dir, or pass --overwrite to replace them")
-    if found:
-        run.claim_fresh(overwrite=True)
-    return False
+    return False, bool(found)
 
 
 def train(cfg, resume=None, overwrite=False, log=print, callbacks=(), stop=None, err=None):
@@ -482,11 +486,15 @@ def train(cfg, resume=None, overwrite=False, log=print, callbacks=(), stop=None,
     resumed = load_resume(cfg, resume) if resume else None
     with RunDir(cfg["out_dir"]) as run:
         if resumed is not None:
-            same_dir = claim_for_resume(run, resumed[0], overwrite)
+            same_dir, clear = claim_for_resume(run, resumed[0], overwrite)
             resumed = Resumed(*resumed, same_dir=same_dir)
         else:
-            run.claim_fresh(overwrite)
-        return Trainer(cfg, run, resumed, log, callbacks, stop, err).fit()
+            clear = run.claim_fresh(overwrite)
+        trainer = Trainer(cfg, run, resumed, log, callbacks, stop, err)   # data and model ready; nothing written
+        if clear:
+            run.clear()               # --overwrite: the old run goes only once the new one can start
+        trainer.begin()
+        return trainer.fit()
 
 
 # -- command line ---------------------------------------------------------------------

@@ -66,6 +66,10 @@ def test_a_fresh_run_into_a_used_directory_is_refused_and_changes_nothing(data, 
 def test_overwrite_replaces_the_whole_run(data, finished_run, tmp_path):
     out = str(tmp_path / "copy")
     shutil.copytree(finished_run, out)
+    before = snapshot(out)
+    # a new run that cannot start (no data here) leaves the old one in place
+    p = run(["--data-dir", str(tmp_path), "--no-download", "--out-dir", out, "--overwrite"] + SMALL, check=False)
+    assert p.returncode == 2 and "CIFAR-10 not found" in p.stderr and snapshot(out) == before
     run(["--data-dir", data, "--out-dir", out, "--epochs", "2", "--seed", "7", "--overwrite"] + SMALL)
     assert [r["epoch"] for r in read_metrics(os.path.join(out, "metrics.jsonl"))] == [1, 2]
     assert not os.path.exists(os.path.join(out, "curves.png")), "the old run's picture stayed"
