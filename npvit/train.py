@@ -182,7 +182,7 @@ class Progress:
     PLAIN_PROGRESS_S seconds; nothing with --no-progress."""
 
     def __init__(self, cfg, steps, start, epoch, stream):
-        self.steps, self.epoch, self.stream = steps, epoch, stream
+        self.steps, self.stream = steps, stream
         self.bar, self.plain = None, False
         if cfg["progress"] and stream.isatty():
             from tqdm import tqdm
@@ -252,7 +252,6 @@ class Trainer:
         self.meta_base = {"classes": list(data.classes), "mean": self.mean, "std": self.std}
         self.norm = aug.normalizer(xp, self.mean, self.std, self.model.dtype)      # uploaded once
         self.saved = (self.state["epoch"], self.state["step"])                     # what latest.npz holds
-
         self.resumed = resumed
 
     def begin(self):
