@@ -57,9 +57,11 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
     x_host = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
     y_host = rng.integers(0, 10, batch)
     gpu = backend == "cupy"
-    # npvit's CPU threads: the batch split into `threads` shards (npvit/parallel.py), or with
+    # npvit's CPU threads: the batch split into `threads` shards (npvit.DataParallel), or with
     # --no-data-parallel one shard and BLAS on `threads` threads.
-    ours = npvit.ViT(cfg, backend=backend, seed=0, threads=threads if data_parallel and not gpu else 1)
+    ours = npvit.ViT(cfg, backend=backend, seed=0)
+    if data_parallel and not gpu and threads > 1:
+        ours = npvit.DataParallel(ours, threads)
 
     if framework == "npvit":
         xp = ours.xp

@@ -77,19 +77,20 @@ def check_finite(params, path):
 def load_checkpoint(path, backend="numpy", dtype=None, threads=1):
     """Rebuild the model saved at ``path`` (.npz or .safetensors): returns ``(model, optim_state, meta)``.
 
-    ``dtype`` defaults to the saved one; ``threads`` as in ``ViT``; pass ``optim_state`` to an optimiser's
-    ``load_state_dict`` to resume. Non-finite weights are refused.
+    ``dtype`` defaults to the saved one; ``threads`` > 1 (or "auto") wraps the model in DataParallel;
+    pass ``optim_state`` to an optimiser's ``load_state_dict`` to resume. Non-finite weights are refused.
     """
     from .model import ViT
+    from .parallel import parallelize
 
     config, params, optim, meta = read_checkpoint(path)
     check_finite(params, path)
-    model = ViT(config, backend=backend, dtype=dtype or meta.get("dtype", "float32"), threads=threads)
+    model = ViT(config, backend=backend, dtype=dtype or meta.get("dtype", "float32"))
     try:
         model.load_state_dict(params)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    return model, optim, meta
+    return parallelize(model, threads), optim, meta
 
 
 # -- safetensors -------------------------------------------------------------------------
@@ -152,12 +153,13 @@ def read_safetensors(path, config=None):
 def load_safetensors(path, config=None, backend="numpy", dtype="float32", threads=1):
     """A ViT with the weights of a .safetensors file (npvit's, or a PyTorch state dict of the article's model)."""
     from .model import ViT
+    from .parallel import parallelize
 
     config, params, _ = read_safetensors(path, config)
     check_finite(params, path)
-    model = ViT(config, backend=backend, dtype=dtype, threads=threads)
+    model = ViT(config, backend=backend, dtype=dtype)
     try:
         model.load_state_dict(params)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    return model
+    return parallelize(model, threads)

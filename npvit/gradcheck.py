@@ -90,7 +90,8 @@ def _directional_check(out_fn, r, arrays, grads, names, eps, n_directions, atol,
 
 def _float64_copy(layer):
     layer = copy.deepcopy(layer)
-    layer.astype(np.float64)
+    if any(p.dtype != np.float64 for p in layer.parameters().values()):
+        layer.astype(np.float64)     # (a wrapper such as DataParallel is made around a float64 model instead)
     return layer
 
 
@@ -142,7 +143,6 @@ def check_model_gradients(model, x, labels, *, label_smoothing=0.0, eps=1e-3, n_
     from .losses import softmax_cross_entropy
 
     model = _float64_copy(model)
-    model.dtype = np.dtype(np.float64)
     _dropout_off(model)
     x = x.astype(np.float64)
     rng = np.random.default_rng(seed)

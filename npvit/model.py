@@ -18,21 +18,21 @@ from .backend import check_dtype, get_array_module, get_xp, to_device, to_numpy
 from .config import ViTConfig
 from .layers import Embeddings, Encoder, LayerNorm, Linear
 from .layers.base import Layer
-from .parallel import DataParallel, check_threads
 
 PER_HEAD_KEY = re.compile(r"^encoder\.blocks\.(\d+)\.attention\.heads\.(\d+)\.(query|key|value)\.(weight|bias)$")
 
 
 class ViT(Layer):
-    """ViT(config, backend="numpy"|"cupy", dtype="float32"|"float64", seed=0, threads=1).
+    """ViT(config, backend="numpy"|"cupy", dtype="float32"|"float64", seed=0).
 
     ``model(x)`` -> logits (B, K); ``model.backward(dlogits)`` -> dx (B, C, H, W),
-    with every parameter gradient added into ``model.gradients()``.
-    ``threads=T`` (NumPy; an int or "auto" for every core this process may use) runs
-    each batch as T shards on T threads (npvit/parallel.py); 1 runs it as one.
+    with every parameter gradient added into ``model.gradients()`` (views into one flat
+    buffer, ``model.flat_grads``). ``seed`` sets the weights and the dropout streams
+    (``model.reseed(seed)`` sets the latter again). To run batches as shards on several
+    CPU threads, wrap the model: ``npvit.DataParallel(model, threads=2)``.
     """
 
-    def __init__(self, config=None, backend="numpy", dtype="float32", seed=0, threads=1):
+    def __init__(self, config=None, backend="numpy", dtype="float32", seed=0):
         super().__init__()
         if config is None:
             config = ViTConfig()
@@ -44,20 +44,18 @@ class ViT(Layer):
         get_xp(backend)                         # validate now: unknown backend / no CuPy fail here
         self.backend = backend
         self.dtype = check_dtype(dtype)
-        self.seed = seed
-        self.threads = check_threads(threads, backend)
         c = config
         rng = np.random.default_rng(seed)       # host RNG: the same seed gives the same weights on every backend
         std = c.initializer_range
         self.embedding = Embeddings(c.image_size, c.patch_size, c.num_channels, c.hidden_size,
-                                    c.hidden_dropout_prob, rng=rng, std=std, seed=seed)
+                                    c.hidden_dropout_prob, rng=rng, std=std)
         self.encoder = Encoder(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size,
                                c.qkv_bias, c.hidden_dropout_prob, c.attention_probs_dropout_prob,
-                               c.gelu_approximate, rng=rng, std=std, seed=seed + 100)
+                               c.gelu_approximate, rng=rng, std=std)
         self.layernorm = LayerNorm(c.hidden_size) if c.final_layernorm else None
         self.classifier = Linear(c.hidden_size, c.num_classes, rng=rng, std=std)
-        self.parallel = DataParallel(self, self.threads) if self.threads > 1 else None
-        self.astype(self.dtype).to(self.xp)
+        self.astype(self.dtype).to(self.xp).flatten()          # one array of parameters, one of gradients
+        self.reseed(seed)
 
     @property
     def xp(self):
@@ -89,51 +87,54 @@ class ViT(Layer):
             raise ValueError(f"input is an empty batch {x.shape}: give at least one image")
 
     def forward(self, x, return_attention=False):
-        """x (B, C, H, W) -> logits (B, K), and with return_attention the L maps att (B, H, N, N)."""
+        """x (B, C, H, W) -> logits (B, K); with return_attention also the L maps att (B, H, N, N).
+
+        The classifier reads [CLS] alone, so the last block computes only its row (B, 1, D); for the
+        attention maps every row is computed.
+        """
         self.check_input(x)
         self.batch_size = len(x)
-        if self.parallel is not None:                            # shards of the batch on threads
-            return self.parallel.forward(x, return_attention)
-        h = self.embedding.forward(x)                            # (B, N, D)
-        # The classifier reads [CLS] alone, so the last block computes only its row (B, 1, D);
-        # for the attention maps every row is computed.
-        h = self.encoder.forward(h, return_attention, cls_only=not return_attention)
-        h, atts = h if return_attention else (h, None)
+        blocks = self.encoder.blocks
+        h = self.embedding.forward(x)                            # (B, N, D): patches, [CLS], + positions
+        for i, block in enumerate(blocks):
+            h = block.forward(h, cls_only=i == len(blocks) - 1 and not return_attention)   # (B, N or 1, D)
         if self.layernorm is not None:
             h = self.layernorm.forward(h)
         self.h_shape = h.shape
         logits = self.classifier.forward(h[:, 0])                # (B, K): the [CLS] token only
-        return (logits, atts) if return_attention else logits
+        if return_attention:
+            return logits, [block.attention.att for block in blocks]   # each (B, H, N, N), kept by the layer
+        return logits
 
     def backward(self, dlogits):
-        """dlogits (B, K) -> dx (B, C, H, W); parameter gradients accumulate."""
+        """dlogits (B, K) -> dx (B, C, H, W); parameter gradients accumulate. The forward chain reversed:
+
+            logits = classifier(h[:, 0])        dh[:, 0] = dlogits W_cls   (other tokens: 0), dW_cls, db_cls
+            h = layernorm(h)   (optional)       dh = layernorm backward
+            h = block_L(...(block_1(h0)))       for each block, last first:
+                x1 = x + attention(ln1(x))         dx1 = dy + ln2^T mlp^T dy
+                y  = x1 + mlp(ln2(x1))             dx  = dx1 + ln1^T attention^T dx1
+            h0 = [cls; patches W_p] + pos       dpos = sum_b dh0, dcls = sum_b dh0[:, 0],
+                                                dpatches -> dW_p (im2col) and dx (col2im)
+        """
         if not hasattr(self, "batch_size"):
             raise RuntimeError("backward called before forward")
         if dlogits.shape != (self.batch_size, self.config.num_classes):
             raise ValueError(f"dlogits must have the logits' shape {(self.batch_size, self.config.num_classes)}, "
                              f"got {dlogits.shape}")
-        if self.parallel is not None:
-            return self.parallel.backward(dlogits)
         xp = get_array_module(dlogits)
         dcls = self.classifier.backward(dlogits)                 # (B, D)
         dh = xp.zeros(self.h_shape, dtype=dcls.dtype)            # only token 0 reaches the classifier
         dh[:, 0] = dcls
         if self.layernorm is not None:
             dh = self.layernorm.backward(dh)
-        return self.embedding.backward(self.encoder.backward(dh))
+        for block in reversed(self.encoder.blocks):
+            dh = block.backward(dh)                              # (B, N, D)
+        return self.embedding.backward(dh)                       # (B, C, H, W)
 
     def astype(self, dtype):
         self.dtype = check_dtype(dtype)
-        super().astype(self.dtype)
-        if self.parallel is not None:
-            self.parallel.reset()                                # the replicas hold the old gradients
-        return self
-
-    def to(self, xp):
-        super().to(xp)
-        if self.parallel is not None:
-            self.parallel.reset()
-        return self
+        return super().astype(self.dtype)
 
     # -- PyTorch interop ----------------------------------------------------
     def state_dict(self) -> dict:

@@ -22,15 +22,27 @@ def weight_decay_groups(params: dict, weight_decay: float):
 
 
 class Optimizer:
-    """Base: ``model`` is anything with ``parameters()`` and ``gradients()`` dicts (a ViT or a Layer).
+    """Base: ``model`` is a ViT or any Layer tree; its parameters are put into one flat buffer
+    (``Layer.flatten``) if they are not already, and every step updates that buffer whole.
 
     ``param_groups``: None (one group, all parameters, the defaults) or a list of
     dicts ``{"params": [names], <hyperparameter overrides>}`` covering each name once.
+    Groups may set their own ``lr`` and ``weight_decay`` (the per-element values live in
+    one vector each); the other hyper-parameters are one value for all.
+
+    The step's scalars (learning rate, bias corrections) are 0-d arrays on the model's
+    device, refreshed in place each step, so a captured GPU step reads the new values.
     """
 
+    PER_GROUP = ("lr", "weight_decay")
+
     def __init__(self, model, defaults: dict, param_groups=None):
+        if getattr(model, "flat_params", None) is None:
+            model.flatten()
+        self.model = model
         self.params = model.parameters()
         self.grads = model.gradients()
+        self.flat_params, self.index = model.flat_params, model.flat_index
         for key, value in defaults.items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"optimiser {key} must be finite, got {value}")
@@ -44,61 +56,116 @@ class Optimizer:
             unknown = [k for k in group["params"] if k not in self.params]
             if unknown:
                 raise ValueError(f"parameter group names unknown parameters {unknown}")
+            shared = [k for k in group if k != "params" and k not in self.PER_GROUP and group[k] != defaults.get(k)]
+            if shared:
+                raise ValueError(f"parameter groups may set their own {list(self.PER_GROUP)} only; "
+                                 f"{shared} must be given to the optimiser itself")
             seen += list(group["params"])
             self.param_groups.append({**defaults, **group, "params": list(group["params"])})
         dup = sorted({k for k in seen if seen.count(k) > 1})
         missing = [k for k in self.params if k not in seen]
         if dup or missing:
             raise ValueError(f"parameter groups must cover each parameter once: duplicated {dup}, missing {missing}")
-        self.state = {}       # name -> dict of state arrays
+        self.defaults = defaults
+        self.xp = get_array_module(self.flat_params)
+        self.state = {}       # slot -> flat array like flat_params (e.g. exp_avg)
         self.step_count = 0
+        self.scalars = {}     # name -> 0-d device array, refreshed in place
+        self._lr_vector = None
+        self._sync_group_vectors()
+
+    # -- per-element hyper-parameters -------------------------------------------
+    def group_vector(self, key):
+        """The per-element value of ``key`` over the flat buffer (a host float when every group agrees)."""
+        values = {g[key] for g in self.param_groups}
+        if len(values) == 1:
+            return float(values.pop())
+        v = np.empty(self.flat_params.size, dtype=self.flat_params.dtype)
+        for g in self.param_groups:
+            for name in g["params"]:
+                offset, size, _ = self.index[name]
+                v[offset:offset + size] = g[key]
+        return to_device(v, self.xp)
+
+    def _sync_group_vectors(self):
+        self.wd = self.group_vector("weight_decay")
+        self._lr_vector = self.group_vector("lr")
+
+    def scalar(self, name, value):
+        """A 0-d device array holding ``value``, the same array every step (written in place)."""
+        a = self.scalars.get(name)
+        if a is None:
+            a = self.scalars[name] = self.xp.zeros((), dtype=self.flat_params.dtype)
+        a.fill(value)
+        return a
+
+    def lr(self):
+        """The learning rate: a 0-d device array, or a vector where groups differ."""
+        return self._lr_vector if not isinstance(self._lr_vector, float) else self.scalar("lr", self._lr_vector)
 
     def zero_grad(self):
-        for g in self.grads.values():
-            g.fill(0)
+        self.model.zero_grad()
 
     def step(self):
+        if self.model.flat_params is not self.flat_params:
+            raise RuntimeError("the model's parameters were replaced (astype/to) after this optimiser was made; "
+                               "make the optimiser after moving or casting the model")
         self.step_count += 1
-        for group in self.param_groups:
-            for name in group["params"]:
-                self.update(name, self.params[name], self.grads[name], group)
+        self.update(self.flat_params, self.model.flat_grads)
 
-    def update(self, name, p, g, group):  # pragma: no cover - abstract
+    def update(self, p, g):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def set_lr(self, lr):
         for group in self.param_groups:
             group["lr"] = lr
+        self._lr_vector = float(lr)
+
+    def slot(self, name):
+        """Optimiser state over the flat buffer (zeros at first use)."""
+        if name not in self.state:
+            self.state[name] = self.xp.zeros_like(self.flat_params)
+        return self.state[name]
 
     # -- checkpointing --------------------------------------------------------
     def state_dict(self) -> dict:
-        """Host arrays: ``state.{name}.{slot}`` plus ``step_count`` and each group's ``lr``."""
+        """Host arrays: ``state.{name}.{slot}`` per parameter, plus ``step_count`` and each group's ``lr``."""
         out = {"step_count": np.array(self.step_count)}
         for i, group in enumerate(self.param_groups):
             out[f"group.{i}.lr"] = np.array(group["lr"])
-        for name, slots in self.state.items():
-            for slot, value in slots.items():
-                out[f"state.{name}.{slot}"] = to_numpy(value).copy()
+        for slot, flat in self.state.items():
+            host = to_numpy(flat)
+            for name, (offset, size, shape) in self.index.items():
+                out[f"state.{name}.{slot}"] = host[offset:offset + size].reshape(shape).copy()
         return out
 
     def load_state_dict(self, sd: dict):
         self.step_count = int(sd["step_count"])
         for i, group in enumerate(self.param_groups):
             group["lr"] = float(sd[f"group.{i}.lr"])
-        self.state = {}
+        self._sync_group_vectors()
+        slots = {}
         for key, value in sd.items():
             if key.startswith("state."):
                 name, slot = key[len("state."):].rsplit(".", 1)
-                if name not in self.params:
+                if name not in self.index:
                     raise ValueError(f"optimiser state names unknown parameter {name!r}")
-                xp = get_array_module(self.params[name])
-                self.state.setdefault(name, {})[slot] = to_device(np.asarray(value, self.params[name].dtype), xp)
+                slots.setdefault(slot, {})[name] = value
+        self.state = {}
+        for slot, arrays in slots.items():
+            missing = [n for n in self.index if n not in arrays]
+            if missing:
+                raise ValueError(f"optimiser state {slot!r} lacks parameters {missing}")
+            host = np.empty(self.flat_params.size, dtype=self.flat_params.dtype)
+            for name, (offset, size, shape) in self.index.items():
+                host[offset:offset + size] = np.asarray(arrays[name]).reshape(-1)
+            self.state[slot] = to_device(host, self.xp)
         return self
 
 
 class SGD(Optimizer):
-    """torch.optim.SGD: g += wd p; buf = mu buf + (1 - dampening) g (buf = g at the first step);
-    g = g + mu buf (Nesterov) or buf; p -= lr g."""
+    """torch.optim.SGD over the flat buffer: g += wd p; buf = mu buf + (1 - dampening) g (buf = g at the
+    first step); g = g + mu buf (Nesterov) or buf; p -= lr g."""
 
     def __init__(self, model, lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0, dampening=0.0,
                  param_groups=None):
@@ -107,25 +174,25 @@ class SGD(Optimizer):
         super().__init__(model, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                                      dampening=dampening), param_groups)
 
-    def update(self, name, p, g, group):
-        if group["weight_decay"]:
-            g = g + group["weight_decay"] * p
-        mu = group["momentum"]
+    def update(self, p, g):
+        d = self.defaults
+        if not isinstance(self.wd, float) or self.wd:
+            g = g + self.wd * p
+        mu = d["momentum"]
         if mu:
-            st = self.state.setdefault(name, {})
-            if "momentum_buffer" not in st:
-                st["momentum_buffer"] = g.copy()
+            first = "momentum_buffer" not in self.state
+            buf = self.slot("momentum_buffer")
+            if first:
+                buf[...] = g
             else:
-                buf = st["momentum_buffer"]
                 buf *= mu
-                buf += (1.0 - group["dampening"]) * g
-            buf = st["momentum_buffer"]
-            g = g + mu * buf if group["nesterov"] else buf
-        p -= group["lr"] * g
+                buf += (1.0 - d["dampening"]) * g
+            g = g + mu * buf if d["nesterov"] else buf
+        p -= self.lr() * g
 
 
 class AdamW(Optimizer):
-    """torch.optim.AdamW: decoupled weight decay, then Adam with bias correction.
+    """torch.optim.AdamW over the flat buffer: decoupled weight decay, then Adam with bias correction.
 
         p *= 1 - lr wd
         m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
@@ -137,35 +204,35 @@ class AdamW(Optimizer):
             raise ValueError(f"AdamW betas must be in [0, 1), got {betas}")
         super().__init__(model, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay), param_groups)
 
-    def update(self, name, p, g, group):
-        xp = get_array_module(p)
-        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+    def update(self, p, g):
+        (b1, b2), eps = self.defaults["betas"], self.defaults["eps"]
         t = self.step_count
-        st = self.state.setdefault(name, {})
-        if "exp_avg" not in st:
-            st["exp_avg"], st["exp_avg_sq"] = xp.zeros_like(p), xp.zeros_like(p)
-        m, v = st["exp_avg"], st["exp_avg_sq"]
-        if wd:
-            p *= 1.0 - lr * wd
+        lr = self.lr()
+        m, v = self.slot("exp_avg"), self.slot("exp_avg_sq")
+        if not isinstance(self.wd, float) or self.wd:
+            p *= 1.0 - lr * self.wd
         m *= b1
         m += (1.0 - b1) * g
         v *= b2
         v += (1.0 - b2) * (g * g)
-        denom = xp.sqrt(v)
-        denom /= math.sqrt(1.0 - b2 ** t)
+        denom = self.xp.sqrt(v)
+        denom *= self.scalar("inv_sqrt_bc2", 1.0 / math.sqrt(1.0 - b2 ** t))   # sqrt(v) / sqrt(1 - b2^t)
         denom += eps
-        p -= (lr / (1.0 - b1 ** t)) * (m / denom)
+        step = m / denom
+        step *= lr * self.scalar("inv_bc1", 1.0 / (1.0 - b1 ** t))             # lr / (1 - b1^t)
+        p -= step
 
 
-def clip_grad_norm(grads: dict, max_norm: float) -> float:
-    """Scale all gradients in place so their global L2 norm is at most ``max_norm`` (as
+def clip_grad_norm(grads, max_norm: float):
+    """Scale gradients in place so their global L2 norm is at most ``max_norm`` (as
     torch.nn.utils.clip_grad_norm_: factor max_norm / (norm + 1e-6), capped at 1).
 
+    ``grads``: a model's flat gradient buffer (one norm, one scale) or a dict of arrays.
     Returns the norm before clipping as a 0-d array on the gradients' device: nothing is
     read back to the host, so a GPU step does not wait here."""
     if not max_norm > 0:
         raise ValueError(f"max_norm must be positive, got {max_norm}")
-    gs = list(grads.values())
+    gs = list(grads.values()) if isinstance(grads, dict) else [grads]
     xp = get_array_module(*gs)
     total = xp.sqrt(sum((g.astype(xp.float64) ** 2).sum() for g in gs))
     coef = xp.minimum(max_norm / (total + 1e-6), 1.0)

@@ -1,4 +1,4 @@
-"""Data parallelism over CPU threads: ``ViT(config, threads=T)``.
+"""Data parallelism over CPU threads: ``DataParallel(model, threads=T)`` wraps a model.
 
 Why: NumPy runs every elementwise operation and reduction (exp, tanh, the row
 sums of softmax and LayerNorm) on one core, and the idle OpenBLAS threads
@@ -18,8 +18,10 @@ the 1/B of the mean over the whole batch, so the sum is the full-batch gradient
 (up to float rounding, the order of the additions differs).
 
 Replicas share the model's parameter arrays (the same dicts, so optimiser
-updates and ``load_state_dict`` reach them) and own their gradients and caches.
-They are built on first use and rebuilt after ``astype``/``to``.
+updates and ``load_state_dict`` reach them) and own their gradients (one flat
+buffer each, added into the model's with one add) and forward caches. The model
+knows nothing of this: the wrapper is an execution strategy around it, as an MPI
+or CUDA-graph runner would be.
 """
 from __future__ import annotations
 
@@ -30,7 +32,6 @@ from concurrent.futures import ThreadPoolExecutor, wait
 import numpy as np
 
 from .backend import seed_for
-from .layers.dropout import Dropout
 
 
 def default_threads() -> int:
@@ -51,6 +52,13 @@ def check_threads(threads, backend) -> int:
         raise ValueError(f"threads={threads} splits the batch over CPU cores; it applies to the numpy "
                          f"backend only, not {backend!r} (use threads=1)")
     return int(threads)
+
+
+def parallelize(model, threads):
+    """``model`` run on ``threads`` (an int, or "auto": every core this process may use) CPU threads:
+    wrapped in DataParallel when that is more than one, else the model itself."""
+    n = check_threads(threads, getattr(model, "backend", "numpy"))
+    return DataParallel(model, n) if n > 1 else model
 
 
 def threads_arg(text):
@@ -74,35 +82,66 @@ def blas_controller():
 
 
 class DataParallel:
-    """Runs ``model``'s forward and backward as T shards of the batch on T threads."""
+    """``DataParallel(model, threads)``: the model's forward and backward as T shards of the batch on
+    T threads. Everything else (parameters, gradients, state_dict, config, ...) is the model's.
 
-    def __init__(self, model, threads):
-        self.model, self.threads = model, threads
+    Switch modes (``train``/``eval``) and seed dropout (``reseed``) through the wrapper, so every
+    shard follows; cast or move the model (``astype``/``to``) before wrapping it.
+    """
+
+    def __init__(self, model, threads=2):
+        if isinstance(threads, str) or isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) \
+                or threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        if getattr(model, "backend", "numpy") != "numpy":
+            raise ValueError(f"DataParallel splits the batch over CPU cores; it applies to the numpy backend only, "
+                             f"not {model.backend!r}")
+        self.model, self.threads = model, int(threads)
         self.blas = blas_controller()
         self.pool = None            # T - 1 worker threads; the calling thread runs shard 0
-        self.replicas = None        # T copies of the model sharing its parameters, built on first use
+        self.replicas = [model.replicate() for _ in range(self.threads)]   # share parameters, own gradients
         self.shards = None          # the row slices of the last forward
+        self.reseed(0)
+
+    def __getattr__(self, name):
+        # Only called for what the wrapper does not define: the model's own attributes and methods.
+        if name == "model":
+            raise AttributeError(name)
+        return getattr(self.model, name)
 
     def __deepcopy__(self, memo):
-        # A deep copy of the model gets its own threads and replicas (built when it first runs).
-        return DataParallel(memo[id(self.model)], self.threads)
+        import copy
 
-    def reset(self):
-        """Forget the replicas (after the model's arrays were replaced by astype/to)."""
-        self.replicas = None
+        return DataParallel(copy.deepcopy(self.model, memo), self.threads)
 
-    def get_replicas(self):
-        if self.replicas is None:
-            self.replicas = [self.model.replicate() for _ in range(self.threads)]
-            for t, replica in enumerate(self.replicas):
-                replica.parallel = None
-                for _, layer in replica.named_layers():
-                    if isinstance(layer, Dropout):      # distinct masks per shard
-                        layer.seed, layer.rng = seed_for(layer.seed, t), None
-        return self.replicas
+    def __call__(self, x, **kwargs):
+        return self.forward(x, **kwargs)
+
+    def astype(self, dtype):
+        raise RuntimeError("cast the model before wrapping it in DataParallel (the shards share its arrays)")
+
+    def to(self, xp):
+        raise RuntimeError("move the model before wrapping it in DataParallel (the shards share its arrays)")
+
+    def train(self, mode=True):
+        for m in [self.model] + self.replicas:
+            m.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def reseed(self, seed):
+        """Dropout streams from (seed, shard): each shard draws its own masks, repeatably."""
+        self.model.reseed(seed)
+        for t, replica in enumerate(self.replicas):
+            replica.reseed(seed_for(seed, t))
+        return self
 
     def run(self, calls):
         """Run the zero-argument callables in parallel (the first on this thread); their results in order."""
+        if len(calls) == 1:
+            return [calls[0]()]
         if self.pool is None:
             self.pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="npvit")
         errstate = np.geterr()      # NumPy's floating-point error handling is per thread: shards follow the caller's
@@ -121,14 +160,11 @@ class DataParallel:
 
     def forward(self, x, return_attention=False):
         """x (B, C, H, W) -> logits (B, K) [, L maps (B, H, N, N)], shard by shard."""
-        replicas = self.get_replicas()
-        for replica in replicas:     # follow the model's train/eval mode, layer by layer
-            for (_, mine), (_, theirs) in zip(self.model.named_layers(), replica.named_layers()):
-                theirs.training = mine.training
+        self.model.check_input(x)
         bounds = np.linspace(0, len(x), min(self.threads, len(x)) + 1).astype(int)
         self.shards = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
         outs = self.run([lambda r=r, s=s: r.forward(x[s], return_attention)
-                         for r, s in zip(replicas, self.shards)])
+                         for r, s in zip(self.replicas, self.shards)])
         xp = self.model.xp
         if not return_attention:
             return xp.concatenate(outs)
@@ -138,10 +174,13 @@ class DataParallel:
 
     def backward(self, dlogits):
         """dlogits (B, K) -> dx (B, C, H, W); the shards' gradients are added into the model's."""
+        if self.shards is None:
+            raise RuntimeError("backward called before forward")
+        B = self.shards[-1].stop
+        if dlogits.shape[0] != B:
+            raise ValueError(f"dlogits must have the logits' shape ({B}, ...), got {dlogits.shape}")
         outs = self.run([lambda r=r, s=s: r.backward(dlogits[s]) for r, s in zip(self.replicas, self.shards)])
-        grads = self.model.gradients()
-        for replica in self.replicas:
-            for name, g in replica.gradients().items():
-                grads[name] += g                     # g = sum over shards of g_t
-                g.fill(0)
+        for replica in self.replicas:                # g = sum over shards of g_t: one add per shard
+            self.model.flat_grads += replica.flat_grads
+            replica.flat_grads.fill(0)
         return self.model.xp.concatenate(outs)

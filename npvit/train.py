@@ -30,13 +30,12 @@ from .cli import SafeStream, run_main
 from .config import ViTConfig
 from .data import load_dataset
 from .errors import CheckpointError, ConfigError, DataError, Diverged, RunDirError
-from .layers.dropout import Dropout
 from .losses import softmax_cross_entropy
 from .model import ViT
 from .optim import AdamW, clip_grad_norm, weight_decay_groups
 from .options import (ALL_KEYS, MODEL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, build_config, default_text,  # noqa: F401
                       validate)
-from .parallel import default_threads, threads_arg
+from .parallel import default_threads, parallelize, threads_arg
 from .runfiles import RunDir, contents, strict_json, write_metrics, atomic_write_text
 
 LOG_EVERY = 10          # steps between reads of the running loss: progress display and divergence check
@@ -91,15 +90,6 @@ def augment_batch(cfg, x, y, rng, host_rng):
     return x, y
 
 
-def reseed_dropout(model, seed):
-    """Dropout masks from (seed, layer, shard) alone, so a resumed run draws what the uninterrupted one did."""
-    trees = model.parallel.get_replicas() if model.parallel is not None else [model]   # one per shard
-    for shard, tree in enumerate(trees):
-        for i, (_, layer) in enumerate(tree.named_layers()):
-            if isinstance(layer, Dropout):
-                layer.rng = default_rng(model.xp, seed_for(seed, i, shard))
-
-
 def train_step(model, opt, x, target, labels, label_smoothing=0.0, grad_clip=0.0, micro_batch=None):
     """One optimiser step on the batch x (B, C, H, W): returns (mean loss, number correct), both on the device.
 
@@ -122,7 +112,7 @@ def train_step(model, opt, x, target, labels, label_smoothing=0.0, grad_clip=0.0
         loss_sum = loss_sum + loss * n
         correct = correct + (logits.argmax(axis=-1) == labels[chunk]).sum()
     if grad_clip:
-        clip_grad_norm(model.gradients(), grad_clip)
+        clip_grad_norm(model.flat_grads, grad_clip)
     opt.step()
     return loss_sum / B, correct
 
@@ -227,7 +217,7 @@ class Trainer:
         self.mean, self.std = norm_stats(cfg, data)
         self.xp = xp = get_xp(cfg["backend"])
         self.model = ViT({k: cfg[k] for k in MODEL_KEYS}, backend=cfg["backend"], dtype=cfg["dtype"],
-                         seed=cfg["seed"], threads=cfg["threads"])
+                         seed=cfg["seed"])
         groups = (weight_decay_groups(self.model.parameters(), cfg["weight_decay"]) if cfg["decay"] == "matrices"
                   else None)
         self.opt = AdamW(self.model, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"],
@@ -252,6 +242,7 @@ class Trainer:
         self.meta_base = {"classes": list(data.classes), "mean": self.mean, "std": self.std}
         self.norm = aug.normalizer(xp, self.mean, self.std, self.model.dtype)      # uploaded once
         self.saved = (self.state["epoch"], self.state["step"])                     # what latest.npz holds
+        self.net = parallelize(self.model, cfg["threads"])        # the model, or it on several CPU threads
         self.resumed = resumed
 
     def begin(self):
@@ -277,7 +268,7 @@ class Trainer:
                   f"may use; the shards will compete for cores and run slower", file=self.err)
         self.log(f"npvit: {self.model.num_parameters():,} parameters, {self.N} train / {len(self.y_test)} test "
                  f"images, {self.steps} steps of {self.B} per epoch, recipe {cfg['recipe']}, {cfg['backend']} "
-                 f"{cfg['dtype']}" + (f", {self.model.threads} threads" if cfg["backend"] == "numpy" else "")
+                 f"{cfg['dtype']}" + (f", {getattr(self.net, 'threads', 1)} threads" if cfg["backend"] == "numpy" else "")
                  + f"; writing to {self.run.path}")
 
     def fit(self):
@@ -286,7 +277,7 @@ class Trainer:
         if self.state["epoch"] >= cfg["epochs"]:
             self.log(f"nothing to do: this run already finished {self.state['epoch']} epochs; "
                      f"pass --epochs to train longer")
-        self.model.train()
+        self.net.train()
         self.stop.note = self.err
         # A diverging run overflows; the loop reports that itself (diverged), so NumPy's warnings would be noise.
         with self.stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -304,7 +295,7 @@ class Trainer:
 
     def train_epoch(self, epoch):
         """The steps of one epoch from where the state says: (finished, steps done, running totals, lr)."""
-        cfg, xp, model, B = self.cfg, self.xp, self.model, self.B
+        cfg, xp, net, B = self.cfg, self.xp, self.net, self.B
         resuming = epoch == self.state["epoch"]
         start = self.state["step"] if resuming else 0
         partial = (self.state["partial"] if resuming and self.state["partial"] else
@@ -321,10 +312,10 @@ class Trainer:
                 yb = self.y_train[idx]
                 rng = default_rng(xp, seed_for(cfg["seed"], epoch, i, 1))
                 host_rng = np.random.default_rng(seed_for(cfg["seed"], epoch, i, 3))
-                xb = aug.normalize(self.x_train[idx], *self.norm, model.dtype)
+                xb = aug.normalize(self.x_train[idx], *self.norm, net.dtype)
                 xb, target = augment_batch(cfg, xb, yb, rng, host_rng)
-                reseed_dropout(model, seed_for(cfg["seed"], epoch, i, 2))
-                loss, n_correct = train_step(model, self.opt, xb, target, yb, cfg["label_smoothing"],
+                net.reseed(seed_for(cfg["seed"], epoch, i, 2))      # dropout masks from (seed, epoch, step) alone
+                loss, n_correct = train_step(net, self.opt, xb, target, yb, cfg["label_smoothing"],
                                              cfg["grad_clip"], cfg["micro_batch"])
                 loss_sum += loss * len(yb)
                 correct += n_correct
@@ -356,7 +347,7 @@ class Trainer:
                   "seconds": partial["seconds"], "images_per_s": partial["seen"] / partial["seconds"]}
         if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]:
             t1 = time.perf_counter()
-            record["test_loss"], record["test_acc"], _ = evaluate(self.model, self.x_test, self.y_test, *self.norm,
+            record["test_loss"], record["test_acc"], _ = evaluate(self.net, self.x_test, self.y_test, *self.norm,
                                                                   cfg["eval_batch_size"])
             record["eval_seconds"] = time.perf_counter() - t1
         self.history.append(strict_json(record))

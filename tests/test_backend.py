@@ -19,8 +19,17 @@ def test_unknown_backend_and_dtype():
         check_dtype("int32")
 
 
-def test_importing_npvit_needs_no_cupy():
-    assert npvit.ViT is not None
+def test_importing_and_running_npvit_needs_no_cupy_and_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['cupy'] = None; import numpy as np, npvit; "
+            "y = npvit.ViT()(np.zeros((1, 3, 32, 32), np.float32)); "
+            "assert y.shape == (1, 10), y.shape; "
+            "assert not npvit.cupy_available(); "
+            "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules, 'npvit imported torch'")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
 
 
 @pytest.mark.gpu

@@ -163,12 +163,12 @@ def test_initialisation_follows_the_article():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_float32_step_keeps_every_activation_and_gradient_float32(threads):
-    model = ViT(threads=threads)
+    model = npvit.parallel.parallelize(ViT(), threads)
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     logits, atts = model(x, return_attention=True)
     loss, dlogits = softmax_cross_entropy(logits, np.array([1, 2]))
     dx = model.backward(dlogits)
-    trees = [model] + (model.parallel.replicas if threads > 1 else [])   # the shards' caches live in replicas
+    trees = [model] + (model.replicas if threads > 1 else [])   # the shards' caches live in replicas
     cached = [(f"{n}.{a}", v) for tree in trees for n, layer in tree.named_layers() for a, v in vars(layer).items()
               if isinstance(v, np.ndarray)]
     assert cached, "no cached activations found"

@@ -24,11 +24,12 @@ def run_both(make_ours, make_theirs, clip=None):
         for k, g in model.gradients().items():
             ref[k].grad = torch.tensor(g)
         if clip:
-            norm = clip_grad_norm(model.gradients(), clip)
+            norm = clip_grad_norm(model.flat_grads, clip)
             tnorm = torch.nn.utils.clip_grad_norm_(list(ref.values()), clip)
             assert abs(float(norm) - float(tnorm)) < 1e-10 * max(1.0, float(norm))
-            for k in ref:
-                model.gradients()[k][...] = ref[k].grad.numpy()
+            assert float(norm) > clip, "the test should clip"
+            for k, g in model.gradients().items():     # our clipped gradients against torch's, not replaced
+                np.testing.assert_allclose(g, ref[k].grad.numpy(), rtol=1e-12, atol=1e-15, err_msg=k)
         opt.step()
         topt.step()
     return model.state_dict(), {k: v.detach().numpy() for k, v in ref.items()}
@@ -39,11 +40,13 @@ def groups_torch(ref, wd):
             for g in weight_decay_groups(ref, wd)]
 
 
-@pytest.mark.parametrize("momentum,nesterov,wd", [(0.0, False, 0.0), (0.9, False, 1e-2), (0.9, True, 5e-4)])
-def test_sgd_matches_torch(momentum, nesterov, wd):
+@pytest.mark.parametrize("momentum,nesterov,wd,clip", [(0.0, False, 0.0, None), (0.9, False, 1e-2, None),
+                                                       (0.9, True, 5e-4, None), (0.9, False, 0.0, 0.05)])
+def test_sgd_matches_torch(momentum, nesterov, wd, clip):
+    """SGD's step is proportional to the gradient, so it also checks the scale clipping applies."""
     ours, theirs = run_both(lambda m: SGD(m, lr=0.1, momentum=momentum, nesterov=nesterov, weight_decay=wd),
                             lambda r: torch.optim.SGD(list(r.values()), lr=0.1, momentum=momentum,
-                                                      nesterov=nesterov, weight_decay=wd))
+                                                      nesterov=nesterov, weight_decay=wd), clip)
     for k in ours:
         np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-6, atol=1e-9, err_msg=k)
 

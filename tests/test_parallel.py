@@ -1,4 +1,5 @@
-"""ViT(threads=T): the batch as T shards on T threads (npvit/parallel.py) gives the one-thread results."""
+"""DataParallel(model, threads=T): the batch as T shards on T threads (npvit/parallel.py) gives the one-thread
+results; the model knows nothing of it."""
 import copy
 import sys
 import threading
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from npvit import ViT, softmax_cross_entropy
+from npvit import DataParallel, ViT, softmax_cross_entropy
 from npvit.gradcheck import check_model_gradients, small_vit_config
-from npvit.parallel import check_threads, threads_arg
+from npvit.parallel import check_threads, parallelize, threads_arg
 from npvit.train import train_step
 from tests.conftest import GRADCHECK_TOL, rel_err
 from tests.helpers import assert_close
@@ -33,7 +34,7 @@ def test_shards_give_the_one_thread_results(threads, batch, dtype, tol):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, 3, 8, 8)).astype(dtype)
     labels = rng.integers(0, 5, batch)
-    one, many = ViT(SMALL, dtype=dtype, seed=2), ViT(SMALL, dtype=dtype, seed=2, threads=threads)
+    one, many = ViT(SMALL, dtype=dtype, seed=2), DataParallel(ViT(SMALL, dtype=dtype, seed=2), threads)
     for _ in range(2):   # twice without zero_grad: the shards' gradients accumulate like the model's
         ref, got = step(one, x, labels), step(many, x, labels)
     logits, atts, dx, grads = ref
@@ -47,7 +48,7 @@ def test_shards_give_the_one_thread_results(threads, batch, dtype, tol):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_sharded_article_model_matches_pytorch(dtype):
-    model = ViT(dtype=dtype, seed=1, threads=3)
+    model = DataParallel(ViT(dtype=dtype, seed=1), 3)
     ref = ViTForClassfication(model.config.to_dict()).to(getattr(torch, dtype)).eval()
     ref.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
     rng = np.random.default_rng(0)
@@ -66,7 +67,7 @@ def test_sharded_article_model_matches_pytorch(dtype):
 
 
 def test_sharded_model_passes_the_gradient_check():
-    model = ViT(SMALL, dtype="float64", seed=3, threads=2)
+    model = DataParallel(ViT(SMALL, dtype="float64", seed=3), 2)
     rng = np.random.default_rng(0)
     check_model_gradients(model, rng.standard_normal((3, 3, 8, 8)), rng.integers(0, 5, 3)).assert_ok(GRADCHECK_TOL)
 
@@ -77,11 +78,11 @@ def test_shards_run_on_their_own_threads_with_blas_on_one():
     def blas_threads():
         return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
 
-    model = ViT(SMALL, threads=3)
+    model = DataParallel(ViT(SMALL), 3)
     x = np.zeros((6, 3, 8, 8), np.float32)
     model(x)
     seen = {}
-    for t, replica in enumerate(model.parallel.replicas):
+    for t, replica in enumerate(model.replicas):
         inner = replica.classifier.forward
 
         def spy(h, _inner=inner, _t=t):
@@ -101,31 +102,37 @@ def test_shards_run_on_their_own_threads_with_blas_on_one():
 def test_dropout_masks_differ_between_shards_and_repeat_with_the_seed():
     c = {**SMALL, "hidden_dropout_prob": 0.5, "attention_probs_dropout_prob": 0.5}
     x = np.repeat(np.random.default_rng(0).standard_normal((1, 3, 8, 8)), 2, axis=0)   # the same image twice
-    a, b = ViT(c, dtype="float64", threads=2), ViT(c, dtype="float64", threads=2)
+    a, b = DataParallel(ViT(c, dtype="float64"), 2), DataParallel(ViT(c, dtype="float64"), 2)
     ya, yb = a(x), b(x)
     assert not np.allclose(ya[0], ya[1]), "both shards drew the same dropout mask"
     np.testing.assert_array_equal(ya, yb)
     a.eval()                                 # eval mode reaches the replicas: no dropout, rows agree
     np.testing.assert_allclose(a(x), ViT(c, dtype="float64").eval()(x), rtol=1e-12)
-    assert all(not layer.training for r in a.parallel.replicas for _, layer in r.named_layers())
+    assert all(not layer.training for r in a.replicas for _, layer in r.named_layers())
 
 
-def test_replicas_follow_astype_load_and_deepcopy():
+def test_the_wrapper_follows_load_and_deepcopy_and_refuses_astype():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 3, 8, 8))
-    one, many = ViT(SMALL, seed=1), ViT(SMALL, seed=5, threads=2)
-    many(x.astype(np.float32))                                       # replicas built in float32
-    for m in (one, many):
-        m.astype("float64")
+    one, many = ViT(SMALL, seed=1, dtype="float64"), DataParallel(ViT(SMALL, seed=5, dtype="float64"), 2)
     many.load_state_dict(one.state_dict())                           # in place: the replicas see it too
     ref = step(one, x, np.arange(4))
     got = step(many, x, np.arange(4))
     assert rel_err(got[0], ref[0]) < 1e-12
     assert all(g.dtype == np.float64 and rel_err(g, ref[3][k]) < 1e-12 for k, g in got[3].items())
     twin = copy.deepcopy(many)
-    assert twin.parallel.model is twin and twin.parallel is not many.parallel
+    assert twin.model is not many.model and all(r.flat_params is twin.model.flat_params for r in twin.replicas)
     twin.zero_grad()
     assert rel_err(step(twin, x, np.arange(4))[3]["classifier.weight"], ref[3]["classifier.weight"]) < 1e-12
+    with pytest.raises(RuntimeError, match="cast the model before wrapping it"):
+        many.astype("float32")
+
+
+def test_the_model_knows_nothing_of_threads():
+    model = ViT(SMALL)
+    assert not any("parallel" in name or "thread" in name for name in vars(model))
+    net = parallelize(model, 2)
+    assert isinstance(net, DataParallel) and net.model is model and parallelize(model, 1) is model
 
 
 def test_train_step_with_threads_is_the_same_step():
@@ -135,7 +142,7 @@ def test_train_step_with_threads_is_the_same_step():
 
     weights = []
     for threads, micro in ((1, None), (2, None), (3, 4)):
-        model = ViT(SMALL, dtype="float64", seed=1, threads=threads)
+        model = DataParallel(ViT(SMALL, dtype="float64", seed=1), threads)
         opt = SGD(model, lr=0.5, momentum=0.9)
         train_step(model, opt, x, labels, labels, label_smoothing=0.1, micro_batch=micro)
         weights.append(model.state_dict())
@@ -146,34 +153,38 @@ def test_train_step_with_threads_is_the_same_step():
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, "two", True, None])
 def test_bad_threads_are_clear_errors(bad):
-    with pytest.raises(ValueError, match="threads must be a positive integer or 'auto'"):
-        ViT(SMALL, threads=bad)
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        DataParallel(ViT(SMALL), bad)
+    if bad != "two":
+        with pytest.raises(ValueError, match="threads must be a positive integer or 'auto'"):
+            parallelize(ViT(SMALL), bad)
 
 
 def test_threads_auto_cupy_and_missing_threadpoolctl(monkeypatch):
     assert check_threads("auto", "numpy") >= 1 and check_threads("auto", "cupy") == 1
-    assert ViT(SMALL, threads="auto").threads == check_threads("auto", "numpy")
+    auto = parallelize(ViT(SMALL), "auto")
+    assert getattr(auto, "threads", 1) == check_threads("auto", "numpy")
     with pytest.raises(ValueError, match="numpy backend only, not 'cupy'"):
         check_threads(2, "cupy")
     assert threads_arg("auto") == "auto" and threads_arg("3") == 3
     monkeypatch.setitem(sys.modules, "threadpoolctl", None)
     with pytest.raises(ImportError, match="pip install threadpoolctl"):
-        ViT(SMALL, threads=2)
-    assert ViT(SMALL, threads=1).parallel is None                    # one thread needs nothing extra
+        DataParallel(ViT(SMALL), 2)
+    assert parallelize(ViT(SMALL), 1).__class__ is ViT                 # one thread needs nothing extra
 
 
 def test_backward_before_forward_is_a_clear_error():
     with pytest.raises(RuntimeError, match="backward called before forward"):
-        ViT(SMALL, threads=2).backward(np.zeros((2, 5), np.float32))
+        DataParallel(ViT(SMALL), 2).backward(np.zeros((2, 5), np.float32))
 
 
 def test_a_shards_error_reaches_the_caller_after_every_shard_stopped():
     import time
 
-    model = ViT(SMALL, threads=2)
+    model = DataParallel(ViT(SMALL), 2)
     x = np.zeros((4, 3, 8, 8), np.float32)
     model(x)
-    r0, r1 = model.parallel.replicas
+    r0, r1 = model.replicas
     finished = []
 
     def slow(h, _inner=r1.classifier.forward):
@@ -197,7 +208,7 @@ def test_a_shards_error_reaches_the_caller_after_every_shard_stopped():
 def test_shards_follow_the_callers_floating_point_error_handling():
     """np.errstate is per thread: the shards must see the caller's, or a diverging run prints
     warnings (or fails to raise) from the worker threads alone."""
-    model = ViT(small_vit_config(), dtype="float32", seed=0, threads=2)
+    model = DataParallel(ViT(small_vit_config(), dtype="float32", seed=0), 2)
     x = np.full((4, 3, 8, 8), 3e38, dtype=np.float32)          # overflows inside every shard
     with np.errstate(over="raise", invalid="raise"):
         with pytest.raises(FloatingPointError):

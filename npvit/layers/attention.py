@@ -36,7 +36,7 @@ class MultiHeadSelfAttention(Layer):
     """
 
     def __init__(self, hidden_size, num_heads, qkv_bias=True, attn_dropout=0.0, proj_dropout=0.0,
-                 rng=None, std=0.02, seed=0):
+                 rng=None, std=0.02):
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads}")
@@ -44,11 +44,12 @@ class MultiHeadSelfAttention(Layer):
         self.D, self.H, self.hs = hidden_size, num_heads, hidden_size // num_heads
         self.scale = 1.0 / math.sqrt(self.hs)
         self.qkv_projection = Linear(hidden_size, 3 * hidden_size, bias=qkv_bias, rng=rng, std=std)
-        self.attn_dropout = Dropout(attn_dropout, seed=seed)
+        self.attn_dropout = Dropout(attn_dropout)
         self.output_projection = Linear(hidden_size, hidden_size, rng=rng, std=std)
-        self.output_dropout = Dropout(proj_dropout, seed=seed + 1)
+        self.output_dropout = Dropout(proj_dropout)
 
-    def forward(self, x, return_attention=False, num_queries=None):
+    def forward(self, x, num_queries=None):
+        """x (B, N, D) -> y (B, Nq, D); the attention probabilities stay in ``self.att`` (B, H, Nq, N)."""
         if x.ndim != 3 or x.shape[-1] != self.D:
             raise ValueError(f"attention expects input (B, N, {self.D}), got shape {x.shape}")
         xp = get_array_module(x)
@@ -69,7 +70,7 @@ class MultiHeadSelfAttention(Layer):
         ctx = ctx.transpose(0, 2, 1, 3).reshape(B, Nq, D)        # (B, Nq, D): heads concatenated
         y = self.output_dropout.forward(self.output_projection.forward(ctx))
         self.qkv, self.att, self.att_d = qkv, att, att_d
-        return (y, att) if return_attention else y
+        return y
 
     def backward(self, dy):
         xp = get_array_module(dy)

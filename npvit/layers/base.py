@@ -5,6 +5,12 @@ names, e.g. "weight", "bias"). ``forward(x)`` caches what ``backward`` needs;
 ``backward(dy)`` returns ``dx`` and *adds* into ``grads``. Sub-layers are plain
 attributes (a list of layers is numbered like torch's ModuleList), so the full
 name of a parameter is its attribute path: ``encoder.blocks.0.mlp.dense_1.weight``.
+
+``flatten()`` moves every parameter of a tree into one contiguous array
+(``flat_params``) and every gradient into another (``flat_grads``); the dict
+entries become views into them, so layers read and write them as before while
+``zero_grad`` is one fill, an optimiser step a handful of array operations over
+everything, clipping one norm, and a gradient all-reduce one call.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import copy
 
 import numpy as np
 
-from ..backend import get_array_module, to_device
+from ..backend import get_array_module, seed_for, to_device
 
 
 class Layer:
@@ -53,9 +59,64 @@ class Layer:
                 for lname, layer in self.named_layers() for p, arr in layer.grads.items()}
 
     def zero_grad(self):
+        if getattr(self, "flat_grads", None) is not None:
+            self.flat_grads.fill(0)
+            return
         for _, layer in self.named_layers():
             for g in layer.grads.values():
                 g.fill(0)
+
+    # -- flat buffers -------------------------------------------------------
+    def flatten(self):
+        """All parameters in one contiguous array, all gradients in another (same dtype, same device);
+        ``params``/``grads`` entries become views into them. Values are kept. Returns self."""
+        params = self.parameters()
+        if not params:
+            raise ValueError("flatten: this layer tree has no parameters")
+        dtypes = {p.dtype for p in params.values()}
+        if len(dtypes) != 1:
+            raise ValueError(f"flatten: parameters of one tree must share a dtype, found {sorted(map(str, dtypes))}")
+        xp = get_array_module(*params.values())
+        flat = xp.empty(sum(p.size for p in params.values()), dtype=dtypes.pop())
+        self.flat_index = {}                      # full name -> (offset, size, shape) in the flat buffers
+        offset = 0
+        for lname, layer in self.named_layers():
+            for k, p in layer.params.items():
+                view = flat[offset:offset + p.size].reshape(p.shape)
+                view[...] = p
+                layer.params[k] = view
+                self.flat_index[f"{lname}.{k}" if lname else k] = (offset, p.size, p.shape)
+                offset += p.size
+        self.flat_params = flat
+        return self.flatten_grads()
+
+    def _relink(self):
+        """Make every ``params``/``grads`` entry a view into the flat buffers again (after a deep copy,
+        which copies views as separate arrays)."""
+        for lname, layer in self.named_layers():
+            for k in layer.params:
+                offset, size, shape = self.flat_index[f"{lname}.{k}" if lname else k]
+                layer.params[k] = self.flat_params[offset:offset + size].reshape(shape)
+                layer.grads[k] = self.flat_grads[offset:offset + size].reshape(shape)
+
+    def __deepcopy__(self, memo):
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        for name, value in vars(self).items():
+            setattr(clone, name, copy.deepcopy(value, memo))
+        if getattr(clone, "flat_params", None) is not None:
+            clone._relink()
+        return clone
+
+    def flatten_grads(self):
+        """A fresh zero ``flat_grads`` with every ``grads`` entry a view into it (replicas get their own)."""
+        xp = get_array_module(self.flat_params)
+        self.flat_grads = xp.zeros_like(self.flat_params)
+        for lname, layer in self.named_layers():
+            for k in layer.grads:
+                offset, size, shape = self.flat_index[f"{lname}.{k}" if lname else k]
+                layer.grads[k] = self.flat_grads[offset:offset + size].reshape(shape)
+        return self
 
     def train(self, mode: bool = True):
         for _, layer in self.named_layers():
@@ -65,23 +126,40 @@ class Layer:
     def eval(self):
         return self.train(False)
 
+    def reseed(self, seed):
+        """Seed every random layer below this one (dropout) from ``seed`` and its place in the tree:
+        the one place a model's randomness is set. Returns self."""
+        for i, (_, layer) in enumerate(self.named_layers()):
+            if hasattr(layer, "rng"):
+                layer.seed, layer.rng = seed_for(seed, i), None
+        return self
+
     def num_parameters(self) -> int:
         return int(sum(p.size for p in self.parameters().values()))
 
     def astype(self, dtype):
-        """Cast every parameter (and its gradient) to ``dtype`` in place of the old arrays."""
+        """Cast every parameter (and its gradient) to ``dtype`` in place of the old arrays (and of the
+        flat buffers, rebuilt if the tree had them)."""
         for _, layer in self.named_layers():
             for k in layer.params:
                 layer.params[k] = layer.params[k].astype(dtype)
                 layer.grads[k] = layer.grads[k].astype(dtype)
-        return self
+        return self._reflatten()
 
     def to(self, xp):
-        """Move every parameter and gradient to ``xp``'s device."""
+        """Move every parameter and gradient to ``xp``'s device (flat buffers rebuilt there)."""
         for _, layer in self.named_layers():
             for k in layer.params:
                 layer.params[k] = to_device(layer.params[k], xp)
                 layer.grads[k] = to_device(layer.grads[k], xp)
+        return self._reflatten()
+
+    def _reflatten(self):
+        if getattr(self, "flat_params", None) is not None:
+            grads = self.gradients()
+            self.flatten()
+            for name, g in self.gradients().items():
+                g[...] = grads[name]
         return self
 
     def replicate(self):
@@ -94,6 +172,8 @@ class Layer:
                 setattr(clone, name, value.replicate())
             elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Layer) for v in value):
                 setattr(clone, name, type(value)(v.replicate() for v in value))
+        if getattr(self, "flat_params", None) is not None:
+            clone.flatten_grads()                 # shared flat_params, its own flat_grads
         return clone
 
     def __call__(self, x, *args, **kwargs):

@@ -16,12 +16,12 @@ from .norm import LayerNorm
 class MLP(Layer):
     """x (B, N, D) -> dense_1 (D->I) -> GELU -> dense_2 (I->D) -> dropout -> (B, N, D)."""
 
-    def __init__(self, hidden_size, intermediate_size, dropout=0.0, approximate="tanh", rng=None, std=0.02, seed=0):
+    def __init__(self, hidden_size, intermediate_size, dropout=0.0, approximate="tanh", rng=None, std=0.02):
         super().__init__()
         self.dense_1 = Linear(hidden_size, intermediate_size, rng=rng, std=std)
         self.activation = GELU(approximate)
         self.dense_2 = Linear(intermediate_size, hidden_size, rng=rng, std=std)
-        self.dropout = Dropout(dropout, seed=seed)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x):
         h = self.activation.forward(self.dense_1.forward(x))    # (B, N, I)
@@ -37,25 +37,23 @@ class Block(Layer):
     """Pre-norm transformer block: (B, N, D) -> (B, N, D), or (B, 1, D) with cls_only."""
 
     def __init__(self, hidden_size, num_heads, intermediate_size, qkv_bias=True, hidden_dropout=0.0,
-                 attn_dropout=0.0, approximate="tanh", rng=None, std=0.02, seed=0):
+                 attn_dropout=0.0, approximate="tanh", rng=None, std=0.02):
         super().__init__()
         # Defined in the article's order, so parameters() lists names as its state_dict does.
         self.attention = MultiHeadSelfAttention(hidden_size, num_heads, qkv_bias, attn_dropout, hidden_dropout,
-                                                rng=rng, std=std, seed=seed)
+                                                rng=rng, std=std)
         self.layernorm_1 = LayerNorm(hidden_size)
-        self.mlp = MLP(hidden_size, intermediate_size, hidden_dropout, approximate, rng=rng, std=std, seed=seed + 2)
+        self.mlp = MLP(hidden_size, intermediate_size, hidden_dropout, approximate, rng=rng, std=std)
         self.layernorm_2 = LayerNorm(hidden_size)
 
-    def forward(self, x, return_attention=False, cls_only=False):
+    def forward(self, x, cls_only=False):
         """cls_only: the output of token 0 ([CLS]) only, (B, 1, D), all a ViT classifier reads.
         Its attention still reads every token's key and value, so it is exact, for a fraction of the work."""
         n = 1 if cls_only else None                              # x[:, :None] is every token
         self.n = n
-        a = self.attention.forward(self.layernorm_1.forward(x), return_attention, num_queries=n)
-        a, att = a if return_attention else (a, None)
+        a = self.attention.forward(self.layernorm_1.forward(x), num_queries=n)
         x = x[:, :n] + a                                         # residual 1
-        y = x + self.mlp.forward(self.layernorm_2.forward(x))    # residual 2
-        return (y, att) if return_attention else y
+        return x + self.mlp.forward(self.layernorm_2.forward(x))  # residual 2
 
     def backward(self, dy):
         # y = x1 + mlp(ln2(x1))  =>  dx1 = dy + ln2^T mlp^T dy
@@ -70,20 +68,16 @@ class Encoder(Layer):
     """A stack of L blocks: (B, N, D) -> (B, N, D) (or (B, 1, D), cls_only); ``blocks.{i}`` as the article names them."""
 
     def __init__(self, num_layers, hidden_size, num_heads, intermediate_size, qkv_bias=True, hidden_dropout=0.0,
-                 attn_dropout=0.0, approximate="tanh", rng=None, std=0.02, seed=0):
+                 attn_dropout=0.0, approximate="tanh", rng=None, std=0.02):
         super().__init__()
         self.blocks = [Block(hidden_size, num_heads, intermediate_size, qkv_bias, hidden_dropout, attn_dropout,
-                             approximate, rng=rng, std=std, seed=seed + 10 * i) for i in range(num_layers)]
+                             approximate, rng=rng, std=std) for _ in range(num_layers)]
 
-    def forward(self, x, return_attention=False, cls_only=False):
+    def forward(self, x, cls_only=False):
         """cls_only: the last block computes token 0 only (see Block), returning (B, 1, D)."""
-        atts = []
         for i, block in enumerate(self.blocks):
-            x = block.forward(x, return_attention, cls_only=cls_only and i == len(self.blocks) - 1)
-            if return_attention:
-                x, att = x
-                atts.append(att)
-        return (x, atts) if return_attention else x
+            x = block.forward(x, cls_only=cls_only and i == len(self.blocks) - 1)
+        return x
 
     def backward(self, dy):
         for block in reversed(self.blocks):

@@ -1,4 +1,7 @@
-"""Inverted dropout (Srivastava et al. 2014): scale kept units by 1/(1-p) at train time."""
+"""Inverted dropout (Srivastava et al. 2014): scale kept units by 1/(1-p) at train time.
+
+Its random stream is set by the tree that owns it (``Layer.reseed``): one owner for all
+of a model's dropout randomness."""
 from __future__ import annotations
 
 import math
@@ -10,13 +13,13 @@ from .base import Layer
 class Dropout(Layer):
     """x (...) -> y (...). Identity in eval mode or when p == 0."""
 
-    def __init__(self, p=0.0, seed=0):
+    def __init__(self, p=0.0):
         super().__init__()
         if not (isinstance(p, (int, float)) and math.isfinite(p) and 0.0 <= p < 1.0):
             raise ValueError(f"dropout probability must be in [0, 1), got {p!r}")
         self.p = float(p)
-        self.seed = seed
-        self.rng = None  # made lazily on the input's device
+        self.seed = 0      # set by reseed()
+        self.rng = None    # made from seed on the input's device at the next forward
 
     def forward(self, x):
         if not self.training or self.p == 0.0:

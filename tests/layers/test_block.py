@@ -47,10 +47,12 @@ def test_matches_article_modules(B, N, D, H, I, dtype, backend):
                        backend)
 
 
-def test_encoder_returns_one_attention_map_per_block():
+def test_each_block_keeps_its_attention_map():
     enc = Encoder(3, 12, 3, 20)
-    y, atts = enc.forward(np.random.default_rng(0).standard_normal((2, 5, 12)), return_attention=True)
+    y = enc.forward(np.random.default_rng(0).standard_normal((2, 5, 12)))
+    atts = [block.attention.att for block in enc.blocks]
     assert y.shape == (2, 5, 12) and len(atts) == 3 and all(a.shape == (2, 3, 5, 5) for a in atts)
+    np.testing.assert_allclose(atts[1].sum(-1), 1.0, rtol=1e-12)
 
 
 @pytest.mark.parametrize("B,N,D,H,I", SHAPES)

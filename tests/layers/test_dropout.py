@@ -15,7 +15,7 @@ def test_eval_mode_and_p0_are_identity():
 def test_train_mode_drops_and_rescales(backend):
     xp = get_xp(backend)
     x = xp.ones((200, 500), dtype=xp.float32)
-    d = Dropout(0.25, seed=3)
+    d = Dropout(0.25).reseed(3)
     y = to_numpy(d.forward(x))
     assert y.dtype == np.float32
     kept = y != 0
@@ -27,9 +27,9 @@ def test_train_mode_drops_and_rescales(backend):
 
 def test_same_seed_same_masks():
     x = np.ones((10, 10))
-    a, b = Dropout(0.5, seed=7), Dropout(0.5, seed=7)
+    a, b = Dropout(0.5).reseed(7), Dropout(0.5).reseed(7)
     np.testing.assert_array_equal(a.forward(x), b.forward(x))
-    assert not np.array_equal(a.forward(x), Dropout(0.5, seed=8).forward(x))
+    assert not np.array_equal(a.forward(x), Dropout(0.5).reseed(8).forward(x))
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.0, float("nan"), "0.5"])

@@ -1,0 +1,142 @@
+"""Flat parameter and gradient buffers: every parameter a view into one array, every gradient into another,
+so zero_grad is one fill, an optimiser step a handful of array operations, clipping one norm."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from npvit import ViT, softmax_cross_entropy
+from npvit.gradcheck import small_vit_config
+from npvit.layers import LayerNorm, Linear
+from npvit.optim import SGD, AdamW, clip_grad_norm
+
+SMALL = small_vit_config().to_dict()
+
+
+def backward_once(model, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 3, 8, 8)).astype(model.dtype)
+    _, d = softmax_cross_entropy(model(x), rng.integers(0, 5, 3))
+    model.backward(d)
+
+
+def assert_views(model):
+    for name, p in model.parameters().items():
+        assert np.shares_memory(p, model.flat_params), f"{name} is not a view of flat_params"
+    for name, g in model.gradients().items():
+        assert np.shares_memory(g, model.flat_grads), f"gradient {name} is not a view of flat_grads"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_parameters_and_gradients_are_views_of_two_buffers(dtype):
+    model = ViT(SMALL, dtype=dtype)
+    assert model.flat_params.dtype == model.flat_grads.dtype == np.dtype(dtype)
+    assert model.flat_params.size == model.num_parameters() and model.flat_params.flags.c_contiguous
+    assert_views(model)
+    backward_once(model)
+    assert np.abs(model.flat_grads).sum() > 0
+    np.testing.assert_array_equal(np.concatenate([g.ravel() for g in model.gradients().values()]), model.flat_grads)
+    model.zero_grad()
+    assert not model.flat_grads.any()
+    before = model.flat_params.copy()
+    model.load_state_dict(ViT(SMALL, dtype=dtype, seed=9).state_dict())      # copied into the views
+    assert_views(model)
+    assert not np.array_equal(before, model.flat_params)
+
+
+def test_deepcopy_and_astype_keep_the_views():
+    model = ViT(SMALL)
+    twin = copy.deepcopy(model)
+    assert twin.flat_params is not model.flat_params
+    assert_views(twin)
+    twin.astype("float64")
+    assert twin.flat_params.dtype == np.float64
+    assert_views(twin)
+    np.testing.assert_allclose(twin.flat_params, model.flat_params, rtol=1e-7)
+
+
+class Counting(np.ndarray):
+    """An ndarray that counts the NumPy operations (ufunc calls) it takes part in."""
+    calls = 0
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        Counting.calls += 1
+        plain = [i.view(np.ndarray) if isinstance(i, Counting) else i for i in inputs]
+        if "out" in kwargs:
+            kwargs["out"] = tuple(o.view(np.ndarray) if isinstance(o, Counting) else o for o in kwargs["out"])
+        return getattr(ufunc, method)(*plain, **kwargs)
+
+
+@pytest.mark.parametrize("make", [lambda m: AdamW(m, lr=1e-3, weight_decay=0.05),
+                                  lambda m: SGD(m, lr=0.1, momentum=0.9, weight_decay=1e-4)])
+def test_an_optimiser_step_costs_the_same_few_operations_for_any_number_of_parameter_arrays(make):
+    counts = []
+    for layers in (1, 6):
+        model = ViT({**SMALL, "num_hidden_layers": layers}, dtype="float64")
+        backward_once(model)
+        model.flat_params = model.flat_params.view(Counting)      # same memory, counted
+        model.flat_grads = model.flat_grads.view(Counting)
+        opt = make(model)
+        for _ in range(2):                                        # the second step has all its state
+            Counting.calls = 0
+            opt.step()
+        counts.append(Counting.calls)
+    assert counts[0] == counts[1] and 3 < counts[0] <= 16, f"operations per step: {counts}"
+
+
+def test_groups_with_their_own_learning_rate_match_torch():
+    model = ViT(SMALL, dtype="float64", seed=0)
+    ref = {k: torch.tensor(v, requires_grad=True) for k, v in model.state_dict().items()}
+    names = list(ref)
+    fast, slow = names[::2], names[1::2]
+    opt = AdamW(model, lr=1e-2, weight_decay=0.1, param_groups=[{"params": fast}, {"params": slow, "lr": 1e-3,
+                                                                                      "weight_decay": 0.0}])
+    topt = torch.optim.AdamW([{"params": [ref[k] for k in fast]},
+                              {"params": [ref[k] for k in slow], "lr": 1e-3, "weight_decay": 0.0}],
+                             lr=1e-2, weight_decay=0.1)
+    for seed in range(3):
+        model.zero_grad()
+        backward_once(model, seed)
+        for k, g in model.gradients().items():
+            ref[k].grad = torch.tensor(g)
+        opt.step()
+        topt.step()
+    for k, v in model.state_dict().items():
+        np.testing.assert_allclose(v, ref[k].detach().numpy(), rtol=1e-10, atol=1e-13, err_msg=k)
+
+
+def test_clipping_the_flat_buffer_is_clipping_every_gradient():
+    a, b = ViT(SMALL, dtype="float64"), ViT(SMALL, dtype="float64")
+    backward_once(a)
+    backward_once(b)
+    na, nb = clip_grad_norm(a.flat_grads, 0.01), clip_grad_norm(b.gradients(), 0.01)
+    assert float(na) == pytest.approx(float(nb), rel=1e-12) and float(na) > 0.01
+    np.testing.assert_allclose(a.flat_grads, b.flat_grads, rtol=1e-12)
+    assert np.linalg.norm(a.flat_grads) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_optimiser_errors():
+    model = ViT(SMALL)
+    opt = AdamW(model)
+    model.astype("float64")
+    with pytest.raises(RuntimeError, match="make the optimiser after moving or casting the model"):
+        opt.step()
+    with pytest.raises(ValueError, match="may set their own"):
+        AdamW(model, param_groups=[{"params": list(model.parameters()), "betas": (0.5, 0.5)}])
+
+
+def test_a_plain_layer_tree_is_flattened_by_its_optimiser():
+    layer = Linear(4, 3)
+    opt = SGD(layer, lr=0.1)
+    assert np.shares_memory(layer.params["weight"], layer.flat_params)
+    layer.forward(np.ones((2, 4)))
+    layer.backward(np.ones((2, 3)))
+    w = layer.params["weight"].copy()
+    opt.step()
+    np.testing.assert_allclose(layer.params["weight"], w - 0.1 * 2.0)
+    with pytest.raises(ValueError, match="no parameters"):
+        from npvit.layers import GELU
+
+        GELU().flatten()
+    assert LayerNorm(3).flatten().flat_params.tolist() == [1, 1, 1, 0, 0, 0]
