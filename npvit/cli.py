@@ -1,4 +1,7 @@
-"""How npvit's command-line programs start and end: one error line for a user's mistake, quiet broken pipes.
+"""How npvit's command-line programs start and end, and ``npvit <command>``, which runs them.
+
+``npvit train | evaluate | predict | plot | attention | export | gradcheck`` (also
+``python -m npvit ...``); ``scripts/*.py`` run the same functions.
 
 ``run_main(main, argv)`` runs a program's ``main`` so that
 - a :class:`npvit.errors.UserError` (and a missing or unreadable file the user named) prints
@@ -101,3 +104,40 @@ class SafeStream:
             return self.stream.isatty()
         except (AttributeError, ValueError):
             return False
+
+
+COMMANDS = {
+    "train": ("npvit.train", "train_main", "train a ViT (the article's or your own config) on CIFAR-10 or an image folder"),
+    "evaluate": ("npvit.commands", "evaluate_main", "test accuracy, per-class accuracy and confusion matrix"),
+    "predict": ("npvit.commands", "predict_main", "the top classes of one image"),
+    "plot": ("npvit.commands", "plot_main", "training curves from a run's metrics.jsonl"),
+    "attention": ("npvit.commands", "attention_main", "attention maps ([CLS] and rollout) over test images"),
+    "export": ("npvit.commands", "export_main", "a checkpoint's weights as .safetensors for PyTorch"),
+    "gradcheck": ("npvit.gradcheck", "main", "numerical gradient checks of every layer and the whole model"),
+}
+
+
+def usage():
+    width = max(map(len, COMMANDS))
+    return ("usage: npvit <command> [options]   (npvit <command> --help for its options)\n\ncommands:\n"
+            + "\n".join(f"  {name:<{width}}  {text}" for name, (_, _, text) in COMMANDS.items()))
+
+
+def entry(argv=None) -> int:
+    """``npvit <command> ...``: the console entry point (and ``python -m npvit``)."""
+    import importlib
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return USAGE_ERROR
+    if argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"{usage()}\n\nerror: unknown command {name!r}", file=sys.stderr)
+        return USAGE_ERROR
+    module, func, _ = COMMANDS[name]
+    main = getattr(importlib.import_module(module), func)
+    return run_main(lambda a: main(a, prog=f"npvit {name}"), rest)

@@ -219,10 +219,10 @@ def check_all(seed=0):
     return reports
 
 
-def main(argv=None):
+def main(argv=None, prog="python -m npvit.gradcheck"):
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m npvit.gradcheck",
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Gradient-check every layer of a small ViT and the whole model.")
     parser.add_argument("--tol", type=float, default=1e-6, help="largest relative error that passes (default 1e-6)")
     parser.add_argument("--seed", type=int, default=0)

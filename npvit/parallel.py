@@ -61,6 +61,14 @@ def parallelize(model, threads):
     return DataParallel(model, n) if n > 1 else model
 
 
+def threads_warning(threads):
+    """A line to print when ``threads`` asks for more cores than this process may use, else None."""
+    if isinstance(threads, int) and threads > default_threads():
+        return (f"warning: --threads {threads} is more than the {default_threads()} cores this process may use; "
+                f"the shards will compete for cores and run slower")
+    return None
+
+
 def threads_arg(text):
     """argparse type for --threads: a positive integer or "auto"."""
     if text == "auto":

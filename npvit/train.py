@@ -35,7 +35,7 @@ from .model import ViT
 from .optim import AdamW, clip_grad_norm, weight_decay_groups
 from .options import (ALL_KEYS, MODEL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, build_config, default_text,  # noqa: F401
                       validate)
-from .parallel import default_threads, parallelize, threads_arg
+from .parallel import parallelize, threads_arg, threads_warning
 from .runfiles import RunDir, contents, strict_json, write_metrics, atomic_write_text
 
 LOG_EVERY = 10          # steps between reads of the running loss: progress display and divergence check
@@ -263,9 +263,8 @@ class Trainer:
         if cfg["warmup_epochs"] >= cfg["epochs"]:
             self.log(f"note: warmup ({cfg['warmup_epochs']} epochs) lasts the whole run of {cfg['epochs']}: "
                      f"the learning rate never reaches {cfg['lr']}; set --warmup-epochs to change that")
-        if isinstance(cfg["threads"], int) and cfg["threads"] > default_threads():
-            print(f"warning: --threads {cfg['threads']} is more than the {default_threads()} cores this process "
-                  f"may use; the shards will compete for cores and run slower", file=self.err)
+        if threads_warning(cfg["threads"]):
+            print(threads_warning(cfg["threads"]), file=self.err)
         self.log(f"npvit: {self.model.num_parameters():,} parameters, {self.N} train / {len(self.y_test)} test "
                  f"images, {self.steps} steps of {self.B} per epoch, recipe {cfg['recipe']}, {cfg['backend']} "
                  f"{cfg['dtype']}" + (f", {getattr(self.net, 'threads', 1)} threads" if cfg["backend"] == "numpy" else "")
@@ -492,9 +491,9 @@ def _flag(key):
     return "--" + key.replace("_", "-")
 
 
-def make_parser():
+def make_parser(prog="scripts/train.py"):
     p = argparse.ArgumentParser(
-        prog="scripts/train.py",
+        prog=prog,
         description="Train the article's Vision Transformer with npvit's hand-written backward passes. "
                     "Settings: defaults < --recipe < --config FILE < flags.",
         epilog="Model keys (the article's config) can be set with the flags above or in the --config JSON, e.g. "
@@ -555,14 +554,14 @@ def config_from_args(args):
     return build_config(overrides={**saved, **overrides}), ckpt
 
 
-def main(argv=None, callbacks=()):
-    """``scripts/train.py``: 0 when done (or stopped and saved), 1 if training diverged or the output
-    was closed, 2 for a usage error."""
-    return run_main(lambda a: _main(a, callbacks), argv)
+def main(argv=None, callbacks=(), prog="scripts/train.py"):
+    """``scripts/train.py`` and ``npvit train``: 0 when done (or stopped and saved), 1 if training diverged
+    or the output was closed, 2 for a usage error."""
+    return run_main(lambda a: train_main(a, callbacks, prog), argv)
 
 
-def _main(argv, callbacks):
-    args = vars(make_parser().parse_args(argv))
+def train_main(argv=None, callbacks=(), prog="scripts/train.py"):
+    args = vars(make_parser(prog).parse_args(argv))
     overwrite = args.pop("overwrite")
     cfg, resume = config_from_args(args)
     stop = StopRequest()

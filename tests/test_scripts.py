@@ -87,3 +87,39 @@ def test_confusion_and_topk():
     cm = confusion_matrix([0, 1, 1, 2], [0, 1, 2, 2], 3)
     np.testing.assert_array_equal(cm, [[1, 0, 0], [0, 1, 1], [0, 0, 1]])
     assert topk(np.array([0.1, 0.6, 0.3]), ["a", "b", "c"], 2) == [("b", 0.6), ("c", 0.3)]
+
+
+def test_the_npvit_command_runs_every_program(trained, tmp_path):
+    """python -m npvit <command> (the same as the installed `npvit` console script) and its errors."""
+    data, out = trained
+
+    def npvit(*args):
+        return subprocess.run([sys.executable, "-m", "npvit", *map(str, args)], capture_output=True, text=True,
+                              cwd=REPO)
+
+    p = npvit("--help")
+    assert p.returncode == 0 and all(c in p.stdout for c in ("train", "evaluate", "predict", "plot", "attention",
+                                                              "export", "gradcheck"))
+    p = npvit()
+    assert p.returncode == 2 and "usage: npvit <command>" in p.stderr
+    p = npvit("tarin")
+    assert p.returncode == 2 and "unknown command 'tarin'" in p.stderr
+    p = npvit("evaluate", out / "best.npz", "--data-dir", data)
+    assert p.returncode == 0 and "test accuracy:" in p.stdout, p.stderr
+    p = npvit("train", "--help")
+    assert p.returncode == 0 and p.stdout.startswith("usage: npvit train")
+    p = npvit("export", out / "best.npz", tmp_path / "m.safetensors")
+    assert p.returncode == 0 and (tmp_path / "m.safetensors").is_file(), p.stderr
+    p = npvit("predict", out / "best.npz", tmp_path / "none.png")
+    assert p.returncode == 2 and p.stderr.strip() == f"error: no image at {tmp_path / 'none.png'}"
+
+
+def test_the_console_script_is_declared():
+    import importlib
+
+    tomllib = pytest.importorskip("tomllib")     # Python 3.11+
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        target = tomllib.load(f)["project"]["scripts"]["npvit"]
+    module, func = target.split(":")
+    assert callable(getattr(importlib.import_module(module), func))

@@ -1,0 +1,6 @@
+"""``python -m npvit <command>``: the same as the ``npvit`` command (npvit/cli.py)."""
+import sys
+
+from .cli import entry
+
+sys.exit(entry())

@@ -1,0 +1,151 @@
+"""The command-line programs besides training: evaluate, predict, plot, attention, export.
+
+Each is ``<name>_main(argv, prog)``, run by ``npvit <name>`` (npvit/cli.py), ``python -m npvit <name>``
+and the thin ``scripts/<name>.py``; errors a user can fix are one line (npvit.cli.run_main).
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from .augment import normalize
+from .backend import to_device, to_numpy
+from .checkpoint import export_safetensors
+from .cli import positive_int
+from .data import load_dataset, load_image
+from .errors import UserError
+from .evaluate import check_labels, confusion_matrix, load_trained, predict_proba, topk
+from .parallel import threads_arg, threads_warning
+from .runfiles import atomic_write_text, check_writable
+from .visualize import attention_rollout, check_image_path, cls_attention, plot_attention, plot_curves, read_metrics
+
+
+def evaluate_main(argv=None, prog=None):
+    """Test accuracy, per-class accuracy and confusion matrix of a trained checkpoint."""
+    p = argparse.ArgumentParser(prog=prog, description=evaluate_main.__doc__)
+    p.add_argument("checkpoint", help="a .npz written by scripts/train.py (e.g. runs/vit/best.npz), or a "
+                   ".safetensors exported from one")
+    p.add_argument("--data-dir", default="./data", help="folder holding cifar-10-batches-py/ (or the image folder)")
+    p.add_argument("--dataset", choices=["cifar10", "folder"], default="cifar10")
+    p.add_argument("--test-limit", type=positive_int, metavar="N", help="only the first N test images")
+    p.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    p.add_argument("--threads", type=threads_arg, default="auto", metavar="N|auto",
+                   help="numpy: run each batch as N shards on N cores (auto: every core this process may use)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = p.parse_args(argv)
+    if args.json:
+        check_writable(args.json)            # fail now, not after the evaluation
+    if threads_warning(args.threads):
+        print(threads_warning(args.threads), file=sys.stderr)
+    model, meta = load_trained(args.checkpoint, args.backend, args.threads)
+    c = model.config
+    data = load_dataset(args.dataset, args.data_dir, c.image_size, c.num_channels).limit(test=args.test_limit)
+    classes = meta["classes"]
+    check_labels(data.y_test, classes, f"the test data in {args.data_dir}")
+    preds = predict_proba(model, data.x_test, meta["mean"], meta["std"]).argmax(-1)
+    y = data.y_test
+    cm = confusion_matrix(y, preds, len(classes))
+    acc = float((preds == y).mean())
+    per_class = {name: float(cm[i, i] / max(cm[i].sum(), 1)) for i, name in enumerate(classes)}
+    print(f"test accuracy: {100 * acc:.2f}% on {len(y)} images\n")
+    print("per-class accuracy:")
+    for name, a in per_class.items():
+        print(f"  {name:<12} {100 * a:6.2f}%")
+    w = max(len(n) for n in classes)
+    print("\nconfusion matrix (rows: true class, columns: predicted):")
+    print(" " * (w + 1) + " ".join(f"{n[:5]:>5}" for n in classes))
+    for i, name in enumerate(classes):
+        print(f"{name:>{w}} " + " ".join(f"{v:>5}" for v in cm[i]))
+    if args.json:
+        atomic_write_text(args.json, json.dumps({"accuracy": acc, "per_class": per_class, "confusion": cm.tolist(),
+                                                 "classes": classes}, indent=1) + "\n")
+    return 0
+
+
+
+def predict_main(argv=None, prog=None):
+    """Classify one image file with a trained checkpoint: the top-5 classes and their probabilities."""
+    p = argparse.ArgumentParser(prog=prog, description=predict_main.__doc__)
+    p.add_argument("checkpoint", help="a .npz written by scripts/train.py, or a .safetensors exported from one")
+    p.add_argument("image", help="an image file (png, jpg, ...); resized to the model's image size")
+    p.add_argument("-k", type=positive_int, default=5, help="how many classes to show (all, if fewer)")
+    args = p.parse_args(argv)
+    model, meta = load_trained(args.checkpoint)
+    x = load_image(args.image, model.config.image_size, model.config.num_channels)
+    probs = predict_proba(model, x, meta["mean"], meta["std"])[0]
+    for name, prob in topk(probs, meta["classes"], args.k):
+        print(f"{name:<12} {100 * prob:6.2f}%")
+    return 0
+
+
+
+def attention_main(argv=None, prog=None):
+    """Attention maps of a trained checkpoint over test images: the [CLS] token's attention averaged over
+layers and heads (the article's figure) and attention rollout, overlaid on each image."""
+    p = argparse.ArgumentParser(prog=prog, description=attention_main.__doc__)
+    p.add_argument("checkpoint", help="a .npz written by scripts/train.py, or a .safetensors exported from one")
+    p.add_argument("--data-dir", default="./data", help="folder holding cifar-10-batches-py/ (or the image folder)")
+    p.add_argument("--dataset", choices=["cifar10", "folder"], default="cifar10")
+    p.add_argument("-n", type=positive_int, default=10, help="how many test images")
+    p.add_argument("--seed", type=int, default=0, help="which test images (random choice)")
+    p.add_argument("-o", "--out", default="attention.png", help="picture to write (.png, .pdf, .svg, .jpg)")
+    args = p.parse_args(argv)
+    check_image_path(args.out)
+    check_writable(args.out)
+    if args.seed < 0:
+        p.error(f"argument --seed: expected an integer >= 0, got {args.seed}")
+    model, meta = load_trained(args.checkpoint)
+    c = model.config
+    data = load_dataset(args.dataset, args.data_dir, c.image_size, c.num_channels)
+    check_labels(data.y_test, meta["classes"], f"the test data in {args.data_dir}")
+    idx = np.random.default_rng(args.seed).choice(len(data.y_test), size=min(args.n, len(data.y_test)), replace=False)
+    images, labels = data.x_test[idx], data.y_test[idx]
+    x = normalize(to_device(images, model.xp), meta["mean"], meta["std"], model.dtype)
+    logits, atts = model(x, return_attention=True)
+    preds = to_numpy(logits).argmax(-1)
+    maps = {"CLS attention": cls_attention(atts), "rollout": attention_rollout(atts)}
+    plot_attention(images, maps, labels, preds, meta["classes"], args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+
+def plot_main(argv=None, prog=None):
+    """Training curves (loss and accuracy, train and test) from a run's metrics.jsonl, as a PNG."""
+    p = argparse.ArgumentParser(prog=prog, description=plot_main.__doc__)
+    p.add_argument("metrics", help="metrics.jsonl, or the run's out dir")
+    p.add_argument("-o", "--out", help="picture to write (default: curves.png beside the metrics; .png, .pdf, .svg)")
+    p.add_argument("--title")
+    args = p.parse_args(argv)
+    path = os.path.join(args.metrics, "metrics.jsonl") if os.path.isdir(args.metrics) else args.metrics
+    if not os.path.isfile(path):
+        raise UserError(f"no metrics file at {path}")
+    out = args.out or os.path.join(os.path.dirname(path), "curves.png")
+    check_image_path(out)
+    check_writable(out)
+    metrics = read_metrics(path)
+    if not metrics:
+        raise UserError(f"{path} holds no epochs yet")
+    plot_curves(metrics, out, args.title)
+    print(f"wrote {out}")
+    return 0
+
+
+
+def export_main(argv=None, prog=None):
+    """Export a checkpoint's weights to .safetensors under the article's PyTorch names, for
+``safetensors.torch.load_file`` and the article's ``ViTForClassfication.load_state_dict``."""
+    p = argparse.ArgumentParser(prog=prog, description=export_main.__doc__)
+    p.add_argument("checkpoint", help="a .npz written by scripts/train.py")
+    p.add_argument("out", help="the .safetensors file to write")
+    p.add_argument("--dtype", choices=["float32", "float64"], help="cast the weights (default: as saved)")
+    args = p.parse_args(argv)
+    if not args.out.endswith(".safetensors"):
+        raise UserError(f"{args.out}: the output must end in .safetensors")
+    check_writable(args.out)
+    export_safetensors(args.checkpoint, args.out, dtype=args.dtype)
+    print(f"wrote {args.out}")
+    return 0
+
