@@ -58,6 +58,11 @@ def get_array_module(*arrays):
     return np
 
 
+def on_host(x) -> bool:
+    """True for a NumPy array (reading it costs nothing), False for one on a GPU."""
+    return isinstance(x, np.ndarray)
+
+
 def backend_name(xp) -> str:
     return "cupy" if (_cupy is not None and xp is _cupy) else "numpy"
 

@@ -170,6 +170,61 @@ def check_function_gradients(fn, inputs: dict, grads: dict, *, eps=1e-3, n_direc
                               title)
 
 
+def check_reference_ops(seed=0):
+    """Check every reference op (npvit/ops/reference.py) on its own, in float64: its backward against
+    central differences of its forward, for every input and parameter. Returns the reports."""
+    from .ops import reference as R
+
+    rng = np.random.default_rng(seed)
+    B, N, D, H, K = 2, 5, 12, 3, 7
+    hs = D // H
+    x, w, b = rng.standard_normal((B, N, D)), rng.standard_normal((K, D)), rng.standard_normal(K)
+    g, beta = 1 + 0.1 * rng.standard_normal(D), rng.standard_normal(D)
+    qkv = rng.standard_normal((3, B, H, N, hs))
+    scores = rng.standard_normal((B, H, N, N))
+    keep = (rng.random((B, H, 1, N)) >= 0.3) / 0.7
+
+    def pair(title, forward, backward, inputs):
+        """L = sum(r * y) for a random r: its gradients from ``backward`` against finite differences."""
+        y, cache = forward()
+        r = rng.standard_normal(y.shape)
+        grads = backward(r, cache)
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        # directions from another stream than the inputs': along u = x itself LayerNorm does not change
+        return check_function_gradients(lambda: r * forward()[0], inputs, dict(zip(inputs, grads)), title=title,
+                                        seed=seed + 1)
+
+    reports = [
+        pair("linear_forward/backward", lambda: R.linear_forward(x, w, b), lambda d, c: R.linear_backward(d, c, w),
+             {"x": x, "w": w, "b": b}),
+        pair("layernorm_forward/backward", lambda: R.layernorm_forward(x, g, beta),
+             lambda d, c: R.layernorm_backward(d, c, g), {"x": x, "w": g, "b": beta}),
+        pair("gelu_forward/backward (tanh)", lambda: R.gelu_forward(x, "tanh"),
+             lambda d, c: R.gelu_backward(d, c, "tanh"), {"x": x}),
+        pair("gelu_forward/backward (erf)", lambda: R.gelu_forward(x, "none"),
+             lambda d, c: R.gelu_backward(d, c, "none"), {"x": x}),
+        pair("softmax_forward/backward", lambda: (R.softmax_forward(scores),) * 2, R.softmax_backward,
+             {"scores": scores}),
+        pair("attention_forward/backward", lambda: R.attention_forward(qkv, hs ** -0.5), R.attention_backward,
+             {"qkv": qkv}),
+        pair("attention_forward/backward ([CLS] query, dropout mask)",
+             lambda: R.attention_forward(qkv, hs ** -0.5, 1, keep), R.attention_backward, {"qkv": qkv}),
+    ]
+    logits = rng.standard_normal((B, K))
+    for title, targets in (("labels", rng.integers(0, K, B)), ("soft targets", rng.dirichlet(np.ones(K), B))):
+        _, cache = R.cross_entropy_forward(logits, targets, 0.1)
+        reports.append(check_function_gradients(lambda t=targets: R.cross_entropy_forward(logits, t, 0.1)[0],
+                                                {"logits": logits}, {"logits": R.cross_entropy_backward(cache)},
+                                                title=f"cross_entropy_forward/backward ({title}, smoothing 0.1)",
+                                                seed=seed + 1))
+    images = rng.standard_normal((2, 3, 7, 7))
+    cols_r = rng.standard_normal(R.im2col(images, 3, 3, 2, 1).shape)
+    reports.append(check_function_gradients(lambda: cols_r * R.im2col(images, 3, 3, 2, 1), {"x": images},
+                                            {"x": R.col2im(cols_r, images.shape, 2, 1)},
+                                            title="im2col k3 s2 p1 (backward = col2im)", seed=seed + 1))
+    return reports
+
+
 def small_vit_config():
     """A ViT small enough to check every parameter in seconds: odd sizes make transposition bugs show."""
     from .config import ViTConfig
@@ -179,7 +234,8 @@ def small_vit_config():
 
 
 def check_all(seed=0):
-    """Check every layer of a small ViT alone, im2col/col2im, the loss, then the whole model. Returns the reports."""
+    """Check every layer of a small ViT alone, im2col/col2im, the loss, every reference op, then the whole
+    model on both kernel sets. Returns the reports."""
     from . import layers as L
     from .losses import softmax_cross_entropy
     from .model import ViT
@@ -214,8 +270,11 @@ def check_all(seed=0):
     reports.append(check_function_gradients(lambda: softmax_cross_entropy(logits, labels, 0.1)[0],
                                             {"logits": logits}, {"logits": dlogits},
                                             title="softmax_cross_entropy (label smoothing 0.1)"))
-    model = ViT(c, dtype="float64", seed=seed)
-    reports.append(check_model_gradients(model, images, labels))
+    reports += check_reference_ops(seed)
+    for kernels in ("fast", "reference"):
+        report = check_model_gradients(ViT(c, dtype="float64", seed=seed, kernels=kernels), images, labels)
+        report.title = f"ViT (softmax cross-entropy), {kernels} kernels"
+        reports.append(report)
     return reports
 
 

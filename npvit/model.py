@@ -23,16 +23,18 @@ PER_HEAD_KEY = re.compile(r"^encoder\.blocks\.(\d+)\.attention\.heads\.(\d+)\.(q
 
 
 class ViT(Layer):
-    """ViT(config, backend="numpy"|"cupy", dtype="float32"|"float64", seed=0).
+    """ViT(config, backend="numpy"|"cupy", dtype="float32"|"float64", seed=0, kernels="fast"|"reference").
 
     ``model(x)`` -> logits (B, K); ``model.backward(dlogits)`` -> dx (B, C, H, W),
     with every parameter gradient added into ``model.gradients()`` (views into one flat
     buffer, ``model.flat_grads``). ``seed`` sets the weights and the dropout streams
     (``model.reseed(seed)`` sets the latter again). To run batches as shards on several
-    CPU threads, wrap the model: ``npvit.DataParallel(model, threads=2)``.
+    CPU threads, wrap the model: ``npvit.DataParallel(model, threads=2)``. ``kernels`` picks the
+    implementation of every layer's math (npvit/ops): "fast" (default) or "reference", the plain
+    formulas; both compute the same function.
     """
 
-    def __init__(self, config=None, backend="numpy", dtype="float32", seed=0):
+    def __init__(self, config=None, backend="numpy", dtype="float32", seed=0, kernels="fast"):
         super().__init__()
         if config is None:
             config = ViTConfig()
@@ -55,6 +57,7 @@ class ViT(Layer):
         self.layernorm = LayerNorm(c.hidden_size) if c.final_layernorm else None
         self.classifier = Linear(c.hidden_size, c.num_classes, rng=rng, std=std)
         self.astype(self.dtype).to(self.xp).flatten()          # one array of parameters, one of gradients
+        self.use_kernels(kernels)
         self.reseed(seed)
 
     @property

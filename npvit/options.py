@@ -51,6 +51,8 @@ OPTIONS = {
     "seed": Option(42, "seed for weights, shuffling, augmentation, dropout (an integer >= 0)", "seed"),
     "backend": Option("numpy", "numpy (CPU) | cupy (GPU)", "choice", BACKENDS),
     "dtype": Option("float32", "float32 | float64", "choice", DTYPES),
+    "kernels": Option("fast", "fast | reference: the implementation of each layer's math (npvit/ops); the "
+                      "same function, the reference written to be read", "choice", ("fast", "reference")),
     "threads": Option("auto", "numpy: run each batch as this many shards on as many cores; auto = every core "
                       "this process may use", "threads"),
     "dataset": Option("cifar10", "cifar10 | folder (<data-dir>/train/<class>/*.png and test/)", "choice",

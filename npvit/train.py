@@ -104,7 +104,7 @@ def train_step(model, opt, x, target, labels, label_smoothing=0.0, grad_clip=0.0
     for s in range(0, B, m):
         chunk = slice(s, s + m)
         logits = model(x[chunk])
-        loss, dlogits = softmax_cross_entropy(logits, target[chunk], label_smoothing)
+        loss, dlogits = softmax_cross_entropy(logits, target[chunk], label_smoothing, kernels=model.kernels)
         n = len(logits)
         if n != B:
             dlogits *= n / B                # d(mean over B)/d(mean over the chunk) = n / B
@@ -217,7 +217,7 @@ class Trainer:
         self.mean, self.std = norm_stats(cfg, data)
         self.xp = xp = get_xp(cfg["backend"])
         self.model = ViT({k: cfg[k] for k in MODEL_KEYS}, backend=cfg["backend"], dtype=cfg["dtype"],
-                         seed=cfg["seed"])
+                         seed=cfg["seed"], kernels=cfg["kernels"])
         groups = (weight_decay_groups(self.model.parameters(), cfg["weight_decay"]) if cfg["decay"] == "matrices"
                   else None)
         self.opt = AdamW(self.model, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"],

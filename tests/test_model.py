@@ -33,8 +33,9 @@ def test_article_model_has_119k_parameters():
     assert list(model.state_dict()) == list(ViTForClassfication(ARTICLE).state_dict())
 
 
+@pytest.mark.parametrize("kernels", ["fast", "reference"])
 @pytest.mark.parametrize("variant", ["plain", "final_layernorm", "erf_gelu", "no_qkv_bias", "smoothing"])
-def test_whole_model_gradcheck(variant, backend):
+def test_whole_model_gradcheck(variant, kernels, backend):
     c = small_vit_config().to_dict()
     smoothing = 0.0
     if variant == "final_layernorm":
@@ -45,7 +46,7 @@ def test_whole_model_gradcheck(variant, backend):
         c["qkv_bias"] = False
     elif variant == "smoothing":
         smoothing = 0.1
-    model = ViT(c, backend=backend, dtype="float64", seed=3)
+    model = ViT(c, backend=backend, dtype="float64", seed=3, kernels=kernels)
     xp = model.xp
     rng = np.random.default_rng(0)
     x = to_device(rng.standard_normal((3, 3, 8, 8)), xp)
@@ -55,12 +56,13 @@ def test_whole_model_gradcheck(variant, backend):
     report.assert_ok(GRADCHECK_TOL)
 
 
+@pytest.mark.parametrize("kernels", ["fast", "reference"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_matches_article_pytorch_model(name, dtype, backend):
+def test_matches_article_pytorch_model(name, dtype, kernels, backend):
     """Same weights (through state_dict), same images: logits, loss, dx and every gradient by name."""
     config = CONFIGS[name]
-    model = ViT(config, backend=backend, dtype=dtype, seed=1)
+    model = ViT(config, backend=backend, dtype=dtype, seed=1, kernels=kernels)
     ref = torch_model(config, dtype, backend)
     ref.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()}, strict=True)
     rng = np.random.default_rng(0)

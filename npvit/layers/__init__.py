@@ -1,14 +1,13 @@
-"""Every ViT layer, each with a hand-written forward and backward."""
+"""Every ViT layer, each with a forward and backward that call its kernel set (npvit/ops)."""
 from .activation import GELU
-from .attention import MultiHeadSelfAttention, softmax
+from .attention import MultiHeadSelfAttention
 from .base import Layer
 from .block import MLP, Block, Encoder
-from .conv import Conv2d, PatchEmbeddings, col2im, im2col, patchify, unpatchify
+from .conv import Conv2d, PatchEmbeddings, col2im, im2col
 from .dropout import Dropout
 from .embedding import Embeddings
 from .linear import Linear
 from .norm import LayerNorm
 
 __all__ = ["Layer", "Linear", "LayerNorm", "GELU", "Dropout", "Conv2d", "PatchEmbeddings", "Embeddings",
-           "MultiHeadSelfAttention", "MLP", "Block", "Encoder", "im2col", "col2im", "patchify", "unpatchify",
-           "softmax"]
+           "MultiHeadSelfAttention", "MLP", "Block", "Encoder", "im2col", "col2im"]

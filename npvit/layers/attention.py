@@ -11,20 +11,9 @@ import math
 import numpy as np
 
 from ..backend import get_array_module
-from .base import Layer, row_sum
+from .base import Layer
 from .dropout import Dropout
 from .linear import Linear
-
-
-def softmax(scores, out=None):
-    """Numerically stable softmax over the last axis, in the input's dtype (``out=scores`` for in place)."""
-    xp = get_array_module(scores)
-    e = xp.subtract(scores, scores.max(axis=-1, keepdims=True), out=out)
-    xp.exp(e, out=e)
-    rsum = row_sum(e)                                            # (..., 1)
-    xp.reciprocal(rsum, out=rsum)
-    e *= rsum                                                    # a multiply: cheaper than a divide
-    return e
 
 
 class MultiHeadSelfAttention(Layer):
@@ -61,39 +50,20 @@ class MultiHeadSelfAttention(Layer):
         qkv = self.qkv_projection.forward(x)                     # (B, N, 3D)
         # One copy into head-major order, so q, k, v are contiguous for BLAS.
         qkv = xp.ascontiguousarray(qkv.reshape(B, N, 3, H, hs).transpose(2, 0, 3, 1, 4))  # (3, B, H, N, hs)
-        q, k, v = qkv[0, :, :, :Nq], qkv[1], qkv[2]              # q (B, H, Nq, hs); k, v (B, H, N, hs)
-        q *= self.scale              # q' = q / sqrt(hs): scaling q is 12/65 the work of scaling the scores
-        scores = q @ k.transpose(0, 1, 3, 2)                     # (B, H, Nq, N) = q k^T / sqrt(hs)
-        att = softmax(scores, out=scores)                        # (B, H, Nq, N), rows sum to 1
-        att_d = self.attn_dropout.forward(att)
-        ctx = att_d @ v                                          # (B, H, Nq, hs)
+        mask = self.attn_dropout.draw_mask((B, H, Nq, N), qkv.dtype, xp)
+        # scores = q k^T / sqrt(hs), att = softmax(scores), ctx = dropout(att) v
+        ctx, self.core = self.kernels.attention_forward(qkv, self.scale, Nq, mask)   # (B, H, Nq, hs)
+        self.att = self.core[-3]                                 # (B, H, Nq, N), rows sum to 1
         ctx = ctx.transpose(0, 2, 1, 3).reshape(B, Nq, D)        # (B, Nq, D): heads concatenated
-        y = self.output_dropout.forward(self.output_projection.forward(ctx))
-        self.qkv, self.att, self.att_d = qkv, att, att_d
-        return y
+        self.qkv_shape = qkv.shape
+        return self.output_dropout.forward(self.output_projection.forward(ctx))
 
     def backward(self, dy):
-        xp = get_array_module(dy)
         B, Nq, D = dy.shape
-        N, H, hs = self.qkv.shape[3], self.H, self.hs
-        q, k, v = self.qkv[0, :, :, :Nq], self.qkv[1], self.qkv[2]
-        att, att_d = self.att, self.att_d
+        N, H, hs = self.qkv_shape[3], self.H, self.hs
         dctx = self.output_projection.backward(self.output_dropout.backward(dy))  # (B, Nq, D)
-        dctx = xp.ascontiguousarray(dctx.reshape(B, Nq, H, hs).transpose(0, 2, 1, 3))  # (B, H, Nq, hs)
-        dqkv = xp.empty_like(self.qkv)                           # (3, B, H, N, hs)
-        dq = dqkv[0, :, :, :Nq]
-        dqkv[0, :, :, Nq:] = 0                                   # tokens that asked nothing: no query gradient
-        # ctx = att_d v  =>  datt_d = dctx v^T,  dv = att_d^T dctx
-        datt = dctx @ v.transpose(0, 1, 3, 2)                    # (B, H, Nq, N)
-        xp.matmul(att_d.transpose(0, 1, 3, 2), dctx, out=dqkv[2])
-        datt = self.attn_dropout.backward(datt)
-        # att = softmax(scores)  =>  dscores = att * (datt - sum(datt * att, -1))
-        datt -= xp.einsum("bhij,bhij->bhi", datt, att)[..., None]   # row dot products, no (B,H,N,N) temporary
-        datt *= att
-        dscores = datt
-        # scores = q' k^T with q' = q * scale  =>  dq = (dscores k) * scale,  dk = dscores^T q'
-        xp.matmul(dscores, k, out=dq)
-        dq *= self.scale
-        xp.matmul(dscores.transpose(0, 1, 3, 2), q, out=dqkv[1])
+        dctx = dctx.reshape(B, Nq, H, hs).transpose(0, 2, 1, 3)  # (B, H, Nq, hs)
+        # ctx = att_d v, att = softmax(q k^T / sqrt(hs)): dv, datt, dscores, then dq and dk
+        dqkv = self.kernels.attention_backward(dctx, self.core)  # (3, B, H, N, hs)
         dqkv = dqkv.transpose(1, 3, 0, 2, 4).reshape(B, N, 3 * D)  # (B, N, 3D), undoing the head split
         return self.qkv_projection.backward(dqkv)

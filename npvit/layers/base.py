@@ -15,13 +15,18 @@ everything, clipping one norm, and a gradient all-reduce one call.
 from __future__ import annotations
 
 import copy
+import types
 
 import numpy as np
 
 from ..backend import get_array_module, seed_for, to_device
+from ..ops import get_kernels, numpy_fast
 
 
 class Layer:
+    # The kernel set this layer's math runs on (npvit/ops): the fast one unless use_kernels says otherwise.
+    kernels = numpy_fast
+
     def __init__(self):
         self.params: dict = {}
         self.grads: dict = {}
@@ -103,7 +108,8 @@ class Layer:
         clone = self.__class__.__new__(self.__class__)
         memo[id(self)] = clone
         for name, value in vars(self).items():
-            setattr(clone, name, copy.deepcopy(value, memo))
+            shared = isinstance(value, types.ModuleType)          # the kernel set is shared, not copied
+            setattr(clone, name, value if shared else copy.deepcopy(value, memo))
         if getattr(clone, "flat_params", None) is not None:
             clone._relink()
         return clone
@@ -125,6 +131,14 @@ class Layer:
 
     def eval(self):
         return self.train(False)
+
+    def use_kernels(self, kernels):
+        """Run this layer and every layer below it on the kernel set ``kernels`` ("fast", "reference",
+        or a module with the same functions). Returns self."""
+        chosen = get_kernels(kernels)
+        for _, layer in self.named_layers():
+            layer.kernels = chosen
+        return self
 
     def reseed(self, seed):
         """Seed every random layer below this one (dropout) from ``seed`` and its place in the tree:
@@ -184,20 +198,6 @@ class Layer:
 
     def backward(self, dy):  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-def row_sum(x):
-    """sum over the last axis, keepdims: (..., n) -> (..., 1), as the matrix-vector product x 1.
-
-    BLAS does this 3-6x faster than NumPy's reduction over short rows (65 tokens, 48 features).
-    """
-    xp = get_array_module(x)
-    return (x @ xp.ones(x.shape[-1], dtype=x.dtype))[..., None]
-
-
-def row_mean(x):
-    """mean over the last axis, keepdims: (..., n) -> (..., 1), through row_sum."""
-    return row_sum(x) / x.shape[-1]
 
 
 def normal(rng: np.random.Generator, shape, std):

@@ -21,17 +21,20 @@ class Dropout(Layer):
         self.seed = 0      # set by reseed()
         self.rng = None    # made from seed on the input's device at the next forward
 
-    def forward(self, x):
+    def draw_mask(self, shape, dtype, xp):
+        """The next mask keep / (1 - p) of ``shape`` in ``dtype`` (float32 stays float32), or None in eval
+        mode or when p == 0 (for layers that apply it inside their own math, as attention does)."""
         if not self.training or self.p == 0.0:
-            self.mask = None
-            return x
-        xp = get_array_module(x)
+            return None
         if self.rng is None:
             self.rng = default_rng(xp, self.seed)
-        # mask = keep / (1 - p), drawn in x's dtype so float32 stays float32
-        self.mask = (self.rng.random(x.shape, dtype=x.dtype) >= self.p).astype(x.dtype)
-        self.mask *= 1.0 / (1.0 - self.p)
-        return x * self.mask
+        mask = (self.rng.random(shape, dtype=dtype) >= self.p).astype(dtype)
+        mask *= 1.0 / (1.0 - self.p)
+        return mask
+
+    def forward(self, x):
+        self.mask = self.draw_mask(x.shape, x.dtype, get_array_module(x))
+        return x if self.mask is None else x * self.mask
 
     def backward(self, dy):
         # y = x * mask  =>  dx = dy * mask

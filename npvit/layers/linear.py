@@ -1,4 +1,4 @@
-"""Linear (fully connected) layer: y = x W^T + b, as torch.nn.Linear."""
+"""Linear (fully connected) layer: y = x W^T + b, as torch.nn.Linear (math in npvit/ops)."""
 from __future__ import annotations
 
 import numpy as np
@@ -20,18 +20,13 @@ class Linear(Layer):
     def forward(self, x):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expects last dimension {self.in_features}, got input of shape {x.shape}")
-        self.x_shape = x.shape
-        self.x2d = x.reshape(-1, self.in_features)           # (M, Din), M = product of leading dims
-        y = self.x2d @ self.params["weight"].T                 # (M, Dout): one GEMM, W^T is a view
-        if "bias" in self.params:
-            y += self.params["bias"]
-        return y.reshape(*x.shape[:-1], self.out_features)
+        y, self.cache = self.kernels.linear_forward(x, self.params["weight"], self.params.get("bias"))
+        return y
 
     def backward(self, dy):
         # y = x W^T + b  =>  dx = dy W,  dW = dy^T x,  db = sum over rows of dy
-        dy2d = dy.reshape(-1, self.out_features)               # (M, Dout)
-        self.grads["weight"] += dy2d.T @ self.x2d
+        dx, dw, db = self.kernels.linear_backward(dy, self.cache, self.params["weight"])
+        self.grads["weight"] += dw
         if "bias" in self.params:
-            self.grads["bias"] += dy2d.sum(axis=0)
-        dx = dy2d @ self.params["weight"]                       # (M, Din)
-        return dx.reshape(self.x_shape)
+            self.grads["bias"] += db
+        return dx

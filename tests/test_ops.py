@@ -1,0 +1,129 @@
+"""The two kernel sets (npvit/ops): every fast op equals its reference, every reference op passes the
+float64 gradient check, and a model gives the same logits and gradients on either set."""
+import numpy as np
+import pytest
+
+from npvit import ViT, softmax_cross_entropy
+from npvit.backend import get_xp, to_device, to_numpy
+from npvit.gradcheck import check_reference_ops, small_vit_config
+from npvit.ops import get_kernels, numpy_fast, reference
+from tests.conftest import GRADCHECK_TOL, rel_err
+
+TOL = {"float64": 1e-12, "float32": 1e-5}
+B, N, D, H, K = 2, 5, 12, 3, 7
+hs = D // H
+
+
+def inputs(xp, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def r(*shape, scale=1.0):
+        return to_device((scale * rng.standard_normal(shape)).astype(dtype), xp)
+
+    return r, rng
+
+
+def mask(xp, dtype, shape, seed=1):
+    keep = np.random.default_rng(seed).random(shape) >= 0.3
+    return to_device((keep / 0.7).astype(dtype), xp)
+
+
+def cases(xp, dtype):
+    """name -> (forward args, backward extra args builder): each op of the kernel interface."""
+    r, rng = inputs(xp, dtype)
+    qkv = r(3, B, H, N, hs)
+    return {
+        "linear": (lambda ops: ops.linear_forward(r(B, N, D), r(K, D), r(K)),
+                   lambda ops, y, cache: ops.linear_backward(r(*y.shape), cache, r(K, D))),
+        "layernorm": (lambda ops: ops.layernorm_forward(r(B, N, D, scale=3.0), 1 + r(D), r(D), 1e-5),
+                      lambda ops, y, cache: ops.layernorm_backward(r(*y.shape), cache, 1 + r(D))),
+        "gelu_tanh": (lambda ops: ops.gelu_forward(r(B, N, D, scale=3.0), "tanh"),
+                      lambda ops, y, cache: ops.gelu_backward(r(*y.shape), cache, "tanh")),
+        "gelu_erf": (lambda ops: ops.gelu_forward(r(B, N, D, scale=3.0), "none"),
+                     lambda ops, y, cache: ops.gelu_backward(r(*y.shape), cache, "none")),
+        "attention": (lambda ops: ops.attention_forward(qkv, hs ** -0.5, None, None),
+                      lambda ops, y, cache: ops.attention_backward(r(*y.shape), cache)),
+        "attention_cls_dropout": (lambda ops: ops.attention_forward(qkv, hs ** -0.5, 1, mask(xp, dtype, (B, H, 1, N))),
+                                  lambda ops, y, cache: ops.attention_backward(r(*y.shape), cache)),
+    }
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("op", ["linear", "layernorm", "gelu_tanh", "gelu_erf", "attention", "attention_cls_dropout"])
+def test_fast_equals_reference(op, dtype, backend):
+    xp = get_xp(backend)
+    results = []
+    for ops in (reference, numpy_fast):
+        forward, backward = cases(xp, dtype)[op]        # fresh, identical random inputs for each set
+        y, cache = forward(ops)
+        grads = backward(ops, y, cache)
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        results.append([y, *grads])
+    for i, (ref, fast) in enumerate(zip(*results)):
+        assert fast.dtype == np.dtype(dtype), f"{op} output {i} is {fast.dtype}"
+        assert rel_err(to_numpy(fast), to_numpy(ref)) < TOL[dtype], (op, i, rel_err(to_numpy(fast), to_numpy(ref)))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_fast_softmax_cross_entropy_and_im2col_equal_the_reference(dtype, backend):
+    xp = get_xp(backend)
+    r, rng = inputs(xp, dtype)
+    scores, datt = r(B, H, N, N, scale=4.0), r(B, H, N, N)
+    att = reference.softmax_forward(scores)
+    assert rel_err(numpy_fast.softmax_forward(scores.copy()), att) < TOL[dtype]
+    assert rel_err(numpy_fast.softmax_backward(datt.copy(), att), reference.softmax_backward(datt, att)) < TOL[dtype]
+    x = r(2, 3, 8, 8)
+    for k, s, p in ((4, 4, 0), (3, 2, 1)):                       # tiling (a reshape when fast) and general
+        cols = reference.im2col(x, k, k, s, p)
+        np.testing.assert_array_equal(to_numpy(numpy_fast.im2col(x, k, k, s, p)), to_numpy(cols))
+        np.testing.assert_array_equal(to_numpy(numpy_fast.col2im(cols, x.shape, s, p)),
+                                      to_numpy(reference.col2im(cols, x.shape, s, p)))
+    logits, labels = r(B, K), to_device(rng.integers(0, K, B), xp)
+    for ops in ("fast", "reference"):
+        loss, d = softmax_cross_entropy(logits, labels, 0.1, kernels=ops)
+        loss_r, d_r = softmax_cross_entropy(logits, labels, 0.1, kernels="reference")
+        assert abs(float(loss) - float(loss_r)) < TOL[dtype] and rel_err(to_numpy(d), to_numpy(d_r)) < TOL[dtype]
+
+
+def test_every_reference_op_passes_the_gradient_check():
+    reports = check_reference_ops()
+    names = " ".join(r.title for r in reports)
+    for op in ("linear", "layernorm", "gelu", "(tanh)", "(erf)", "softmax", "attention", "dropout mask",
+               "cross_entropy", "soft targets", "im2col"):
+        assert op in names, op
+    for report in reports:
+        report.assert_ok(GRADCHECK_TOL)
+        for row in report.rows:      # a direction along which the function is flat would prove nothing
+            assert abs(row.analytic) > 1e-3, (report.title, row)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_a_model_computes_the_same_on_either_kernel_set(dtype):
+    c = {**small_vit_config().to_dict(), "hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2,
+         "final_layernorm": True}
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 3, 8, 8)).astype(dtype), rng.integers(0, 5, 4)
+    out = []
+    for kernels in ("fast", "reference"):
+        model = ViT(c, dtype=dtype, seed=2, kernels=kernels)
+        logits, atts = model(x, return_attention=True)
+        model.zero_grad()
+        _, d = softmax_cross_entropy(logits, y, 0.1, kernels=model.kernels)
+        dx = model.backward(d)
+        out.append((logits, dx, model.flat_grads.copy(), atts))
+    (l1, dx1, g1, a1), (l2, dx2, g2, a2) = out
+    for name, a, b in (("logits", l1, l2), ("dx", dx1, dx2), ("gradients", g1, g2)):
+        assert rel_err(a, b) < 10 * TOL[dtype], (name, rel_err(a, b))
+    assert all(rel_err(p, q) < 10 * TOL[dtype] for p, q in zip(a1, a2))
+
+
+def test_kernel_sets_are_chosen_by_name_or_module():
+    assert get_kernels("reference") is reference and get_kernels() is numpy_fast
+    assert get_kernels(reference) is reference
+    with pytest.raises(ValueError, match="unknown kernels 'turbo'"):
+        ViT(small_vit_config(), kernels="turbo")
+    import types
+    with pytest.raises(ValueError, match="a kernel set must define"):
+        get_kernels(types.SimpleNamespace(linear_forward=print))
+    m = ViT(small_vit_config(), kernels="reference")
+    assert all(layer.kernels is reference for _, layer in m.named_layers())
