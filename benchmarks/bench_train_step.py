@@ -59,11 +59,12 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
     gpu = backend == "cupy"
     # npvit's CPU threads: the batch split into `threads` shards (npvit.DataParallel), or with
     # --no-data-parallel one shard and BLAS on `threads` threads.
-    ours = npvit.ViT(cfg, backend=backend, seed=0)
+    # "npvit-reference": the same model on the plain reference kernels (npvit/ops/reference.py).
+    ours = npvit.ViT(cfg, backend=backend, seed=0, kernels="reference" if framework == "npvit-reference" else "fast")
     if data_parallel and not gpu and threads > 1:
         ours = npvit.DataParallel(ours, threads)
 
-    if framework == "npvit":
+    if framework.startswith("npvit"):
         xp = ours.xp
         x, y = npvit.to_device(x_host, xp), npvit.to_device(y_host, xp)
         opt = AdamW(ours, lr=1e-3, weight_decay=0.05)
@@ -139,7 +140,7 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
 def peak_step_memory(step, sync, framework, gpu):
     """Extra memory at the peak of one training step, in MiB, above what was held before it."""
     if gpu:
-        if framework == "npvit":
+        if framework.startswith("npvit"):
             import cupy
 
             pool = cupy.get_default_memory_pool()
@@ -332,24 +333,26 @@ def main(argv=None):
                               f"{100 * (v['forward'] + v['backward']) / total:>7.1f}%")
         return 0
     results = []
-    header = (f"{'model':<8}{'tokens':>7}{'batch':>6} | {'train ms':>9}{'torch':>9}{'ratio':>7} | "
-              f"{'infer ms':>9}{'torch':>9}{'ratio':>7} | {'peak MiB':>9}{'torch':>8}{'ratio':>7}")
+    header = (f"{'model':<8}{'tokens':>7}{'batch':>6} | {'train ms':>9}{'torch':>9}{'ratio':>7}{'ref ms':>9}{'ratio':>7} | "
+              f"{'infer ms':>9}{'torch':>9}{'ratio':>7}{'ref ms':>9}{'ratio':>7} | {'peak MiB':>9}{'torch':>8}{'ratio':>7}")
     print(f"npvit vs PyTorch, {a.backend}, {a.threads} threads, median of {a.rounds} alternating rounds x "
           f"{a.repeats} steps, each after {a.warmup} warm-up; peak = extra memory of one training step"
           + (f"; npvit in micro-batches of {a.micro_batch}" if a.micro_batch else "")
-          + ("" if a.data_parallel or a.backend == "cupy" else "; npvit as one shard (--no-data-parallel)"))
+          + ("" if a.data_parallel or a.backend == "cupy" else "; npvit as one shard (--no-data-parallel)")
+          + "; ref = npvit on its reference kernels (ratio to torch)")
     print(header)
     print("-" * len(header))
     for model in models:
         for patch in patches:
             for b in batches:
                 row = {"model": model, "patch": patch, "tokens": (32 // patch) ** 2 + 1, "batch": b}
-                raw = {fw: {"train_ms": [], "infer_ms": []} for fw in ("npvit", "torch")}
+                frameworks = ("npvit", "npvit-reference", "torch")
+                raw = {fw: {"train_ms": [], "infer_ms": []} for fw in frameworks}
                 for rnd in range(a.rounds):
-                    for fw in ("npvit", "torch"):
+                    for fw in frameworks:
                         r = run_child(dict(framework=fw, backend=a.backend, model=model, patch=patch, batch=b,
                                            repeats=a.repeats, warmup=a.warmup, threads=a.threads,
-                                           micro_batch=a.micro_batch if fw == "npvit" else None,
+                                           micro_batch=a.micro_batch if fw != "torch" else None,
                                            data_parallel=a.data_parallel))
                         raw[fw]["train_ms"] += r.pop("train_ms")
                         raw[fw]["infer_ms"] += r.pop("infer_ms")
@@ -361,10 +364,14 @@ def main(argv=None):
                         row[f"{fw}_{k}_all"] = v
                 for k in ("train_ms", "infer_ms", "peak_mb"):
                     row[f"ratio_{k}"] = row[f"npvit_{k}"] / row[f"torch_{k}"] if row[f"torch_{k}"] else float("nan")
+                for k in ("train_ms", "infer_ms"):
+                    row[f"ratio_reference_{k}"] = row[f"npvit-reference_{k}"] / row[f"torch_{k}"]
                 results.append(row)
                 print(f"{model:<8}{row['tokens']:>7}{b:>6} | {row['npvit_train_ms']:>9.1f}{row['torch_train_ms']:>9.1f}"
-                      f"{row['ratio_train_ms']:>7.2f} | {row['npvit_infer_ms']:>9.1f}{row['torch_infer_ms']:>9.1f}"
-                      f"{row['ratio_infer_ms']:>7.2f} | {row['npvit_peak_mb']:>9.1f}{row['torch_peak_mb']:>8.1f}"
+                      f"{row['ratio_train_ms']:>7.2f}{row['npvit-reference_train_ms']:>9.1f}"
+                      f"{row['ratio_reference_train_ms']:>7.2f} | {row['npvit_infer_ms']:>9.1f}"
+                      f"{row['torch_infer_ms']:>9.1f}{row['ratio_infer_ms']:>7.2f}{row['npvit-reference_infer_ms']:>9.1f}"
+                      f"{row['ratio_reference_infer_ms']:>7.2f} | {row['npvit_peak_mb']:>9.1f}{row['torch_peak_mb']:>8.1f}"
                       f"{row['ratio_peak_mb']:>7.2f}", flush=True)
     out = a.json or os.path.join(REPO, "benchmarks", "results", f"{a.backend}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -4,7 +4,8 @@ The same signatures and the same results (tested: float64 to 1e-12, float32 to 1
 is how many passes over memory each takes. The tricks:
 - sums over short rows (65 tokens, 48 features) as a BLAS matrix-vector product (``row_sum``),
   several times faster than NumPy's reduction over the last axis;
-- in-place updates of temporaries the function itself made, instead of a new array per operator;
+- in-place updates of temporaries the function itself made (a GEMM's output, a centred copy), instead
+  of a new array per operator;
 - the tanh GELU as x * sigmoid(2u): exp is cheaper than tanh, and 1 + tanh(u) loses digits to
   cancellation for negative u in float32;
 - attention scales q (Nq x hs) rather than the scores (Nq x N), writes q, k, v gradients straight
@@ -31,6 +32,15 @@ def row_sum(x):
 def row_mean(x):
     """mean over the last axis, keepdims: (..., n) -> (..., 1), through row_sum."""
     return row_sum(x) / x.shape[-1]
+
+
+# -- Linear ------------------------------------------------------------------------------------
+def linear_forward(x, w, b=None):
+    x2d = x.reshape(-1, x.shape[-1])                             # (M, Din)
+    y = x2d @ w.T                                                # (M, Dout): one GEMM, W^T is a view
+    if b is not None:
+        y += b                                                   # in place: y is this function's own
+    return y.reshape(*x.shape[:-1], w.shape[0]), x2d
 
 
 # -- LayerNorm --------------------------------------------------------------------------------
