@@ -4,8 +4,9 @@
 ``python -m npvit ...``); ``scripts/*.py`` run the same functions.
 
 ``run_main(main, argv)`` runs a program's ``main`` so that
-- a :class:`npvit.errors.UserError` (and a missing or unreadable file the user named) prints
-  ``error: <message>`` and exits with status 2, never a traceback;
+- a :class:`npvit.errors.UserError` (and a missing or unreadable file the user named, or an
+  optional package that is not installed) prints ``error: <message>`` and exits with status 2,
+  never a traceback;
 - a closed pipe (``... | head``) ends the program quietly;
 - stdout is line-buffered, so a log redirected to a file fills as the program runs.
 """
@@ -35,6 +36,9 @@ def run_main(main, argv=None) -> int:
         return main(argv)
     except (UserError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
         print(error_line(e), file=sys.stderr)
+        return USAGE_ERROR
+    except ImportError as e:       # an optional package this run needs; npvit's messages say what to install
+        print(f"error: {e}", file=sys.stderr)
         return USAGE_ERROR
     except BrokenPipeError:
         quiet_stdout()
@@ -125,9 +129,13 @@ def usage():
 
 def entry(argv=None) -> int:
     """``npvit <command> ...``: the console entry point (and ``python -m npvit``)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return run_main(_dispatch, argv)
+
+
+def _dispatch(argv):
     import importlib
 
-    argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
         print(usage(), file=sys.stderr)
         return USAGE_ERROR
@@ -139,5 +147,4 @@ def entry(argv=None) -> int:
         print(f"{usage()}\n\nerror: unknown command {name!r}", file=sys.stderr)
         return USAGE_ERROR
     module, func, _ = COMMANDS[name]
-    main = getattr(importlib.import_module(module), func)
-    return run_main(lambda a: main(a, prog=f"npvit {name}"), rest)
+    return getattr(importlib.import_module(module), func)(rest, prog=f"npvit {name}")
