@@ -26,5 +26,14 @@ class RunDirError(UserError, RuntimeError):
     """A run directory that holds another run or is in use by another process."""
 
 
+class StartFailed(UserError):
+    """Some processes of a multi-process run could not start; ``messages[r]`` is rank r's error line
+    (None where it started), known on rank 0."""
+
+    def __init__(self, messages):
+        self.messages = messages
+        super().__init__("a process of this run could not start")
+
+
 class Diverged(RuntimeError):
     """Training produced a non-finite loss; the last finite checkpoint is kept."""

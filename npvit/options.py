@@ -63,6 +63,8 @@ OPTIONS = {
                       "config.json; must be empty or new (see --resume, --overwrite)", "path"),
     "init_from": Option(None, "start from the weights of this checkpoint (.npz or .safetensors) of the same "
                         "model", "path|none"),
+    "check_replicas": Option(0, "MPI runs: every N steps check that all processes hold the same weights (a "
+                             "checksum; debug, 0 = off)", "int>=0"),
     "eval_every": Option(1, "evaluate on the test set every N epochs", "int>0"),
     "save_every": Option(1, "save latest.npz every N epochs", "int>0"),
     "eval_batch_size": Option(500, "batch size for evaluation", "int>0"),

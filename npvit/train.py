@@ -14,6 +14,7 @@ any instant and resumed continues bit for bit as if it had never stopped.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -29,13 +30,14 @@ from .checkpoint import check_finite, read_checkpoint, save_checkpoint
 from .cli import SafeStream, run_main
 from .config import ViTConfig
 from .data import load_dataset
-from .errors import CheckpointError, ConfigError, DataError, Diverged, RunDirError
+from .distributed import SingleProcess, get_world, shard
+from .errors import CheckpointError, ConfigError, DataError, Diverged, RunDirError, StartFailed, UserError
 from .losses import softmax_cross_entropy
 from .model import ViT
 from .optim import AdamW, clip_grad_norm, weight_decay_groups
 from .options import (ALL_KEYS, MODEL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, build_config, default_text,  # noqa: F401
                       validate)
-from .parallel import parallelize, threads_arg, threads_warning
+from .parallel import default_threads, parallelize, threads_arg, threads_warning
 from .runfiles import RunDir, contents, strict_json, write_metrics, atomic_write_text
 
 LOG_EVERY = 10          # steps between reads of the running loss: progress display and divergence check
@@ -90,15 +92,21 @@ def augment_batch(cfg, x, y, rng, host_rng):
     return x, y
 
 
-def train_step(model, opt, x, target, labels, label_smoothing=0.0, grad_clip=0.0, micro_batch=None):
+def train_step(model, opt, x, target, labels, label_smoothing=0.0, grad_clip=0.0, micro_batch=None,
+               global_batch=None, reduce_grads=None):
     """One optimiser step on the batch x (B, C, H, W): returns (mean loss, number correct), both on the device.
 
     With ``micro_batch`` m < B the batch runs through forward and backward in chunks of m,
     the gradients adding up: the same step (the loss is a mean, so each chunk's dlogits is
     weighted by m / B), with activations m/B the size, which keeps them in cache.
+
+    Across processes (npvit/distributed.py) x is this rank's shard of a batch of ``global_batch``
+    rows, each chunk weighted by m / global_batch, and ``reduce_grads(flat_grads)`` sums the
+    ranks' gradients (one all-reduce) before clipping and the step.
     """
     B = len(labels)
-    m = micro_batch or B
+    total = global_batch or B
+    m = micro_batch or max(B, 1)
     model.zero_grad()
     loss_sum, correct = 0.0, 0
     for s in range(0, B, m):
@@ -106,15 +114,17 @@ def train_step(model, opt, x, target, labels, label_smoothing=0.0, grad_clip=0.0
         logits = model(x[chunk])
         loss, dlogits = softmax_cross_entropy(logits, target[chunk], label_smoothing, kernels=model.kernels)
         n = len(logits)
-        if n != B:
-            dlogits *= n / B                # d(mean over B)/d(mean over the chunk) = n / B
+        if n != total:
+            dlogits *= n / total            # d(mean over the batch)/d(mean over the chunk) = n / total
         model.backward(dlogits)
         loss_sum = loss_sum + loss * n
         correct = correct + (logits.argmax(axis=-1) == labels[chunk]).sum()
+    if reduce_grads is not None:
+        reduce_grads(model.flat_grads)      # the whole batch's gradient, on every rank
     if grad_clip:
         clip_grad_norm(model.flat_grads, grad_clip)
     opt.step()
-    return loss_sum / B, correct
+    return loss_sum / max(B, 1), correct
 
 
 # -- evaluation -------------------------------------------------------------------
@@ -209,10 +219,13 @@ class Trainer:
     tests and tools that steer a run from outside the loop.
     """
 
-    def __init__(self, cfg, run, resumed=None, log=print, callbacks=(), stop=None, err=None):
-        self.cfg, self.run, self.log, self.callbacks = cfg, run, log, list(callbacks)
+    def __init__(self, cfg, run, resumed=None, log=print, callbacks=(), stop=None, err=None, world=None):
+        self.world = world or SingleProcess()
+        self.writer = self.world.rank == 0                  # rank 0 alone writes files and prints
+        self.cfg, self.run, self.callbacks = cfg, run, list(callbacks)
+        self.log = log if self.writer else (lambda *a: None)
         self.stop = stop or StopRequest()
-        self.err = err or sys.stderr
+        self.err = (err or sys.stderr) if self.writer else open(os.devnull, "w")
         data = load_data(cfg)
         self.mean, self.std = norm_stats(cfg, data)
         self.xp = xp = get_xp(cfg["backend"])
@@ -242,20 +255,30 @@ class Trainer:
         self.meta_base = {"classes": list(data.classes), "mean": self.mean, "std": self.std}
         self.norm = aug.normalizer(xp, self.mean, self.std, self.model.dtype)      # uploaded once
         self.saved = (self.state["epoch"], self.state["step"])                     # what latest.npz holds
-        self.net = parallelize(self.model, cfg["threads"])        # the model, or it on several CPU threads
+        threads = cfg["threads"]
+        if threads == "auto" and self.world.size > 1:           # the cores of a machine shared by its ranks
+            threads = max(1, default_threads() // self.world.local_size)
+        self.net = parallelize(self.model, threads)               # the model, or it on several CPU threads
         self.resumed = resumed
+        self.test_rows = shard(len(data.y_test), self.world)      # each rank evaluates its part of the test set
+
+    def seed(self, *keys):
+        """The seed of a random stream of this step: the same on one process as ever, per rank across several."""
+        return seed_for(self.cfg["seed"], *keys, *((self.world.rank,) if self.world.size > 1 else ()))
 
     def begin(self):
         """The run's first writes: a fresh run's initial checkpoint (so --resume always finds one), or a
         resumed run's metrics.jsonl rewritten from its checkpoint (each epoch once); config.json."""
         run, resumed = self.run, self.resumed
         if resumed is not None:
-            write_metrics(run.file("metrics.jsonl"), self.history)
+            if self.writer:
+                write_metrics(run.file("metrics.jsonl"), self.history)
             self.log(f"resuming from {resumed.path}: epoch {self.state['epoch'] + 1}, step {self.state['step']}"
                      + ("" if resumed.same_dir else f", into {run.path}"))
         else:
             self.save("latest.npz", 0, 0, None)
-        atomic_write_text(run.file("config.json"), json_text(self.cfg))
+        if self.writer:
+            atomic_write_text(run.file("config.json"), json_text(self.cfg))
         self.note_settings()
 
     def note_settings(self):
@@ -268,7 +291,7 @@ class Trainer:
         self.log(f"npvit: {self.model.num_parameters():,} parameters, {self.N} train / {len(self.y_test)} test "
                  f"images, {self.steps} steps of {self.B} per epoch, recipe {cfg['recipe']}, {cfg['backend']} "
                  f"{cfg['dtype']}" + (f", {getattr(self.net, 'threads', 1)} threads" if cfg["backend"] == "numpy" else "")
-                 + f"; writing to {self.run.path}")
+                 + (f", {self.world.size} processes" if self.world.size > 1 else "") + f"; writing to {self.run.path}")
 
     def fit(self):
         """Train from the current state to the last epoch, or until a stop is requested; the history."""
@@ -307,35 +330,55 @@ class Trainer:
             for i in range(start, self.steps):
                 lr = lr_at(cfg, epoch * self.steps + i, self.steps)
                 self.opt.set_lr(lr)
-                idx = perm[i * B:(i + 1) * B]
+                batch = perm[i * B:(i + 1) * B]                   # the global batch, the same on every rank
+                idx = batch[shard(len(batch), self.world)]         # this rank's rows of it
                 yb = self.y_train[idx]
-                rng = default_rng(xp, seed_for(cfg["seed"], epoch, i, 1))
-                host_rng = np.random.default_rng(seed_for(cfg["seed"], epoch, i, 3))
+                rng = default_rng(xp, self.seed(epoch, i, 1))
+                host_rng = np.random.default_rng(self.seed(epoch, i, 3))
                 xb = aug.normalize(self.x_train[idx], *self.norm, net.dtype)
                 xb, target = augment_batch(cfg, xb, yb, rng, host_rng)
-                net.reseed(seed_for(cfg["seed"], epoch, i, 2))      # dropout masks from (seed, epoch, step) alone
+                net.reseed(self.seed(epoch, i, 2))                 # dropout masks from (seed, epoch, step) alone
                 loss, n_correct = train_step(net, self.opt, xb, target, yb, cfg["label_smoothing"],
-                                             cfg["grad_clip"], cfg["micro_batch"])
+                                             cfg["grad_clip"], cfg["micro_batch"], global_batch=len(batch),
+                                             reduce_grads=self.world.allreduce_ if self.world.size > 1 else None)
                 loss_sum += loss * len(yb)
                 correct += n_correct
-                seen += len(yb)
+                seen += len(batch)
                 progress.step()
                 if i % LOG_EVERY == LOG_EVERY - 1 or i == self.steps - 1:
-                    # One read-back per LOG_EVERY steps: the running loss shows progress and catches divergence.
+                    # One read-back per LOG_EVERY steps (summed over the ranks): the running loss shows
+                    # progress and catches divergence, on every rank at the same step.
+                    total_loss, total_correct = self.world.sum([to_host_scalar(loss_sum), to_host_scalar(correct)])
                     done = partial["seen"] + seen
-                    running = (partial["loss_sum"] + to_host_scalar(loss_sum)) / done
+                    running = (partial["loss_sum"] + total_loss) / done
                     if not math.isfinite(running):
                         raise self.diverged(epoch, first, i + 1, running, lr)
                     first = i + 1
-                    progress.show(i + 1, running, (partial["correct"] + to_host_scalar(correct)) / done,
+                    progress.show(i + 1, running, (partial["correct"] + total_correct) / done,
                                   seen / (time.perf_counter() - t0), lr)
+                if cfg["check_replicas"] and (epoch * self.steps + i + 1) % cfg["check_replicas"] == 0:
+                    self.check_replicas(epoch, i + 1)
                 for callback in self.callbacks:
                     callback(self, epoch, i + 1)
-                if self.stop.requested and i < self.steps - 1:
-                    return False, i + 1, merge(partial, loss_sum, correct, seen, t0), lr
+                if self.world.any(self.stop.requested) and i < self.steps - 1:   # every rank stops at this step
+                    self.stop.requested = True
+                    return False, i + 1, self.merge(partial, loss_sum, correct, seen, t0), lr
         finally:
             progress.close()
-        return True, self.steps, merge(partial, loss_sum, correct, seen, t0), lr
+        return True, self.steps, self.merge(partial, loss_sum, correct, seen, t0), lr
+
+    def merge(self, partial, loss_sum, correct, seen, t0):
+        """The epoch's running totals so far, summed over the ranks (a checkpoint holds the global ones)."""
+        total_loss, total_correct = self.world.sum([to_host_scalar(loss_sum), to_host_scalar(correct)])
+        return {"loss_sum": partial["loss_sum"] + total_loss, "correct": partial["correct"] + int(total_correct),
+                "seen": partial["seen"] + seen, "seconds": partial["seconds"] + time.perf_counter() - t0}
+
+    def check_replicas(self, epoch, step):
+        """Debug (--check-replicas N): every rank must hold the same weights; a checksum compares them."""
+        checksum = float(to_host_scalar(self.model.flat_params.astype(np.float64).sum()))
+        if not self.world.same(checksum):
+            raise RuntimeError(f"the processes' weights differ after epoch {epoch + 1}, step {step} (checksum "
+                               f"{checksum!r} on rank {self.world.rank}): their updates were not the same")
 
     def end_of_epoch(self, epoch, partial, lr):
         """Evaluate, record the epoch in metrics.jsonl, then save best.npz and latest.npz, in that order:
@@ -346,11 +389,17 @@ class Trainer:
                   "seconds": partial["seconds"], "images_per_s": partial["seen"] / partial["seconds"]}
         if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]:
             t1 = time.perf_counter()
-            record["test_loss"], record["test_acc"], _ = evaluate(self.net, self.x_test, self.y_test, *self.norm,
-                                                                  cfg["eval_batch_size"])
+            rows = self.test_rows                              # this rank's part of the test set, then the sums
+            n = rows.stop - rows.start
+            loss, acc, _ = evaluate(self.net, self.x_test[rows], self.y_test[rows], *self.norm,
+                                    cfg["eval_batch_size"]) if n else (0.0, 0.0, None)
+            total_loss, total_correct = self.world.sum([loss * n, acc * n])
+            record["test_loss"] = total_loss / len(self.y_test)
+            record["test_acc"] = total_correct / len(self.y_test)
             record["eval_seconds"] = time.perf_counter() - t1
         self.history.append(strict_json(record))
-        write_metrics(self.run.file("metrics.jsonl"), self.history)
+        if self.writer:
+            write_metrics(self.run.file("metrics.jsonl"), self.history)
         self.log(summary(record, cfg["epochs"]))
         if record.get("test_acc", -1.0) > self.state["best_acc"]:
             self.state["best_acc"] = record["test_acc"]
@@ -364,9 +413,11 @@ class Trainer:
         if bad:
             raise Diverged(f"the weights became non-finite (in {', '.join(bad[:4])}{', ...' if len(bad) > 4 else ''})"
                            f" before epoch {epoch}, step {step} could be saved; {self.kept()}")
-        train_state = {"epoch": epoch, "step": step, "best_acc": self.state["best_acc"], "partial": partial}
+        train_state = {"epoch": epoch, "step": step, "best_acc": self.state["best_acc"], "partial": partial,
+                       "processes": self.world.size}
         meta = {**self.meta_base, "train": train_state, "history": self.history, "train_config": self.cfg}
-        save_checkpoint(self.run.file(name), self.model, self.opt, meta=strict_json(meta))
+        if self.writer:
+            save_checkpoint(self.run.file(name), self.model, self.opt, meta=strict_json(meta))
         if name == "latest.npz":
             self.saved = (epoch, step)
 
@@ -380,12 +431,6 @@ class Trainer:
         return Diverged(f"training diverged in epoch {epoch + 1}, {steps} of {self.steps}: the running loss "
                         f"is {loss} (learning rate {lr:.3g}). The learning rate is the likely cause: lower --lr, "
                         f"or add --warmup-epochs or --grad-clip. {self.kept()}")
-
-
-def merge(partial, loss_sum, correct, seen, t0):
-    return {"loss_sum": partial["loss_sum"] + to_host_scalar(loss_sum),
-            "correct": partial["correct"] + int(to_host_scalar(correct)),
-            "seen": partial["seen"] + seen, "seconds": partial["seconds"] + time.perf_counter() - t0}
 
 
 def summary(r, epochs):
@@ -464,26 +509,60 @@ def claim_for_resume(run, ckpt, overwrite):
     return False, bool(found)
 
 
-def train(cfg, resume=None, overwrite=False, log=print, callbacks=(), stop=None, err=None):
+def train(cfg, resume=None, overwrite=False, log=print, callbacks=(), stop=None, err=None, world=None):
     """Run (or resume from checkpoint or run directory ``resume``) the training that ``cfg`` describes,
-    in ``cfg["out_dir"]``; returns the list of per-epoch metrics."""
+    in ``cfg["out_dir"]``; returns the list of per-epoch metrics. ``world``: the processes of an MPI run
+    (npvit/distributed.py; by default this process alone)."""
+    world = world or SingleProcess()
+    with contextlib.ExitStack() as stack:
+        try:
+            trainer, clear = start(cfg, resume, overwrite, log, callbacks, stop, err, world, stack)
+            failed = None
+        except UserError as e:
+            failed = e
+        # Every rank learns whether any failed to start, so none is left waiting for the others.
+        if world.any(failed is not None):
+            if world.size == 1:
+                raise failed
+            from .cli import error_line
+
+            raise StartFailed(world.gather(error_line(failed) if failed is not None else None))
+        if clear:
+            trainer.run.clear()         # --overwrite: the old run goes only once the new one can start
+        trainer.begin()
+        return trainer.fit()
+
+
+def start(cfg, resume, overwrite, log, callbacks, stop, err, world, stack):
+    """Everything before the first write: checks, the run directory (rank 0 alone, locked for the run's
+    length through ``stack``), data, model. Returns the Trainer, and whether --overwrite must clear the
+    directory."""
     validate(cfg)
     try:
         get_xp(cfg["backend"])
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if world.size > 1 and cfg["backend"] != "numpy":
+        raise ConfigError("training on several processes runs on the numpy backend (GPUs would need NCCL)")
     resumed = load_resume(cfg, resume) if resume else None
-    with RunDir(cfg["out_dir"]) as run:
+    if resumed is not None:
+        processes = resumed[3]["train"].get("processes", 1)
+        if processes != world.size:
+            raise CheckpointError(f"checkpoint {resumed[0]} was written by a run on {processes} process(es); resume "
+                                  f"it on as many (mpirun -np {processes} ...), this is {world.size}: each process's "
+                                  f"augmentation and dropout draw their own streams, so another count would not "
+                                  f"continue the same run")
+    clear, same_dir = False, True
+    if world.rank == 0:                 # rank 0 alone owns the run directory; the others write nothing there
+        run = stack.enter_context(RunDir(cfg["out_dir"]))
         if resumed is not None:
             same_dir, clear = claim_for_resume(run, resumed[0], overwrite)
-            resumed = Resumed(*resumed, same_dir=same_dir)
         else:
             clear = run.claim_fresh(overwrite)
-        trainer = Trainer(cfg, run, resumed, log, callbacks, stop, err)   # data and model ready; nothing written
-        if clear:
-            run.clear()               # --overwrite: the old run goes only once the new one can start
-        trainer.begin()
-        return trainer.fit()
+    else:
+        run = RunDir(cfg["out_dir"])
+    resumed = Resumed(*resumed, same_dir=same_dir) if resumed is not None else None
+    return Trainer(cfg, run, resumed, log, callbacks, stop, err, world), clear   # nothing written yet
 
 
 # -- command line ---------------------------------------------------------------------
@@ -567,9 +646,30 @@ def train_main(argv=None, callbacks=(), prog="scripts/train.py"):
     stop = StopRequest()
     out = SafeStream(sys.stdout, on_broken=lambda: stop.request("output closed"))
     err = SafeStream(sys.stderr, on_broken=lambda: stop.request("output closed"))
+    world = get_world()
     try:
-        train(cfg, resume, overwrite, log=lambda msg: print(msg, file=out), callbacks=callbacks, stop=stop, err=err)
-    except Diverged as e:
-        print(f"error: {e}", file=err)
+        train(cfg, resume, overwrite, log=lambda msg: print(msg, file=out), callbacks=callbacks, stop=stop, err=err,
+              world=world)
+    except Diverged as e:                   # every rank diverges at the same step: their totals are the same
+        if world.rank == 0:
+            print(f"error: {e}", file=err)
         return 1
+    except StartFailed as e:                # rank 0 says what went wrong where, each message once
+        if world.rank == 0:
+            by_message = {}
+            for rank, message in enumerate(e.messages):
+                if message is not None:
+                    by_message.setdefault(message, []).append(rank)
+            for message, ranks in by_message.items():
+                where = "every process" if len(ranks) == world.size else "process " + ", ".join(map(str, ranks))
+                print(f"{message} ({where} of {world.size})", file=err)
+        return 2
+    except BaseException as e:              # one rank failed: end them all rather than leave them waiting
+        if world.size > 1:
+            from .cli import error_line
+
+            print(f"rank {world.rank}: " + (error_line(e) if isinstance(e, (UserError, OSError)) else
+                                            f"error: {type(e).__name__}: {e}"), file=sys.stderr)
+            world.abort(2 if isinstance(e, (UserError, OSError)) else 1)
+        raise
     return 1 if out.broken or err.broken else 0
