@@ -28,9 +28,18 @@ for var in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):   # a 
     ENV.pop(var, None)
 
 
+def launcher_flags():
+    """Open MPI refuses root and more ranks than cores unless told; MPICH (the [mpi] extra's) needs nothing."""
+    p = subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True)
+    return ["--allow-run-as-root", "--oversubscribe"] if "Open MPI" in p.stdout + p.stderr else []
+
+
+FLAGS = launcher_flags() if MPIEXEC else []
+
+
 def mpi(n, *args, timeout=300):
-    return subprocess.run([MPIEXEC, "-n", str(n), sys.executable, *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, env=ENV, timeout=timeout)
+    return subprocess.run([MPIEXEC, *FLAGS, "-n", str(n), sys.executable, *map(str, args)], capture_output=True,
+                          text=True, cwd=REPO, env=ENV, timeout=timeout)
 
 
 def metrics(out):
