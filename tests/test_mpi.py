@@ -13,9 +13,15 @@ import pytest
 
 from tests.cifar_fixtures import REAL_CIFAR_HOWTO, REPO, real_cifar
 
+def find_launcher():
+    """mpiexec on PATH, or the one the mpich wheel put beside this Python."""
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    return shutil.which("mpiexec") or shutil.which("mpirun") or (beside if os.access(beside, os.X_OK) else None)
+
+
 try:
     import mpi4py  # noqa: F401
-    MPIEXEC = shutil.which("mpiexec") or shutil.which("mpirun")
+    MPIEXEC = find_launcher()
 except ImportError:
     MPIEXEC = None
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no MPI here: pip install -e \".[mpi]\" (mpi4py and MPICH "
