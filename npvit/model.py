@@ -16,14 +16,15 @@ import numpy as np
 
 from .backend import check_dtype, get_array_module, get_xp, to_device, to_numpy
 from .config import ViTConfig
-from .layers import Embeddings, Encoder, LayerNorm, Linear
+from .layers import Conv2d, Embeddings, Encoder, LayerNorm, Linear
 from .layers.base import Layer
 
 PER_HEAD_KEY = re.compile(r"^encoder\.blocks\.(\d+)\.attention\.heads\.(\d+)\.(query|key|value)\.(weight|bias)$")
 
 
 class ViT(Layer):
-    """ViT(config, backend="numpy"|"cupy", dtype="float32"|"float64", seed=0, kernels="fast"|"reference").
+    """ViT(config, backend="numpy"|"cupy", dtype="float32"|"float64", seed=0, kernels="fast"|"reference",
+    init="article"|"torch").
 
     ``model(x)`` -> logits (B, K); ``model.backward(dlogits)`` -> dx (B, C, H, W),
     with every parameter gradient added into ``model.gradients()`` (views into one flat
@@ -31,10 +32,12 @@ class ViT(Layer):
     (``model.reseed(seed)`` sets the latter again). To run batches as shards on several
     CPU threads, wrap the model: ``npvit.DataParallel(model, threads=2)``. ``kernels`` picks the
     implementation of every layer's math (npvit/ops): "fast" (default) or "reference", the plain
-    formulas; both compute the same function.
+    formulas; both compute the same function. ``init``: the article's initialisation (weight
+    matrices N(0, 0.02), [CLS] and positions truncated normal) or PyTorch's module defaults
+    (``torch_default_init``).
     """
 
-    def __init__(self, config=None, backend="numpy", dtype="float32", seed=0, kernels="fast"):
+    def __init__(self, config=None, backend="numpy", dtype="float32", seed=0, kernels="fast", init="article"):
         super().__init__()
         if config is None:
             config = ViTConfig()
@@ -56,6 +59,10 @@ class ViT(Layer):
                                c.gelu_approximate, rng=rng, std=std)
         self.layernorm = LayerNorm(c.hidden_size) if c.final_layernorm else None
         self.classifier = Linear(c.hidden_size, c.num_classes, rng=rng, std=std)
+        if init == "torch":
+            torch_default_init(self, rng)
+        elif init != "article":
+            raise ValueError(f"unknown init {init!r}; choose 'article' or 'torch'")
         self.astype(self.dtype).to(self.xp).flatten()          # one array of parameters, one of gradients
         self.use_kernels(kernels)
         self.reseed(seed)
@@ -195,6 +202,21 @@ class ViT(Layer):
                                  f"unexpected {extra} (the config has {H} heads)")
             sd[f"encoder.blocks.{i}.attention.qkv_projection.{kind}"] = np.concatenate([parts[n] for n in need])
         return sd
+
+
+def torch_default_init(model, rng):
+    """PyTorch's defaults, as the article's modules are before its ``_init_weights``: every nn.Linear and
+    nn.Conv2d weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (``kaiming_uniform_(a=sqrt(5))`` and the bias
+    rule), LayerNorm weight 1 and bias 0, the [CLS] token and position embeddings N(0, 1) (``torch.randn``)."""
+    for _, layer in model.named_layers():
+        if isinstance(layer, (Linear, Conv2d)):
+            w = layer.params["weight"]
+            bound = 1.0 / np.sqrt(w[0].size)                      # fan_in: Din, or C * k * k
+            for name, p in layer.params.items():
+                layer.params[name] = rng.uniform(-bound, bound, p.shape)
+        elif isinstance(layer, Embeddings):
+            for name in ("cls_token", "position_embeddings"):
+                layer.params[name] = rng.standard_normal(layer.params[name].shape)
 
 
 def _as_numpy(v):

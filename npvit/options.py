@@ -51,6 +51,11 @@ OPTIONS = {
     "seed": Option(42, "seed for weights, shuffling, augmentation, dropout (an integer >= 0)", "seed"),
     "backend": Option("numpy", "numpy (CPU) | cupy (GPU)", "choice", BACKENDS),
     "dtype": Option("float32", "float32 | float64", "choice", DTYPES),
+    "init": Option("article", "article: the article's initialisation (N(0, 0.02) weights) | torch: PyTorch's "
+                   "module defaults (uniform +-1/sqrt(fan_in), N(0, 1) [CLS] and positions)", "choice",
+                   ("article", "torch")),
+    "val_split": Option(0, "hold out the last N training images and evaluate on them instead of the test set "
+                        "(for choosing recipes without looking at the test set; 0 = off)", "int>=0"),
     "kernels": Option("fast", "fast | reference: the implementation of each layer's math (npvit/ops); the "
                       "same function, the reference written to be read", "choice", ("fast", "reference")),
     "threads": Option("auto", "numpy: run each batch as this many shards on as many cores; auto = every core "

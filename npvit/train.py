@@ -29,7 +29,7 @@ from .backend import default_rng, get_xp, seed_for, to_device, to_host_scalar
 from .checkpoint import check_finite, read_checkpoint, save_checkpoint
 from .cli import SafeStream, run_main
 from .config import ViTConfig
-from .data import load_dataset
+from .data import Dataset, load_dataset
 from .distributed import SingleProcess, get_world, shard
 from .errors import CheckpointError, ConfigError, DataError, Diverged, RunDirError, StartFailed, UserError
 from .losses import softmax_cross_entropy
@@ -70,7 +70,13 @@ def load_data(cfg):
                           f"num_channels={cfg['num_channels']}, image_size={cfg['image_size']}")
     if len(data.classes) != cfg["num_classes"]:
         raise ConfigError(f"the data has {len(data.classes)} classes but num_classes={cfg['num_classes']}")
-    return data.limit(cfg["train_limit"], cfg["test_limit"])
+    data = data.limit(cfg["train_limit"], cfg["test_limit"])
+    n = cfg["val_split"]
+    if n:                       # the last n training images become the evaluation set; the test set goes unused
+        if n >= len(data.y_train):
+            raise ConfigError(f"val_split {n} leaves no training images (there are {len(data.y_train)})")
+        data = Dataset(data.x_train[:-n], data.y_train[:-n], data.x_train[-n:], data.y_train[-n:], data.classes)
+    return data
 
 
 def norm_stats(cfg, data):
@@ -230,7 +236,7 @@ class Trainer:
         self.mean, self.std = norm_stats(cfg, data)
         self.xp = xp = get_xp(cfg["backend"])
         self.model = ViT({k: cfg[k] for k in MODEL_KEYS}, backend=cfg["backend"], dtype=cfg["dtype"],
-                         seed=cfg["seed"], kernels=cfg["kernels"])
+                         seed=cfg["seed"], kernels=cfg["kernels"], init=cfg["init"])
         groups = (weight_decay_groups(self.model.parameters(), cfg["weight_decay"]) if cfg["decay"] == "matrices"
                   else None)
         self.opt = AdamW(self.model, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"],
@@ -288,8 +294,8 @@ class Trainer:
                      f"the learning rate never reaches {cfg['lr']}; set --warmup-epochs to change that")
         if threads_warning(cfg["threads"]):
             print(threads_warning(cfg["threads"]), file=self.err)
-        self.log(f"npvit: {self.model.num_parameters():,} parameters, {self.N} train / {len(self.y_test)} test "
-                 f"images, {self.steps} steps of {self.B} per epoch, recipe {cfg['recipe']}, {cfg['backend']} "
+        self.log(f"npvit: {self.model.num_parameters():,} parameters, {self.N} train / {len(self.y_test)} "
+                 f"{'held-out (val)' if cfg['val_split'] else 'test'} images, {self.steps} steps of {self.B} per epoch, recipe {cfg['recipe']}, {cfg['backend']} "
                  f"{cfg['dtype']}" + (f", {getattr(self.net, 'threads', 1)} threads" if cfg["backend"] == "numpy" else "")
                  + (f", {self.world.size} processes" if self.world.size > 1 else "") + f"; writing to {self.run.path}")
 
@@ -394,15 +400,17 @@ class Trainer:
             loss, acc, _ = evaluate(self.net, self.x_test[rows], self.y_test[rows], *self.norm,
                                     cfg["eval_batch_size"]) if n else (0.0, 0.0, None)
             total_loss, total_correct = self.world.sum([loss * n, acc * n])
-            record["test_loss"] = total_loss / len(self.y_test)
-            record["test_acc"] = total_correct / len(self.y_test)
+            split = "val" if cfg["val_split"] else "test"      # held-out training images, or the test set
+            record[f"{split}_loss"] = total_loss / len(self.y_test)
+            record[f"{split}_acc"] = total_correct / len(self.y_test)
             record["eval_seconds"] = time.perf_counter() - t1
         self.history.append(strict_json(record))
         if self.writer:
             write_metrics(self.run.file("metrics.jsonl"), self.history)
         self.log(summary(record, cfg["epochs"]))
-        if record.get("test_acc", -1.0) > self.state["best_acc"]:
-            self.state["best_acc"] = record["test_acc"]
+        acc = record.get("val_acc", record.get("test_acc", -1.0))
+        if acc > self.state["best_acc"]:
+            self.state["best_acc"] = acc
             self.save("best.npz", epoch + 1, 0, None)
         if (epoch + 1) % cfg["save_every"] == 0 or epoch + 1 == cfg["epochs"] or self.stop.requested:
             self.save("latest.npz", epoch + 1, 0, None)
@@ -434,7 +442,8 @@ class Trainer:
 
 
 def summary(r, epochs):
-    test = f" | test loss {r['test_loss']:.4f} acc {r['test_acc']:.4f}" if "test_acc" in r else ""
+    split = "val" if "val_acc" in r else "test"
+    test = f" | {split} loss {r[split + '_loss']:.4f} acc {r[split + '_acc']:.4f}" if split + "_acc" in r else ""
     return (f"epoch {r['epoch']:>3}/{epochs} | train loss {r['train_loss']:.4f} acc {r['train_acc']:.4f}{test} | "
             f"lr {r['lr']:.2e} | {r['seconds']:.1f}s {r['images_per_s']:.0f} img/s")
 

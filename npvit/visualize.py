@@ -50,13 +50,15 @@ def plot_curves(metrics, out_png, title=None):
     check_image_path(out_png)
     metrics = [m for m in metrics if _number(m.get("train_loss")) and _number(m.get("train_acc"))]
     ep = [m["epoch"] for m in metrics]
-    tested = [m for m in metrics if _number(m.get("test_acc")) and _number(m.get("test_loss"))]
+    split = "val" if any("val_acc" in m for m in metrics) else "test"     # a --val-split run's held-out images
+    tested = [{**m, "test_acc": m[split + "_acc"], "test_loss": m[split + "_loss"]} for m in metrics
+              if _number(m.get(split + "_acc")) and _number(m.get(split + "_loss"))]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.plot(ep, [m["train_loss"] for m in metrics], label="train")
-    a.plot([m["epoch"] for m in tested], [m["test_loss"] for m in tested], label="test")
+    a.plot([m["epoch"] for m in tested], [m["test_loss"] for m in tested], label=split)
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend(), a.grid(alpha=0.3)
     b.plot(ep, [100 * m["train_acc"] for m in metrics], label="train")
-    b.plot([m["epoch"] for m in tested], [100 * m["test_acc"] for m in tested], label="test")
+    b.plot([m["epoch"] for m in tested], [100 * m["test_acc"] for m in tested], label=split)
     if tested:
         best = max(tested, key=lambda m: m["test_acc"])
         b.annotate(f"{100 * best['test_acc']:.1f}%", (best["epoch"], 100 * best["test_acc"]),

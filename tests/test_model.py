@@ -232,3 +232,27 @@ def test_same_seed_same_weights_on_both_backends():
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32))
     np.testing.assert_allclose(to_numpy(ViT(backend="cupy", dtype="float64")(to_device(x, get_xp("cupy")))),
                                ViT(dtype="float64")(x), rtol=1e-10)
+
+
+def test_torch_init_has_pytorchs_default_distributions():
+    """init="torch": every parameter distributed as in the article's modules before its _init_weights."""
+    model = ViT(ViTConfig(num_hidden_layers=6), dtype="float64", seed=0, init="torch")
+    torch.manual_seed(0)
+    ref = dict(ViTForClassfication({**ViTConfig(num_hidden_layers=6).to_dict()}).named_parameters())
+    ours = model.state_dict()
+    assert ours.keys() == ref.keys()
+    for k, v in ours.items():
+        t = ref[k].detach().numpy()
+        if "layernorm" in k:
+            np.testing.assert_array_equal(v, t, err_msg=k)                 # 1 and 0
+        elif k in ("embedding.cls_token", "embedding.position_embeddings"):
+            assert abs(v.std() - 1) < 0.25 and abs(t.std() - 1) < 0.25, k   # torch.randn: N(0, 1)
+        else:                                                               # uniform +-1/sqrt(fan_in)
+            fan_in = v[0].size if v.ndim > 1 else ref[k.replace("bias", "weight")][0].numel()
+            assert np.abs(v).max() <= 1 / np.sqrt(fan_in) and np.abs(t).max() <= 1 / np.sqrt(fan_in), k
+            assert abs(v.std() / t.std() - 1) < 0.25, (k, v.std(), t.std())
+    assert abs(ours["embedding.position_embeddings"].std() - 1) < 0.05
+    again = ViT(ViTConfig(num_hidden_layers=6), dtype="float64", seed=0, init="torch").state_dict()
+    assert all((again[k] == v).all() for k, v in ours.items())
+    with pytest.raises(ValueError, match="unknown init 'xavier'"):
+        ViT(init="xavier")

@@ -190,3 +190,16 @@ def test_killed_real_run_resumes_exactly(real_data, tmp_path):
     for a, b in zip(metrics(full), metrics(killed)):
         for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
             assert abs(a[key] - b[key]) <= 1e-6, (key, a, b)
+
+
+def test_val_split_evaluates_on_held_out_training_images(fake_data, tmp_path):
+    out = str(tmp_path / "val")
+    p = run(["--data-dir", fake_data, "--out-dir", out, "--epochs", "2", "--batch-size", "64", "--val-split", "64",
+             "--init", "torch"] + SMALL)
+    m = metrics(out)
+    assert all("val_acc" in r and "test_acc" not in r for r in m), m
+    assert "256 train / 64 held-out (val) images" in p.stdout and "val loss" in p.stdout
+    assert os.path.isfile(os.path.join(out, "best.npz"))
+    assert json.load(open(os.path.join(out, "config.json")))["init"] == "torch"
+    p = run(["--data-dir", fake_data, "--out-dir", str(tmp_path / "o"), "--val-split", "320"] + SMALL, check=False)
+    assert p.returncode == 2 and "val_split 320 leaves no training images" in p.stderr
