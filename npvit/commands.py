@@ -34,6 +34,8 @@ def evaluate_main(argv=None, prog=None):
     p.add_argument("--threads", type=threads_arg, default="auto", metavar="N|auto",
                    help="numpy: run each batch as N shards on N cores (auto: every core this process may use)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--tta-flip", action="store_true", help="average each image's probabilities with its mirror "
+                   "image's (test-time augmentation)")
     args = p.parse_args(argv)
     if args.json:
         check_writable(args.json)            # fail now, not after the evaluation
@@ -44,7 +46,7 @@ def evaluate_main(argv=None, prog=None):
     data = load_dataset(args.dataset, args.data_dir, c.image_size, c.num_channels).limit(test=args.test_limit)
     classes = meta["classes"]
     check_labels(data.y_test, classes, f"the test data in {args.data_dir}")
-    preds = predict_proba(model, data.x_test, meta["mean"], meta["std"]).argmax(-1)
+    preds = predict_proba(model, data.x_test, meta["mean"], meta["std"], tta_flip=args.tta_flip).argmax(-1)
     y = data.y_test
     cm = confusion_matrix(y, preds, len(classes))
     acc = float((preds == y).mean())

@@ -39,12 +39,23 @@ def confusion_matrix(y_true, y_pred, num_classes):
     return cm
 
 
-def predict_proba(model, images_u8, mean, std, batch_size=500):
+def predict_logits(model, x, tta_flip=False):
+    """The model's logits for normalised images x (B, C, H, W); with ``tta_flip`` (test-time augmentation)
+    log((p(x) + p(mirror(x))) / 2), the log of the mean of the probabilities of x and its mirror image."""
+    logits = model(x)
+    if not tta_flip:
+        return logits
+    xp = model.xp
+    mirrored = model(xp.ascontiguousarray(x[..., ::-1]))
+    return xp.logaddexp(log_softmax(logits), log_softmax(mirrored)) - np.log(2.0)
+
+
+def predict_proba(model, images_u8, mean, std, batch_size=500, tta_flip=False):
     """Class probabilities (N, K) on the host for uint8 images (N, C, H, W)."""
     out = []
     for i in range(0, len(images_u8), batch_size):
         x = normalize(to_device(images_u8[i:i + batch_size], model.xp), mean, std, model.dtype)
-        out.append(np.exp(to_numpy(log_softmax(model(x)))))
+        out.append(np.exp(to_numpy(log_softmax(predict_logits(model, x, tta_flip)))))
     return np.concatenate(out)
 
 

@@ -56,6 +56,8 @@ OPTIONS = {
                    ("article", "torch")),
     "val_split": Option(0, "hold out the last N training images and evaluate on them instead of the test set "
                         "(for choosing recipes without looking at the test set; 0 = off)", "int>=0"),
+    "tta_flip": Option(False, "evaluate each image and its mirror image and average the probabilities "
+                       "(test-time augmentation)", "bool"),
     "kernels": Option("fast", "fast | reference: the implementation of each layer's math (npvit/ops); the "
                       "same function, the reference written to be read", "choice", ("fast", "reference")),
     "threads": Option("auto", "numpy: run each batch as this many shards on as many cores; auto = every core "

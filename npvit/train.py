@@ -30,6 +30,7 @@ from .checkpoint import check_finite, read_checkpoint, save_checkpoint
 from .cli import SafeStream, run_main
 from .config import ViTConfig
 from .data import Dataset, load_dataset
+from .evaluate import predict_logits
 from .distributed import SingleProcess, get_world, shard
 from .errors import CheckpointError, ConfigError, DataError, Diverged, RunDirError, StartFailed, UserError
 from .losses import softmax_cross_entropy
@@ -134,16 +135,16 @@ def train_step(model, opt, x, target, labels, label_smoothing=0.0, grad_clip=0.0
 
 
 # -- evaluation -------------------------------------------------------------------
-def evaluate(model, x_u8, y, mean, std, batch_size=500):
+def evaluate(model, x_u8, y, mean, std, batch_size=500, tta_flip=False):
     """Mean loss and accuracy of ``model`` (eval mode) over uint8 images on its device; returns floats
-    and the predictions (on the device)."""
+    and the predictions (on the device). ``tta_flip``: average with the mirror images' probabilities."""
     xp = model.xp
     was_training = model.training
     model.eval()
     loss_sum, preds = 0.0, []
     for i in range(0, len(y), batch_size):
         xb = aug.normalize(x_u8[i:i + batch_size], mean, std, model.dtype)
-        logits = model(xb)
+        logits = predict_logits(model, xb, tta_flip)
         loss, _ = softmax_cross_entropy(logits, y[i:i + batch_size])
         loss_sum = loss_sum + loss * len(xb)
         preds.append(logits.argmax(axis=-1))
@@ -398,7 +399,7 @@ class Trainer:
             rows = self.test_rows                              # this rank's part of the test set, then the sums
             n = rows.stop - rows.start
             loss, acc, _ = evaluate(self.net, self.x_test[rows], self.y_test[rows], *self.norm,
-                                    cfg["eval_batch_size"]) if n else (0.0, 0.0, None)
+                                    cfg["eval_batch_size"], cfg["tta_flip"]) if n else (0.0, 0.0, None)
             total_loss, total_correct = self.world.sum([loss * n, acc * n])
             split = "val" if cfg["val_split"] else "test"      # held-out training images, or the test set
             record[f"{split}_loss"] = total_loss / len(self.y_test)

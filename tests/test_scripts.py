@@ -123,3 +123,22 @@ def test_the_console_script_is_declared():
         target = tomllib.load(f)["project"]["scripts"]["npvit"]
     module, func = target.split(":")
     assert callable(getattr(importlib.import_module(module), func))
+
+
+def test_flip_test_time_augmentation(trained):
+    """log of the mean of the probabilities of an image and its mirror; a mirror-symmetric image is unchanged."""
+    from npvit import ViT
+    from npvit.evaluate import predict_logits
+    from npvit.gradcheck import small_vit_config
+    from npvit.losses import log_softmax
+
+    model = ViT(small_vit_config(), dtype="float64", seed=1).eval()
+    x = np.random.default_rng(0).standard_normal((3, 3, 8, 8))
+    p = np.exp(log_softmax(model(x))) + np.exp(log_softmax(model(np.ascontiguousarray(x[..., ::-1]))))
+    np.testing.assert_allclose(predict_logits(model, x, tta_flip=True), np.log(p / 2), rtol=1e-12)
+    sym = x + x[..., ::-1]
+    np.testing.assert_allclose(predict_logits(model, sym, tta_flip=True), log_softmax(model(sym)), rtol=1e-12,
+                               atol=1e-12)
+    data, out = trained
+    r = script("evaluate.py", out / "best.npz", "--data-dir", data, "--tta-flip")
+    assert "test accuracy:" in r.stdout
