@@ -30,6 +30,17 @@ def xp(backend):
     return get_xp(backend)
 
 
+@pytest.fixture(scope="session")
+def real_data(tmp_path_factory):
+    """A folder holding the real cifar-10-batches-py/ (tests/cifar_fixtures.real_cifar), or a skip saying how."""
+    from tests.cifar_fixtures import REAL_CIFAR_HOWTO, real_cifar
+
+    root = real_cifar(tmp_path_factory.mktemp("cifar10"))
+    if root is None:
+        pytest.skip(REAL_CIFAR_HOWTO)
+    return str(root)
+
+
 def rel_err(a, b):
     """max |a - b| / max |b|: a relative error that is not fooled by elements near zero."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from npvit.train import build_config, lr_at, ConfigError
-from tests.cifar_fixtures import REAL_CIFAR_HOWTO, REPO, real_cifar, write_fake_cifar
+from tests.cifar_fixtures import REPO, write_fake_cifar
 
 TRAIN = [sys.executable, os.path.join(REPO, "scripts", "train.py")]
 DRIVER = os.path.join(REPO, "tests", "train_driver.py")
@@ -27,14 +27,6 @@ def run(args, env=None, check=True):
 def metrics(out):
     with open(os.path.join(out, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
-
-
-@pytest.fixture(scope="session")
-def real_data(tmp_path_factory):
-    root = real_cifar(tmp_path_factory.mktemp("cifar10"))
-    if root is None:
-        pytest.skip(REAL_CIFAR_HOWTO)
-    return str(root)
 
 
 @pytest.fixture(scope="session")
