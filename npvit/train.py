@@ -474,31 +474,31 @@ def resume_source(path):
     return path, os.path.dirname(path) or "."
 
 
-def load_resume(cfg, path):
-    """Read the checkpoint to resume from; it must be of the config's model and hold a training state."""
-    ckpt, _ = resume_source(path)
-    config, params, optim, meta = read_checkpoint(ckpt)
+def read_for(cfg, path, what):
+    """A checkpoint's (config, params, optim, meta), refused unless it is of the model ``cfg`` describes
+    and its weights are finite; ``what`` names it in the message."""
+    config, params, optim, meta = read_checkpoint(path)
     want = ViTConfig.from_dict({k: cfg[k] for k in MODEL_KEYS})
     if config != want:
         diff = {k: (v, getattr(want, k)) for k, v in config.to_dict().items() if getattr(want, k) != v}
-        raise CheckpointError(f"checkpoint {ckpt} is for another model: (checkpoint, requested) differ in {diff}")
+        raise CheckpointError(f"{what} is for another model: (file, requested) differ in {diff}")
+    check_finite(params, path)
+    return config, params, optim, meta
+
+
+def load_resume(cfg, path):
+    """Read the checkpoint to resume from; it must be of the config's model and hold a training state."""
+    ckpt, _ = resume_source(path)
+    _, params, optim, meta = read_for(cfg, ckpt, f"checkpoint {ckpt}")
     if "train" not in meta or not optim:
         raise CheckpointError(f"checkpoint {ckpt} has no training state (it is a model-only checkpoint); "
                               f"start a new run from its weights with --init-from {ckpt}")
-    check_finite(params, ckpt)
     return ckpt, params, optim, meta
 
 
 def init_weights(cfg):
     """The weights of --init-from, which must be of the config's model."""
-    path = cfg["init_from"]
-    config, params, _, _ = read_checkpoint(path)
-    want = ViTConfig.from_dict({k: cfg[k] for k in MODEL_KEYS})
-    if config != want:
-        diff = {k: (v, getattr(want, k)) for k, v in config.to_dict().items() if getattr(want, k) != v}
-        raise CheckpointError(f"--init-from {path} is for another model: (file, requested) differ in {diff}")
-    check_finite(params, path)
-    return params
+    return read_for(cfg, cfg["init_from"], f"--init-from {cfg['init_from']}")[1]
 
 
 def claim_for_resume(run, ckpt, overwrite):

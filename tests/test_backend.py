@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-import npvit
 from npvit.backend import check_dtype, get_array_module, get_xp, to_device, to_numpy
 
 

@@ -129,7 +129,6 @@ def softmax_backward(datt, att, out=None):
 
 # -- the attention core -------------------------------------------------------------------------------
 def attention_forward(qkv, scale, num_queries=None, mask=None):
-    xp = get_array_module(qkv)
     Nq = qkv.shape[3] if num_queries is None else num_queries
     q, k, v = qkv[0, :, :, :Nq], qkv[1], qkv[2]
     qs = q * scale                           # q' = q / sqrt(hs): scaling q is hs/N the work of scaling the scores
