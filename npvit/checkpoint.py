@@ -2,7 +2,8 @@
 and exchange weights with PyTorch through ``.safetensors``.
 
 Parameters are stored under their PyTorch names (``param/embedding.cls_token``...),
-optimiser state under ``optim/...``, and the config plus any metadata as JSON
+optimiser state under ``optim/...``, a training run's moving average of the weights
+(npvit/ema.py) under ``ema/...``, and the config plus any metadata as JSON
 text under ``config.json`` / ``meta.json``, so ``np.load`` alone can read it, and
 never with pickle. Writes are atomic (npvit/runfiles.py).
 
@@ -24,11 +25,14 @@ from .runfiles import atomic_write
 FORMAT_VERSION = 1
 
 
-def save_checkpoint(path, model, optimizer=None, meta=None):
-    """Write ``model`` (+ ``optimizer`` state, + JSON-able ``meta``) to ``path`` atomically."""
+def save_checkpoint(path, model, optimizer=None, meta=None, averaged=None):
+    """Write ``model`` (+ ``optimizer`` state, + JSON-able ``meta``, + ``averaged`` weights, a dict like
+    ``model.state_dict()``) to ``path`` atomically."""
     arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
     if optimizer is not None:
         arrays.update({f"optim/{k}": v for k, v in optimizer.state_dict().items()})
+    if averaged is not None:
+        arrays.update({f"ema/{k}": v for k, v in averaged.items()})
     arrays["config.json"] = np.array(json.dumps(model.config.to_dict()))
     arrays["meta.json"] = np.array(json.dumps({"format_version": FORMAT_VERSION, "dtype": model.dtype.name,
                                                **(meta or {})}))
@@ -36,13 +40,14 @@ def save_checkpoint(path, model, optimizer=None, meta=None):
 
 
 def read_checkpoint(path):
-    """Return ``(config, params, optim_state, meta)`` from a checkpoint file, as host arrays."""
+    """Return ``(config, params, optim_state, meta, averaged)`` from a checkpoint file, as host arrays;
+    ``averaged``: the moving average of the weights that training evaluated, or {} (none kept)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
     if path.endswith(".safetensors"):
         config, params, meta = read_safetensors(path)
-        return config, params, {}, meta
+        return config, params, {}, meta, {}
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
@@ -62,7 +67,8 @@ def read_checkpoint(path):
         raise CheckpointError(f"{path} has a damaged config or metadata entry ({e})") from None
     params = {k[len("param/"):]: v for k, v in data.items() if k.startswith("param/")}
     optim = {k[len("optim/"):]: v for k, v in data.items() if k.startswith("optim/")}
-    return config, params, optim, meta
+    averaged = {k[len("ema/"):]: v for k, v in data.items() if k.startswith("ema/")}
+    return config, params, optim, meta, averaged
 
 
 def check_finite(params, path):
@@ -74,16 +80,19 @@ def check_finite(params, path):
                               f"diverged, use an earlier checkpoint")
 
 
-def load_checkpoint(path, backend="numpy", dtype=None, threads=1):
+def load_checkpoint(path, backend="numpy", dtype=None, threads=1, averaged=False):
     """Rebuild the model saved at ``path`` (.npz or .safetensors): returns ``(model, optim_state, meta)``.
 
     ``dtype`` defaults to the saved one; ``threads`` > 1 (or "auto") wraps the model in DataParallel;
-    pass ``optim_state`` to an optimiser's ``load_state_dict`` to resume. Non-finite weights are refused.
+    pass ``optim_state`` to an optimiser's ``load_state_dict`` to resume. ``averaged``: take the moving
+    average of the weights where the checkpoint keeps one (the weights a run with --ema evaluated).
+    Non-finite weights are refused.
     """
     from .model import ViT
     from .parallel import parallelize
 
-    config, params, optim, meta = read_checkpoint(path)
+    config, params, optim, meta, ema = read_checkpoint(path)
+    params = ema if averaged and ema else params
     check_finite(params, path)
     model = ViT(config, backend=backend, dtype=dtype or meta.get("dtype", "float32"))
     try:
@@ -104,9 +113,11 @@ def _safetensors_numpy():
 
 
 def export_safetensors(src, dst, dtype=None):
-    """Write the weights of checkpoint ``src`` (.npz) to ``dst`` (.safetensors) under the PyTorch names;
-    ``dtype`` (e.g. "float32") casts them, else they keep the checkpoint's dtype."""
-    config, params, _, meta = read_checkpoint(src)
+    """Write the weights of checkpoint ``src`` (.npz) to ``dst`` (.safetensors) under the PyTorch names:
+    the ones its run evaluated (the moving average where it kept one, --ema). ``dtype`` (e.g. "float32")
+    casts them, else they keep the checkpoint's dtype."""
+    config, params, _, meta, ema = read_checkpoint(src)
+    params = ema or params            # the weights the run evaluated: their moving average where it kept one
     check_finite(params, src)
     st = _safetensors_numpy()
     if dtype is not None:

@@ -11,13 +11,14 @@ from .losses import log_softmax
 
 
 def load_trained(path, backend="numpy", threads=1):
-    """A checkpoint written by training, in eval mode, with the class names and normalisation it used.
-    Refuses checkpoints with non-finite weights (a diverged run's), naming the arrays."""
+    """A checkpoint written by training, in eval mode, with the class names and normalisation it used, and
+    the weights its run evaluated (their moving average if it kept one, --ema). Refuses checkpoints with
+    non-finite weights (a diverged run's), naming the arrays."""
     try:
         get_xp(backend)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    model, _, meta = load_checkpoint(path, backend=backend, threads=threads)
+    model, _, meta = load_checkpoint(path, backend=backend, threads=threads, averaged=True)
     for key in ("classes", "mean", "std"):
         if key not in meta:
             raise CheckpointError(f"checkpoint {path} has no {key!r}: it was not written by npvit training")

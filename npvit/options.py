@@ -58,6 +58,10 @@ OPTIONS = {
                         "(for choosing recipes without looking at the test set; 0 = off)", "int>=0"),
     "tta_flip": Option(False, "evaluate each image and its mirror image and average the probabilities "
                        "(test-time augmentation)", "bool"),
+    "ema": Option(0.0, "keep an exponential moving average of the weights with this decay (e.g. 0.999; "
+                  "0 = off) and evaluate, select and save it in place of the raw weights", "fraction"),
+    "eval_raw": Option(False, "with --ema: also evaluate the raw weights each epoch (raw_test_acc or "
+                       "raw_val_acc in the metrics), to see what the average adds", "bool"),
     "kernels": Option("fast", "fast | reference: the implementation of each layer's math (npvit/ops); the "
                       "same function, the reference written to be read", "choice", ("fast", "reference")),
     "threads": Option("auto", "numpy: run each batch as this many shards on as many cores; auto = every core "
@@ -69,7 +73,7 @@ OPTIONS = {
     "out_dir": Option("runs/vit", "the run directory: checkpoints (latest.npz, best.npz), metrics.jsonl, "
                       "config.json; must be empty or new (see --resume, --overwrite)", "path"),
     "init_from": Option(None, "start from the weights of this checkpoint (.npz or .safetensors) of the same "
-                        "model", "path|none"),
+                        "model (their moving average if its run kept one, --ema)", "path|none"),
     "check_replicas": Option(0, "MPI runs: every N steps check that all processes hold the same weights (a "
                              "checksum; debug, 0 = off)", "int>=0"),
     "eval_every": Option(1, "evaluate on the test set every N epochs", "int>0"),
@@ -88,12 +92,14 @@ RECIPES = {
     # flip + RandomResizedCrop(scale 0.8-1), inputs normalised to [-1, 1], no schedule, 100 epochs.
     "article": {"epochs": 100, "batch_size": 256, "lr": 1e-2, "weight_decay": 1e-2, "decay": "all",
                 "warmup_epochs": 0.0, "schedule": "constant", "label_smoothing": 0.0, "augment": "article",
-                "rrc_scale": [0.8, 1.0], "normalize": "half", "mixup": 0.0, "cutmix": 0.0, "grad_clip": 0.0},
+                "rrc_scale": [0.8, 1.0], "normalize": "half", "mixup": 0.0, "cutmix": 0.0, "grad_clip": 0.0,
+                "ema": 0.0},
     # Ours: AdamW lr 3e-3, weight decay 0.05 on weight matrices only, 3 warmup epochs then cosine to zero,
     # pad-4 random crop + flip, label smoothing 0.1, per-channel normalisation, batch 128.
     "strong": {"epochs": 100, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.05, "decay": "matrices",
                "warmup_epochs": 3.0, "schedule": "cosine", "label_smoothing": 0.1, "augment": "crop_flip",
-               "crop_padding": 4, "normalize": "dataset", "mixup": 0.0, "cutmix": 0.0, "grad_clip": 0.0},
+               "crop_padding": 4, "normalize": "dataset", "mixup": 0.0, "cutmix": 0.0, "grad_clip": 0.0,
+               "ema": 0.0},
 }
 assert set(RECIPES) == set(OPTIONS["recipe"].choices)
 
@@ -150,6 +156,8 @@ def validate(cfg):
         ViTConfig.from_dict({k: cfg[k] for k in MODEL_KEYS})
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model config: {e}") from None
+    if cfg["eval_raw"] and not cfg["ema"]:
+        raise ConfigError("eval_raw evaluates the raw weights beside their moving average; it needs --ema")
     if cfg["threads"] != "auto" and cfg["threads"] > 1 and cfg["backend"] != "numpy":
         raise ConfigError(f"threads={cfg['threads']} splits the batch over CPU cores; it applies to the numpy "
                           f"backend only (use --threads 1 with {cfg['backend']})")

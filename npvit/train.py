@@ -30,6 +30,7 @@ from .checkpoint import check_finite, read_checkpoint, save_checkpoint
 from .cli import SafeStream, run_main
 from .config import ViTConfig
 from .data import Dataset, load_dataset
+from .ema import EMA
 from .evaluate import predict_logits
 from .distributed import SingleProcess, get_world, shard
 from .errors import CheckpointError, ConfigError, DataError, Diverged, RunDirError, StartFailed, UserError
@@ -242,6 +243,7 @@ class Trainer:
                   else None)
         self.opt = AdamW(self.model, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"],
                          param_groups=groups)
+        self.ema = EMA(self.model, cfg["ema"]) if cfg["ema"] else None    # evaluated in place of the weights
         self.state = {"epoch": 0, "step": 0, "best_acc": -1.0, "partial": None}
         self.history = []
         if resumed is not None:
@@ -249,6 +251,10 @@ class Trainer:
             self.opt.load_state_dict(resumed.optim)
             self.state = dict(resumed.meta["train"])
             self.history = resumed.meta.get("history", [])
+            if self.ema is not None:        # a run that kept no average (or --ema added now) starts one here
+                self.ema = EMA(self.model, cfg["ema"])
+                if resumed.averaged:
+                    self.ema.load(resumed.averaged, self.state.get("ema_updates", 0))
             if not resumed.same_dir:            # best.npz stays with the run it came from
                 self.state["best_acc"] = -1.0
         elif cfg["init_from"]:
@@ -348,6 +354,8 @@ class Trainer:
                 loss, n_correct = train_step(net, self.opt, xb, target, yb, cfg["label_smoothing"],
                                              cfg["grad_clip"], cfg["micro_batch"], global_batch=len(batch),
                                              reduce_grads=self.world.allreduce_ if self.world.size > 1 else None)
+                if self.ema is not None:
+                    self.ema.update()
                 loss_sum += loss * len(yb)
                 correct += n_correct
                 seen += len(batch)
@@ -396,14 +404,11 @@ class Trainer:
                   "seconds": partial["seconds"], "images_per_s": partial["seen"] / partial["seconds"]}
         if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]:
             t1 = time.perf_counter()
-            rows = self.test_rows                              # this rank's part of the test set, then the sums
-            n = rows.stop - rows.start
-            loss, acc, _ = evaluate(self.net, self.x_test[rows], self.y_test[rows], *self.norm,
-                                    cfg["eval_batch_size"], cfg["tta_flip"]) if n else (0.0, 0.0, None)
-            total_loss, total_correct = self.world.sum([loss * n, acc * n])
             split = "val" if cfg["val_split"] else "test"      # held-out training images, or the test set
-            record[f"{split}_loss"] = total_loss / len(self.y_test)
-            record[f"{split}_acc"] = total_correct / len(self.y_test)
+            if cfg["eval_raw"]:
+                record[f"raw_{split}_loss"], record[f"raw_{split}_acc"] = self.evaluate()
+            with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
+                record[f"{split}_loss"], record[f"{split}_acc"] = self.evaluate()
             record["eval_seconds"] = time.perf_counter() - t1
         self.history.append(strict_json(record))
         if self.writer:
@@ -416,6 +421,15 @@ class Trainer:
         if (epoch + 1) % cfg["save_every"] == 0 or epoch + 1 == cfg["epochs"] or self.stop.requested:
             self.save("latest.npz", epoch + 1, 0, None)
 
+    def evaluate(self):
+        """(loss, accuracy) of the model's current weights on the evaluation set: each rank its part of it."""
+        rows = self.test_rows
+        n = rows.stop - rows.start
+        loss, acc, _ = evaluate(self.net, self.x_test[rows], self.y_test[rows], *self.norm,
+                                self.cfg["eval_batch_size"], self.cfg["tta_flip"]) if n else (0.0, 0.0, None)
+        total_loss, total_correct = self.world.sum([loss * n, acc * n])
+        return total_loss / len(self.y_test), total_correct / len(self.y_test)
+
     def save(self, name, epoch, step, partial):
         """Write a checkpoint of the current weights, which must be finite (a diverged model is never saved)."""
         bad = [k for k, p in self.model.parameters().items() if not bool(self.xp.isfinite(p).all())]
@@ -424,9 +438,13 @@ class Trainer:
                            f" before epoch {epoch}, step {step} could be saved; {self.kept()}")
         train_state = {"epoch": epoch, "step": step, "best_acc": self.state["best_acc"], "partial": partial,
                        "processes": self.world.size}
+        averaged = None
+        if self.ema is not None:
+            averaged = self.ema.averaged_params()
+            train_state["ema_updates"] = self.ema.updates    # (an average of finite weights is finite)
         meta = {**self.meta_base, "train": train_state, "history": self.history, "train_config": self.cfg}
         if self.writer:
-            save_checkpoint(self.run.file(name), self.model, self.opt, meta=strict_json(meta))
+            save_checkpoint(self.run.file(name), self.model, self.opt, meta=strict_json(meta), averaged=averaged)
         if name == "latest.npz":
             self.saved = (epoch, step)
 
@@ -458,8 +476,9 @@ class Resumed:
     """A checkpoint to resume: its path, weights, optimiser state, metadata; same_dir: it continues
     in the directory it came from (else it branches into a new one)."""
 
-    def __init__(self, path, params, optim, meta, same_dir):
+    def __init__(self, path, params, optim, meta, averaged, same_dir):
         self.path, self.params, self.optim, self.meta, self.same_dir = path, params, optim, meta, same_dir
+        self.averaged = averaged        # the weights' moving average (--ema), or {}
 
 
 def resume_source(path):
@@ -475,30 +494,33 @@ def resume_source(path):
 
 
 def read_for(cfg, path, what):
-    """A checkpoint's (config, params, optim, meta), refused unless it is of the model ``cfg`` describes
-    and its weights are finite; ``what`` names it in the message."""
-    config, params, optim, meta = read_checkpoint(path)
+    """A checkpoint's (config, params, optim, meta, averaged), refused unless it is of the model ``cfg``
+    describes and its weights are finite; ``what`` names it in the message."""
+    config, params, optim, meta, averaged = read_checkpoint(path)
     want = ViTConfig.from_dict({k: cfg[k] for k in MODEL_KEYS})
     if config != want:
         diff = {k: (v, getattr(want, k)) for k, v in config.to_dict().items() if getattr(want, k) != v}
         raise CheckpointError(f"{what} is for another model: (file, requested) differ in {diff}")
     check_finite(params, path)
-    return config, params, optim, meta
+    check_finite(averaged, path)
+    return config, params, optim, meta, averaged
 
 
 def load_resume(cfg, path):
     """Read the checkpoint to resume from; it must be of the config's model and hold a training state."""
     ckpt, _ = resume_source(path)
-    _, params, optim, meta = read_for(cfg, ckpt, f"checkpoint {ckpt}")
+    _, params, optim, meta, averaged = read_for(cfg, ckpt, f"checkpoint {ckpt}")
     if "train" not in meta or not optim:
         raise CheckpointError(f"checkpoint {ckpt} has no training state (it is a model-only checkpoint); "
                               f"start a new run from its weights with --init-from {ckpt}")
-    return ckpt, params, optim, meta
+    return ckpt, params, optim, meta, averaged
 
 
 def init_weights(cfg):
-    """The weights of --init-from, which must be of the config's model."""
-    return read_for(cfg, cfg["init_from"], f"--init-from {cfg['init_from']}")[1]
+    """The weights of --init-from, which must be of the config's model: the ones its run evaluated (their
+    moving average where it kept one, --ema)."""
+    _, params, _, _, averaged = read_for(cfg, cfg["init_from"], f"--init-from {cfg['init_from']}")
+    return averaged or params
 
 
 def claim_for_resume(run, ckpt, overwrite):
