@@ -33,6 +33,8 @@ class ViTConfig:
     # npvit extras, off by default so the model is the article's.
     gelu_approximate: str = "tanh"          # "tanh" (article's NewGELUActivation) or "none" (exact erf)
     final_layernorm: bool = False           # a LayerNorm on the encoder output before the classifier
+    pooling: str = "cls"                    # what the classifier reads: "cls" (the [CLS] token, the article's)
+                                            # or "mean" (the average of the patch tokens, global average pooling)
 
     def __post_init__(self):
         for key in INT_KEYS:
@@ -57,6 +59,8 @@ class ViTConfig:
                 raise TypeError(f"config {key} must be true or false, got {getattr(self, key)!r}")
         if self.gelu_approximate not in ("tanh", "none"):
             raise ValueError(f"config gelu_approximate must be 'tanh' or 'none', got {self.gelu_approximate!r}")
+        if self.pooling not in ("cls", "mean"):
+            raise ValueError(f"config pooling must be 'cls' or 'mean', got {self.pooling!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
                              f"num_attention_heads {self.num_attention_heads}")

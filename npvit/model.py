@@ -4,6 +4,7 @@
       -> embedding: patches (im2col + GEMM), [CLS] prepended, + position embeddings   (B, N, D)
       -> encoder: L pre-norm blocks (attention, MLP, residuals)                          (B, N, D)
       -> [optional final LayerNorm] -> classifier on the [CLS] token                    (B, K)
+         (or, with pooling="mean", on the average of the patch tokens)
 
 Parameter names are those of the article's PyTorch ``ViTForClassfication``, so
 its ``state_dict`` loads here and ours loads there.
@@ -99,19 +100,21 @@ class ViT(Layer):
     def forward(self, x, return_attention=False):
         """x (B, C, H, W) -> logits (B, K); with return_attention also the L maps att (B, H, N, N).
 
-        The classifier reads [CLS] alone, so the last block computes only its row (B, 1, D); for the
-        attention maps every row is computed.
+        With [CLS] pooling the classifier reads that token alone, so the last block computes only its
+        row (B, 1, D); for the attention maps, or mean pooling, every row is computed.
         """
         self.check_input(x)
         self.batch_size = len(x)
         blocks = self.encoder.blocks
+        cls_only = self.config.pooling == "cls" and not return_attention
         h = self.embedding.forward(x)                            # (B, N, D): patches, [CLS], + positions
         for i, block in enumerate(blocks):
-            h = block.forward(h, cls_only=i == len(blocks) - 1 and not return_attention)   # (B, N or 1, D)
+            h = block.forward(h, cls_only=cls_only and i == len(blocks) - 1)    # (B, N or 1, D)
         if self.layernorm is not None:
             h = self.layernorm.forward(h)
         self.h_shape = h.shape
-        logits = self.classifier.forward(h[:, 0])                # (B, K): the [CLS] token only
+        pooled = h[:, 0] if self.config.pooling == "cls" else h[:, 1:].mean(axis=1)   # (B, D)
+        logits = self.classifier.forward(pooled)                 # (B, K)
         if return_attention:
             return logits, [block.attention.att for block in blocks]   # each (B, H, N, N), kept by the layer
         return logits
@@ -120,6 +123,7 @@ class ViT(Layer):
         """dlogits (B, K) -> dx (B, C, H, W); parameter gradients accumulate. The forward chain reversed:
 
             logits = classifier(h[:, 0])        dh[:, 0] = dlogits W_cls   (other tokens: 0), dW_cls, db_cls
+              or classifier(mean_{n>=1} h[:, n])   dh[:, n] = dlogits W_cls / (N - 1) for n >= 1 ([CLS]: 0)
             h = layernorm(h)   (optional)       dh = layernorm backward
             h = block_L(...(block_1(h0)))       for each block, last first:
                 x1 = x + attention(ln1(x))         dx1 = dy + ln2^T mlp^T dy
@@ -133,9 +137,12 @@ class ViT(Layer):
             raise ValueError(f"dlogits must have the logits' shape {(self.batch_size, self.config.num_classes)}, "
                              f"got {dlogits.shape}")
         xp = get_array_module(dlogits)
-        dcls = self.classifier.backward(dlogits)                 # (B, D)
-        dh = xp.zeros(self.h_shape, dtype=dcls.dtype)            # only token 0 reaches the classifier
-        dh[:, 0] = dcls
+        dpooled = self.classifier.backward(dlogits)              # (B, D)
+        dh = xp.zeros(self.h_shape, dtype=dpooled.dtype)
+        if self.config.pooling == "cls":
+            dh[:, 0] = dpooled                                   # only token 0 reaches the classifier
+        else:
+            dh[:, 1:] = (dpooled / (self.h_shape[1] - 1))[:, None, :]   # each patch token's share of the mean
         if self.layernorm is not None:
             dh = self.layernorm.backward(dh)
         for block in reversed(self.encoder.blocks):

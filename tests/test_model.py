@@ -34,11 +34,15 @@ def test_article_model_has_119k_parameters():
 
 
 @pytest.mark.parametrize("kernels", ["fast", "reference"])
-@pytest.mark.parametrize("variant", ["plain", "final_layernorm", "erf_gelu", "no_qkv_bias", "smoothing"])
+@pytest.mark.parametrize("variant", ["plain", "final_layernorm", "mean_pooling", "erf_gelu", "no_qkv_bias",
+                                     "smoothing"])
 def test_whole_model_gradcheck(variant, kernels, backend):
     c = small_vit_config().to_dict()
     smoothing = 0.0
     if variant == "final_layernorm":
+        c["final_layernorm"] = True
+    elif variant == "mean_pooling":
+        c["pooling"] = "mean"
         c["final_layernorm"] = True
     elif variant == "erf_gelu":
         c["gelu_approximate"] = "none"
@@ -87,6 +91,43 @@ def test_matches_article_pytorch_model(name, dtype, kernels, backend):
     assert list(grads) == list(named)
     for k, g in grads.items():
         assert g.dtype == np.dtype(dtype), k
+        assert_close(g, named[k].grad, dtype, f"grad {k}")
+
+
+@pytest.mark.parametrize("final_layernorm", [False, True])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_mean_pooling_matches_pytorch(dtype, final_layernorm, backend):
+    """pooling="mean": the article's modules with the classifier on the mean of the patch tokens (after an
+    optional final nn.LayerNorm), as timm's global_pool="avg"; logits, dx and every gradient."""
+    config = {**ARTICLE, "pooling": "mean", "final_layernorm": final_layernorm}
+    model = ViT(config, backend=backend, dtype=dtype, seed=2)
+    article = {k: v for k, v in config.items() if k not in ("pooling", "final_layernorm")}
+    ref = torch_model(article, dtype, backend)
+    norm = torch.nn.LayerNorm(48).to(dtype=getattr(torch, dtype), device=torch_device(backend))
+    sd = model.state_dict()
+    if final_layernorm:
+        norm.load_state_dict({"weight": torch.tensor(sd.pop("layernorm.weight")),
+                              "bias": torch.tensor(sd.pop("layernorm.bias"))})
+    ref.load_state_dict({k: torch.tensor(v) for k, v in sd.items()}, strict=True)
+    rng = np.random.default_rng(5)
+    images = rng.standard_normal((6, 3, 32, 32))
+    dlogits = rng.standard_normal((6, 10))
+    logits = model(to_device(images.astype(dtype), model.xp))
+    model.zero_grad()
+    dx = model.backward(to_device(dlogits.astype(dtype), model.xp))
+    xt = to_torch(images, dtype, backend, requires_grad=True)
+    h, _ = ref.encoder(ref.embedding(xt))
+    h = norm(h) if final_layernorm else h
+    logits_t = ref.classifier(h[:, 1:].mean(dim=1))
+    logits_t.backward(torch.tensor(dlogits, dtype=logits_t.dtype, device=logits_t.device))
+    assert_close(logits, logits_t, dtype, "logits")
+    assert_close(dx, xt.grad, dtype, "dx")
+    named = dict(ref.named_parameters())
+    if final_layernorm:
+        named.update({f"layernorm.{k}": v for k, v in norm.named_parameters()})
+    grads = model.grad_dict()
+    assert set(grads) == set(named) and grads["embedding.cls_token"].any()      # [CLS] still feeds the patches
+    for k, g in grads.items():
         assert_close(g, named[k].grad, dtype, f"grad {k}")
 
 
