@@ -39,6 +39,9 @@ OPTIONS = {
     "label_smoothing": Option(0.0, "label smoothing epsilon, in [0, 1)", "fraction"),
     "augment": Option("article", "none | flip | crop_flip (pad + random crop + flip) | article (flip + "
                       "RandomResizedCrop)", "choice", ("none", "flip", "crop_flip", "article")),
+    "trivial_augment": Option(False, "TrivialAugment: one random operation per image (shear, translate, rotate, "
+                              "brightness, colour, contrast, sharpness, posterize, solarize, autocontrast, "
+                              "equalize or none) at a random strength, before --augment's crop and flip", "bool"),
     "crop_padding": Option(4, "padding for crop_flip", "int>=0"),
     "rrc_scale": Option([0.8, 1.0], "RandomResizedCrop area range, two numbers 0 < low <= high <= 1", "scale"),
     "mixup": Option(0.0, "mixup alpha (0 = off)", "float>=0"),
@@ -93,13 +96,13 @@ RECIPES = {
     "article": {"epochs": 100, "batch_size": 256, "lr": 1e-2, "weight_decay": 1e-2, "decay": "all",
                 "warmup_epochs": 0.0, "schedule": "constant", "label_smoothing": 0.0, "augment": "article",
                 "rrc_scale": [0.8, 1.0], "normalize": "half", "mixup": 0.0, "cutmix": 0.0, "grad_clip": 0.0,
-                "ema": 0.0},
+                "ema": 0.0, "trivial_augment": False},
     # Ours: AdamW lr 3e-3, weight decay 0.05 on weight matrices only, 3 warmup epochs then cosine to zero,
     # pad-4 random crop + flip, label smoothing 0.1, per-channel normalisation, batch 128.
     "strong": {"epochs": 100, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.05, "decay": "matrices",
                "warmup_epochs": 3.0, "schedule": "cosine", "label_smoothing": 0.1, "augment": "crop_flip",
                "crop_padding": 4, "normalize": "dataset", "mixup": 0.0, "cutmix": 0.0, "grad_clip": 0.0,
-               "ema": 0.0},
+               "ema": 0.0, "trivial_augment": False},
 }
 assert set(RECIPES) == set(OPTIONS["recipe"].choices)
 

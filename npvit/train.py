@@ -31,6 +31,7 @@ from .cli import SafeStream, run_main
 from .config import ViTConfig
 from .data import Dataset, load_dataset
 from .ema import EMA
+from .trivial_augment import trivial_augment
 from .evaluate import predict_logits
 from .distributed import SingleProcess, get_world, shard
 from .errors import CheckpointError, ConfigError, DataError, Diverged, RunDirError, StartFailed, UserError
@@ -87,8 +88,15 @@ def norm_stats(cfg, data):
     return data.channel_stats()
 
 
-def augment_batch(cfg, x, y, rng, host_rng):
-    """x float (B, C, H, W) normalised, y (B,) -> augmented x and targets (labels, or soft targets with mix)."""
+def augment_batch(cfg, images_u8, y, norm, dtype, rng, host_rng):
+    """uint8 images (B, C, H, W) and labels y (B,) -> normalised augmented x and targets (labels, or soft
+    targets with mixup/cutmix). ``norm``: the (shift, scale) pair of aug.normalizer."""
+    if cfg["trivial_augment"]:          # on the pixels, in [0, 1]; then the rest on the normalised images
+        pixels = trivial_augment(images_u8.astype(dtype) * dtype.type(1 / 255), rng)
+        pixels *= dtype.type(255)
+        x = aug.normalize(pixels, *norm, dtype)
+    else:
+        x = aug.normalize(images_u8, *norm, dtype)
     if cfg["augment"] == "crop_flip":
         x = aug.random_crop(x, cfg["crop_padding"], rng)
     if cfg["augment"] == "article":
@@ -348,8 +356,7 @@ class Trainer:
                 yb = self.y_train[idx]
                 rng = default_rng(xp, self.seed(epoch, i, 1))
                 host_rng = np.random.default_rng(self.seed(epoch, i, 3))
-                xb = aug.normalize(self.x_train[idx], *self.norm, net.dtype)
-                xb, target = augment_batch(cfg, xb, yb, rng, host_rng)
+                xb, target = augment_batch(cfg, self.x_train[idx], yb, self.norm, net.dtype, rng, host_rng)
                 net.reseed(self.seed(epoch, i, 2))                 # dropout masks from (seed, epoch, step) alone
                 loss, n_correct = train_step(net, self.opt, xb, target, yb, cfg["label_smoothing"],
                                              cfg["grad_clip"], cfg["micro_batch"], global_batch=len(batch),

@@ -15,9 +15,9 @@ DRIVER = os.path.join(REPO, "tests", "train_driver.py")
 # A small model keeps the resume tests quick; they test the loop, not the model.
 SMALL = ["--hidden-size", "24", "--num-attention-heads", "3", "--intermediate-size", "48",
          "--num-hidden-layers", "2", "--no-progress", "--threads", "2"]   # 2 shards: their dropout must resume too
-# What a resume must carry on exactly: the schedule, mixup's and dropout's streams, the moving average.
+# What a resume must carry on exactly: the schedule, the augmentations' and dropout's streams, the moving average.
 RESUMED = ["--epochs", "3", "--batch-size", "64", "--warmup-epochs", "1", "--mixup", "0.2", "--hidden-dropout-prob",
-           "0.1", "--ema", "0.9", "--eval-raw"] + SMALL
+           "0.1", "--ema", "0.9", "--eval-raw", "--trivial-augment"] + SMALL
 
 
 def run(args, env=None, check=True):
