@@ -17,7 +17,7 @@ from .cli import positive_int
 from .data import load_dataset, load_image
 from .errors import UserError
 from .evaluate import check_labels, confusion_matrix, load_trained, predict_proba, topk
-from .parallel import threads_arg, threads_warning
+from .parallel import one_blas_thread, threads_arg, threads_warning
 from .runfiles import atomic_write_text, check_writable
 from .visualize import attention_rollout, check_image_path, cls_attention, plot_attention, plot_curves, read_metrics
 
@@ -46,7 +46,8 @@ def evaluate_main(argv=None, prog=None):
     data = load_dataset(args.dataset, args.data_dir, c.image_size, c.num_channels).limit(test=args.test_limit)
     classes = meta["classes"]
     check_labels(data.y_test, classes, f"the test data in {args.data_dir}")
-    preds = predict_proba(model, data.x_test, meta["mean"], meta["std"], tta_flip=args.tta_flip).argmax(-1)
+    with one_blas_thread(model):            # --threads 1: one core
+        preds = predict_proba(model, data.x_test, meta["mean"], meta["std"], tta_flip=args.tta_flip).argmax(-1)
     y = data.y_test
     cm = confusion_matrix(y, preds, len(classes))
     acc = float((preds == y).mean())

@@ -25,6 +25,7 @@ or CUDA-graph runner would be.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from argparse import ArgumentTypeError
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -59,6 +60,17 @@ def parallelize(model, threads):
     wrapped in DataParallel when that is more than one, else the model itself."""
     n = check_threads(threads, getattr(model, "backend", "numpy"))
     return DataParallel(model, n) if n > 1 else model
+
+
+def one_blas_thread(net):
+    """A context for running ``net``: where it is a bare NumPy model (one thread, no DataParallel),
+    BLAS is held to one thread, so that one thread means one core. Unheld, OpenBLAS starts a thread
+    per core whose spin-waiting after every GEMM takes the other cores: two such processes (two runs,
+    or two MPI ranks) on two cores trained at about a quarter of their speed each. DataParallel holds
+    BLAS to one thread per shard itself; a GPU model has nothing to hold."""
+    if isinstance(net, DataParallel) or getattr(net, "backend", "numpy") != "numpy":
+        return contextlib.nullcontext()
+    return blas_controller().limit(limits=1, user_api="blas")
 
 
 def threads_warning(threads):

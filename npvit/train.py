@@ -40,7 +40,7 @@ from .model import ViT
 from .optim import AdamW, clip_grad_norm, weight_decay_groups
 from .options import (ALL_KEYS, MODEL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, build_config, default_text,  # noqa: F401
                       validate)
-from .parallel import default_threads, parallelize, threads_arg, threads_warning
+from .parallel import default_threads, one_blas_thread, parallelize, threads_arg, threads_warning
 from .runfiles import RunDir, contents, strict_json, write_metrics, atomic_write_text
 
 LOG_EVERY = 10          # steps between reads of the running loss: progress display and divergence check
@@ -323,7 +323,7 @@ class Trainer:
         self.net.train()
         self.stop.note = self.err
         # A diverging run overflows; the loop reports that itself (diverged), so NumPy's warnings would be noise.
-        with self.stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        with self.stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"), one_blas_thread(self.net):
             for epoch in range(self.state["epoch"], cfg["epochs"]):
                 finished, step, partial, lr = self.train_epoch(epoch)     # unfinished: a stop was requested
                 if finished:

@@ -99,6 +99,32 @@ def test_shards_run_on_their_own_threads_with_blas_on_one():
     assert blas_threads() == before, "BLAS threads were not restored after the step"
 
 
+def test_one_thread_training_holds_blas_to_one_thread(tmp_path):
+    """--threads 1 means one core: BLAS holds no spinning pool of its own during the steps (two such
+    processes on two cores each ran at a quarter speed), and has its threads back afterwards."""
+    from threadpoolctl import threadpool_info
+
+    from npvit.train import build_config, train
+    from tests.cifar_fixtures import write_fake_cifar
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    if max(before, default=1) < 2:
+        pytest.skip("BLAS runs one thread here already (one core, or OPENBLAS_NUM_THREADS=1): nothing to hold")
+    seen = []
+    cfg = build_config(overrides={"data_dir": str(write_fake_cifar(tmp_path, n_per_batch=16)), "epochs": 1,
+                                  "batch_size": 32, "out_dir": str(tmp_path / "run"), "threads": 1,
+                                  "progress": False, **SMALL_TRAIN})
+    train(cfg, log=lambda *a: None, callbacks=[lambda trainer, epoch, step: seen.append(blas_threads())])
+    assert seen and all(n == [1] * len(before) for n in seen), seen
+    assert blas_threads() == before
+
+
+SMALL_TRAIN = {"hidden_size": 24, "num_attention_heads": 3, "intermediate_size": 48, "num_hidden_layers": 1}
+
+
 def test_dropout_masks_differ_between_shards_and_repeat_with_the_seed():
     c = {**SMALL, "hidden_dropout_prob": 0.5, "attention_probs_dropout_prob": 0.5}
     x = np.repeat(np.random.default_rng(0).standard_normal((1, 3, 8, 8)), 2, axis=0)   # the same image twice
