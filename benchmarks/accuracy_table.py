@@ -1,0 +1,109 @@
+"""The accuracy of finished (or running) training runs, as the Markdown table of README.md and
+docs/experiments.md: per run its recipe and flags, seed, epochs, final and best accuracy, and the
+epochs and minutes (training + evaluation, cumulative) it took to first reach each threshold.
+
+    python benchmarks/accuracy_table.py runs/article-s42 runs/sprint-s1 ...
+    python benchmarks/accuracy_table.py runs/* --thresholds 0.70 0.755 --json results/accuracy.json
+
+A run evaluated on held-out training images (--val-split) is reported on those ("val"); the
+others on the test set. Times are the run's own (metrics.jsonl's seconds and eval_seconds):
+comparable only between runs that had the same cores to themselves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from npvit.cli import run_main  # noqa: E402
+from npvit.errors import UserError  # noqa: E402
+from npvit.options import RECIPES, TRAIN_DEFAULTS  # noqa: E402
+from npvit.runfiles import read_metrics  # noqa: E402
+
+# Settings that are not the recipe's own and do not change what is trained or measured.
+NOT_RECIPE = {"seed", "data_dir", "out_dir", "download", "progress", "threads", "eval_batch_size", "save_every",
+              "eval_every", "recipe", "backend", "check_replicas", "kernels"}
+
+
+def flags(cfg):
+    """The settings where the run differs from its recipe, as flags (--init torch --ema 0.999 ...)."""
+    from npvit.config import ViTConfig
+
+    base = {**TRAIN_DEFAULTS, **ViTConfig().to_dict(), **RECIPES.get(cfg.get("recipe"), {})}
+    out = []
+    for key, value in cfg.items():
+        if key in NOT_RECIPE or key not in base or base[key] == value:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value is False:
+            out.append("--no-" + key.replace("_", "-"))
+        else:
+            out.append(f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}")
+    return " ".join(out)
+
+
+def summarise(run, thresholds):
+    metrics_path, config_path = os.path.join(run, "metrics.jsonl"), os.path.join(run, "config.json")
+    if not os.path.isfile(metrics_path) or not os.path.isfile(config_path):
+        raise UserError(f"{run} is not a run directory (no metrics.jsonl and config.json)")
+    with open(config_path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    records = read_metrics(metrics_path)
+    split = "val" if cfg.get("val_split") else "test"
+    key = f"{split}_acc"
+    clock, reached, accs = 0.0, {}, []
+    for r in records:
+        clock += r.get("seconds", 0.0) + r.get("eval_seconds", 0.0)
+        if r.get(key) is None:
+            continue
+        accs.append((r["epoch"], r[key]))
+        for t in thresholds:
+            if t not in reached and r[key] >= t:
+                reached[t] = (r["epoch"], clock / 60.0)
+    if not accs:
+        raise UserError(f"{run} has no evaluated epoch yet")
+    best = max(accs, key=lambda a: a[1])
+    return {"run": run, "recipe": cfg.get("recipe"), "flags": flags(cfg), "seed": cfg.get("seed"), "split": split,
+            "epochs": f"{records[-1]['epoch']}/{cfg.get('epochs')}", "final": accs[-1][1], "best": best[1],
+            "best_epoch": best[0], "minutes": clock / 60.0,
+            "reached": {f"{t:g}": reached.get(t) for t in thresholds}}
+
+
+def markdown(rows, thresholds):
+    head = ["run", "recipe", "flags", "seed", "epochs", "final", "best (epoch)", "minutes"]
+    head += [f"{100 * t:g}%: epoch, min" for t in thresholds]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [os.path.basename(os.path.normpath(r["run"])), r["recipe"], f"`{r['flags']}`" if r["flags"] else "",
+                 str(r["seed"]), r["epochs"], f"{r['split']} {100 * r['final']:.2f}%",
+                 f"{100 * r['best']:.2f}% ({r['best_epoch']})", f"{r['minutes']:.0f}"]
+        for t in thresholds:
+            hit = r["reached"][f"{t:g}"]
+            cells.append(f"{hit[0]}, {hit[1]:.0f}" if hit else "not reached")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl and config.json)")
+    p.add_argument("--thresholds", nargs="+", type=float, default=[0.70, 0.75, 0.755, 0.80],
+                   help="accuracies (fractions) to time (default: 0.70 0.75 0.755 0.80)")
+    p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    args = p.parse_args(argv)
+    rows = [summarise(run, args.thresholds) for run in args.runs]
+    print(markdown(rows, args.thresholds))
+    if args.json:
+        from npvit.runfiles import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
