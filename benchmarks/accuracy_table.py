@@ -4,6 +4,7 @@ epochs and minutes (training + evaluation, cumulative) it took to first reach ea
 
     python benchmarks/accuracy_table.py runs/article-s42 runs/sprint-s1 ...
     python benchmarks/accuracy_table.py runs/* --thresholds 0.70 0.755 --json results/accuracy.json
+    python benchmarks/accuracy_table.py runs/a runs/b --plot docs/accuracy.png   # the curves, per epoch and minute
 
 A run evaluated on held-out training images (--val-split) is reported on those ("val"); the
 others on the test set. Times are the run's own (metrics.jsonl's seconds and eval_seconds):
@@ -56,12 +57,13 @@ def summarise(run, thresholds):
     records = read_metrics(metrics_path)
     split = "val" if cfg.get("val_split") else "test"
     key = f"{split}_acc"
-    clock, reached, accs = 0.0, {}, []
+    clock, reached, accs, curve = 0.0, {}, [], []
     for r in records:
         clock += r.get("seconds", 0.0) + r.get("eval_seconds", 0.0)
         if r.get(key) is None:
             continue
         accs.append((r["epoch"], r[key]))
+        curve.append((r["epoch"], clock / 60.0, r[key]))
         for t in thresholds:
             if t not in reached and r[key] >= t:
                 reached[t] = (r["epoch"], clock / 60.0)
@@ -71,7 +73,7 @@ def summarise(run, thresholds):
     return {"run": run, "recipe": cfg.get("recipe"), "flags": flags(cfg), "seed": cfg.get("seed"), "split": split,
             "epochs": f"{records[-1]['epoch']}/{cfg.get('epochs')}", "final": accs[-1][1], "best": best[1],
             "best_epoch": best[0], "minutes": clock / 60.0,
-            "reached": {f"{t:g}": reached.get(t) for t in thresholds}}
+            "reached": {f"{t:g}": reached.get(t) for t in thresholds}, "curve": curve}
 
 
 def markdown(rows, thresholds):
@@ -89,15 +91,39 @@ def markdown(rows, thresholds):
     return "\n".join(lines)
 
 
+def plot(rows, path):
+    """Accuracy against epochs and against minutes, a line per run."""
+    from npvit.visualize import _plt, check_image_path, save_figure
+
+    plt = _plt()
+    check_image_path(path)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in rows:
+        label = f"{os.path.basename(os.path.normpath(r['run']))} ({r['split']})"
+        epochs, minutes, acc = zip(*r["curve"])
+        a.plot(epochs, [100 * v for v in acc], label=label)
+        b.plot(minutes, [100 * v for v in acc], label=label)
+    for ax, x in ((a, "epoch"), (b, "minutes (training + evaluation)")):
+        ax.set_xlabel(x), ax.set_ylabel("accuracy (%)"), ax.grid(alpha=0.3)
+        ax.axhline(75.5, color="grey", lw=0.8, ls="--")
+    a.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl and config.json)")
     p.add_argument("--thresholds", nargs="+", type=float, default=[0.70, 0.75, 0.755, 0.80],
                    help="accuracies (fractions) to time (default: 0.70 0.75 0.755 0.80)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    p.add_argument("--plot", metavar="PNG", help="also draw the runs' accuracy against epochs and minutes")
     args = p.parse_args(argv)
     rows = [summarise(run, args.thresholds) for run in args.runs]
     print(markdown(rows, args.thresholds))
+    if args.plot:
+        plot(rows, args.plot)
     if args.json:
         from npvit.runfiles import atomic_write_text
 
