@@ -42,3 +42,17 @@ def test_accepts_the_articles_config_dict_and_json(tmp_path):
 def test_bad_config_is_a_clear_error(change, error, match):
     with pytest.raises(error, match=match):
         ViTConfig.from_dict({**ARTICLE, **change})
+
+
+def test_every_recipe_pins_what_it_trains_with():
+    """A recipe names every setting that changes what is trained, so a change of a default (say --init's)
+    never changes a recipe's runs behind its back; and each builds into a valid config."""
+    from npvit.options import RECIPES, build_config
+
+    training = {"epochs", "batch_size", "lr", "weight_decay", "decay", "warmup_epochs", "schedule", "label_smoothing",
+                "augment", "normalize", "mixup", "cutmix", "grad_clip", "ema", "trivial_augment", "init", "tta_flip"}
+    for name, recipe in RECIPES.items():
+        assert training <= set(recipe), f"recipe {name} leaves {sorted(training - set(recipe))} to the defaults"
+        cfg = build_config(recipe=name)
+        assert cfg["recipe"] == name and all(cfg[k] == v for k, v in recipe.items())
+    assert build_config(recipe="sprint")["pooling"] == "mean" and build_config(recipe="article")["pooling"] == "cls"
