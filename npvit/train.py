@@ -251,7 +251,6 @@ class Trainer:
                   else None)
         self.opt = AdamW(self.model, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"],
                          param_groups=groups)
-        self.ema = EMA(self.model, cfg["ema"]) if cfg["ema"] else None    # evaluated in place of the weights
         self.state = {"epoch": 0, "step": 0, "best_acc": -1.0, "partial": None}
         self.history = []
         if resumed is not None:
@@ -259,14 +258,15 @@ class Trainer:
             self.opt.load_state_dict(resumed.optim)
             self.state = dict(resumed.meta["train"])
             self.history = resumed.meta.get("history", [])
-            if self.ema is not None:        # a run that kept no average (or --ema added now) starts one here
-                self.ema = EMA(self.model, cfg["ema"])
-                if resumed.averaged:
-                    self.ema.load(resumed.averaged, self.state.get("ema_updates", 0))
             if not resumed.same_dir:            # best.npz stays with the run it came from
                 self.state["best_acc"] = -1.0
         elif cfg["init_from"]:
             self.model.load_state_dict(init_weights(cfg))
+        # The moving average of the weights, evaluated in place of them: it starts at the weights as they are
+        # now, or goes on from the checkpoint's (a run that kept none, or --ema added on resume, starts here).
+        self.ema = EMA(self.model, cfg["ema"]) if cfg["ema"] else None
+        if self.ema is not None and resumed is not None and resumed.averaged:
+            self.ema.load(resumed.averaged, self.state.get("ema_updates", 0))
 
         # The data goes to the device once; batches are gathered, normalised and augmented there.
         self.x_train, self.y_train = to_device(data.x_train, xp), to_device(data.y_train, xp)

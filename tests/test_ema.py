@@ -160,3 +160,17 @@ def test_init_from_and_export_take_the_average(ema_run, tmp_path):
     for k in averaged:
         np.testing.assert_array_equal(started[k], averaged[k], err_msg=k)
         np.testing.assert_array_equal(exported[k], averaged[k], err_msg=k)
+
+
+def test_the_average_of_an_init_from_run_starts_at_its_weights(ema_run, tmp_path):
+    """--init-from X --ema: the average starts at X's weights, not at the random ones they replaced."""
+    data, out = ema_run
+    latest = os.path.join(out, "latest.npz")
+    start = read_checkpoint(latest)[4]                   # what --init-from takes: the average
+    init = str(tmp_path / "init")
+    subprocess.run(TRAIN + ["--data-dir", data, "--out-dir", init, "--epochs", "1", "--lr", "1e-12",
+                            "--weight-decay", "0", "--ema", "0.9", "--init-from", latest] + SMALL, check=True,
+                   capture_output=True, cwd=REPO)
+    averaged = read_checkpoint(os.path.join(init, "latest.npz"))[4]
+    for k in start:
+        np.testing.assert_allclose(averaged[k], start[k], rtol=0, atol=1e-7, err_msg=k)
