@@ -71,6 +71,12 @@ def read_checkpoint(path):
     return config, params, optim, meta, averaged
 
 
+def evaluated_weights(params, averaged):
+    """The weights a training run evaluated: the moving average of its weights where it kept one (--ema),
+    else the weights themselves. What evaluate, predict, export and --init-from take."""
+    return averaged or params
+
+
 def check_finite(params, path):
     """Refuse weights holding NaN or infinity, naming the arrays (a diverged run's model)."""
     bad = [k for k, v in params.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
@@ -92,7 +98,7 @@ def load_checkpoint(path, backend="numpy", dtype=None, threads=1, averaged=False
     from .parallel import parallelize
 
     config, params, optim, meta, ema = read_checkpoint(path)
-    params = ema if averaged and ema else params
+    params = evaluated_weights(params, ema) if averaged else params
     check_finite(params, path)
     model = ViT(config, backend=backend, dtype=dtype or meta.get("dtype", "float32"))
     try:
@@ -117,7 +123,7 @@ def export_safetensors(src, dst, dtype=None):
     the ones its run evaluated (the moving average where it kept one, --ema). ``dtype`` (e.g. "float32")
     casts them, else they keep the checkpoint's dtype."""
     config, params, _, meta, ema = read_checkpoint(src)
-    params = ema or params            # the weights the run evaluated: their moving average where it kept one
+    params = evaluated_weights(params, ema)
     check_finite(params, src)
     st = _safetensors_numpy()
     if dtype is not None:

@@ -26,14 +26,13 @@ import numpy as np
 
 from . import augment as aug
 from .backend import default_rng, get_xp, seed_for, to_device, to_host_scalar
-from .checkpoint import check_finite, read_checkpoint, save_checkpoint
+from .checkpoint import check_finite, evaluated_weights, read_checkpoint, save_checkpoint
 from .cli import SafeStream, run_main
 from .config import ViTConfig
 from .data import Dataset, load_dataset
-from .ema import EMA
-from .trivial_augment import trivial_augment
-from .evaluate import predict_logits
 from .distributed import SingleProcess, get_world, shard
+from .ema import EMA
+from .evaluate import predict_logits
 from .errors import CheckpointError, ConfigError, DataError, Diverged, RunDirError, StartFailed, UserError
 from .losses import softmax_cross_entropy
 from .model import ViT
@@ -42,6 +41,7 @@ from .options import (ALL_KEYS, MODEL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, bu
                       validate)
 from .parallel import default_threads, one_blas_thread, parallelize, threads_arg, threads_warning
 from .runfiles import RunDir, contents, strict_json, write_metrics, atomic_write_text
+from .trivial_augment import trivial_augment
 
 LOG_EVERY = 10          # steps between reads of the running loss: progress display and divergence check
 PLAIN_PROGRESS_S = 30   # seconds between progress lines when stderr is not a terminal
@@ -527,7 +527,7 @@ def init_weights(cfg):
     """The weights of --init-from, which must be of the config's model: the ones its run evaluated (their
     moving average where it kept one, --ema)."""
     _, params, _, _, averaged = read_for(cfg, cfg["init_from"], f"--init-from {cfg['init_from']}")
-    return averaged or params
+    return evaluated_weights(params, averaged)
 
 
 def claim_for_resume(run, ckpt, overwrite):

@@ -53,6 +53,10 @@ def magnitudes(op, num_bins=NUM_BINS):
     return np.zeros(num_bins)
 
 
+# (operation, bin) -> strength, float64 (Posterize's bits are whole numbers): one upload per batch, not one per op.
+STRENGTHS = np.stack([magnitudes(op).astype(np.float64) for op in OPS])     # (14, 31)
+
+
 def trivial_augment(x, rng):
     """x (B, C, H, W) floats in [0, 1] -> each image with one random operation at a random strength.
     ``rng``: a Generator on x's device (numpy or cupy)."""
@@ -61,6 +65,7 @@ def trivial_augment(x, rng):
     op_of = rng.integers(0, len(OPS), size=B)                   # (B,) which operation each image gets
     bin_of = rng.integers(0, NUM_BINS, size=B)                  # (B,) at which strength
     sign = xp.where(rng.random(B) < 0.5, -1.0, 1.0)             # (B,) for the signed operations
+    strengths = xp.asarray(STRENGTHS)                           # (14, 31) on x's device
     out = x.copy()
     for k, op in enumerate(OPS):
         if op == "Identity":
@@ -68,7 +73,7 @@ def trivial_augment(x, rng):
         rows = xp.nonzero(op_of == k)[0]
         if rows.size == 0:
             continue
-        m = xp.asarray(magnitudes(op))[bin_of[rows]]            # (b,) the strengths of these images
+        m = strengths[k, bin_of[rows]]                          # (b,) the strengths of these images
         if op in SIGNED:
             m = m * sign[rows]
         out[rows] = apply(op, x[rows], m)
