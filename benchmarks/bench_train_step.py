@@ -93,8 +93,10 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
                                    "attention_probs_dropout_prob": 0.0}).to(dev)
         ref.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
         x, y = torch.tensor(x_host, device=dev), torch.tensor(y_host, device=dev)
-        opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=0.05)
+        # "torch-graph": the whole step captured in one CUDA graph (the optimiser then needs capturable=True)
+        opt = torch.optim.AdamW(ref.parameters(), lr=1e-3, weight_decay=0.05, capturable=framework == "torch-graph")
         loss_fn = torch.nn.CrossEntropyLoss()
+        forward = torch.compile(ref) if framework == "torch-compile" else ref
 
         def sync():
             if gpu:
@@ -102,13 +104,27 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
 
         def train_step():
             opt.zero_grad(set_to_none=False)
-            loss_fn(ref(x)[0], y).backward()
+            loss_fn(forward(x)[0], y).backward()
             opt.step()
+
+        if framework == "torch-graph":   # PyTorch's documented whole-network capture
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    train_step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            opt.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                loss_fn(ref(x)[0], y).backward()
+                opt.step()
+            train_step = graph.replay
 
         def infer():
             ref.eval()
             with torch.no_grad():
-                ref(x)
+                forward(x)
             ref.train()
 
     def timed(fn):
@@ -147,9 +163,7 @@ def peak_step_memory(step, sync, framework, gpu):
             pool.free_all_blocks()
             before = pool.used_bytes()
             # CuPy has no peak counter: sample through a malloc hook
-            from cupy.cuda import memory_hooks
-
-            class Peak(memory_hooks.MemoryHook):
+            class Peak(cupy.cuda.MemoryHook):
                 name = "peak"
                 peak = 0
 
@@ -162,6 +176,8 @@ def peak_step_memory(step, sync, framework, gpu):
             return (Peak.peak - before) / 2**20
         import torch
 
+        if framework == "torch-graph":
+            return float("nan")     # the graph's private pool took its memory at capture; a replay allocates none
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         step()
@@ -346,7 +362,8 @@ def main(argv=None):
         for patch in patches:
             for b in batches:
                 row = {"model": model, "patch": patch, "tokens": (32 // patch) ** 2 + 1, "batch": b}
-                frameworks = ("npvit", "npvit-reference", "torch")
+                frameworks = ("npvit", "npvit-reference", "torch") + (
+                    ("torch-compile", "torch-graph") if a.backend == "cupy" else ())
                 raw = {fw: {"train_ms": [], "infer_ms": []} for fw in frameworks}
                 for rnd in range(a.rounds):
                     for fw in frameworks:
@@ -373,6 +390,11 @@ def main(argv=None):
                       f"{row['torch_infer_ms']:>9.1f}{row['ratio_infer_ms']:>7.2f}{row['npvit-reference_infer_ms']:>9.1f}"
                       f"{row['ratio_reference_infer_ms']:>7.2f} | {row['npvit_peak_mb']:>9.1f}{row['torch_peak_mb']:>8.1f}"
                       f"{row['ratio_peak_mb']:>7.2f}", flush=True)
+                for fw in frameworks[3:]:   # the GPU's other PyTorch modes, against npvit
+                    row[f"npvit_over_{fw}_train_ms"] = row["npvit_train_ms"] / row[f"{fw}_train_ms"]
+                    print(f"{'':<21} | {fw}: train {row[f'{fw}_train_ms']:.2f} ms (npvit/{fw} "
+                          f"{row[f'npvit_over_{fw}_train_ms']:.2f}), infer {row[f'{fw}_infer_ms']:.2f} ms, "
+                          f"peak {row[f'{fw}_peak_mb']:.1f} MiB", flush=True)
     out = a.json or os.path.join(REPO, "benchmarks", "results", f"{a.backend}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

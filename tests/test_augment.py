@@ -44,7 +44,7 @@ def test_random_resized_crop(xp):
 
 
 def test_same_seed_same_augmentation(xp):
-    x = images(xp)
+    x = images(xp, B=32)   # 32 images: two seeds drawing the same 32 flips happens once in 4e9
     for fn in (lambda r: aug.random_crop(x, 4, r), lambda r: aug.random_flip(x, r),
                lambda r: aug.random_resized_crop(x, r, (0.3, 1.0))):
         np.testing.assert_array_equal(to_numpy(fn(default_rng(xp, 5))), to_numpy(fn(default_rng(xp, 5))))
