@@ -34,8 +34,8 @@ OPTIONS = {
                     ("all", "matrices")),
     "betas": Option([0.9, 0.999], "AdamW betas, two numbers in [0, 1)", "betas"),
     "warmup_epochs": Option(0.0, "linear warmup length in epochs (fractions allowed)", "float>=0"),
-    "schedule": Option("constant", "after warmup: constant, or cosine (to zero at the end)", "choice",
-                       ("constant", "cosine")),
+    "schedule": Option("constant", "after warmup: constant, cosine or linear (both to zero at the end)",
+                       "choice", ("constant", "cosine", "linear")),
     "label_smoothing": Option(0.0, "label smoothing epsilon, in [0, 1)", "fraction"),
     "augment": Option("article", "none | flip | crop_flip (pad + random crop + flip) | article (flip + "
                       "RandomResizedCrop)", "choice", ("none", "flip", "crop_flip", "article")),

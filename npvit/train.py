@@ -48,7 +48,7 @@ PLAIN_PROGRESS_S = 30   # seconds between progress lines when stderr is not a te
 
 
 def lr_at(cfg, step, steps_per_epoch):
-    """Linear warmup from 0 over ``warmup_epochs``, then constant or cosine to zero at the last step."""
+    """Linear warmup from 0 over ``warmup_epochs``, then constant, or cosine or linear decay to zero at the end."""
     total = cfg["epochs"] * steps_per_epoch
     warmup = cfg["warmup_epochs"] * steps_per_epoch
     if step < warmup:
@@ -56,6 +56,8 @@ def lr_at(cfg, step, steps_per_epoch):
     if cfg["schedule"] == "constant":
         return cfg["lr"]
     progress = (step - warmup) / max(total - warmup, 1)
+    if cfg["schedule"] == "linear":
+        return cfg["lr"] * (1.0 - progress)
     return cfg["lr"] * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

@@ -141,6 +141,10 @@ def test_config_precedence_and_schedule(tmp_path):
     assert lrs[0] == pytest.approx(0.05) and lrs[19] == pytest.approx(1.0)
     assert max(lrs) == pytest.approx(1.0) and lrs[-1] < 1e-3
     assert all(a >= b for a, b in zip(lrs[19:], lrs[20:]))
+    cfg["schedule"] = "linear"                  # straight down from the peak: lr (1 - progress)
+    lrs = [lr_at(cfg, s, 10) for s in range(100)]
+    assert lrs[19] == pytest.approx(1.0) and lrs[20] == pytest.approx(1.0) and lrs[99] == pytest.approx(1 / 80)
+    assert lrs[60] == pytest.approx(0.5) and all(a - b == pytest.approx(1 / 80) for a, b in zip(lrs[20:], lrs[21:]))
 
 
 @pytest.mark.parametrize("micro", [4, 5, 1])
