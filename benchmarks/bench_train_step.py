@@ -102,10 +102,13 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
             if gpu:
                 torch.cuda.synchronize()
 
-        def train_step():
-            opt.zero_grad(set_to_none=False)
+        def backward_and_step():
             loss_fn(forward(x)[0], y).backward()
             opt.step()
+
+        def train_step():
+            opt.zero_grad(set_to_none=False)
+            backward_and_step()
 
         if framework == "torch-graph":   # PyTorch's documented whole-network capture
             side = torch.cuda.Stream()
@@ -115,10 +118,9 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
                     train_step()
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)       # backward then writes fresh gradients from the graph's pool
             with torch.cuda.graph(graph):
-                loss_fn(ref(x)[0], y).backward()
-                opt.step()
+                backward_and_step()
             train_step = graph.replay
 
         def infer():

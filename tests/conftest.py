@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from npvit.backend import cupy_available, get_xp
+from npvit.backend import cupy_available, get_xp, to_numpy
 
 # Relative tolerances for comparisons against PyTorch, one place for the whole suite.
 TORCH_RTOL = {"float64": 1e-10, "float32": 1e-4}
@@ -57,7 +57,5 @@ def real_data(tmp_path_factory):
 
 def rel_err(a, b):
     """max |a - b| / max |b|: a relative error that is not fooled by elements near zero."""
-    from npvit.backend import to_numpy
-
     a, b = to_numpy(a).astype(np.float64), to_numpy(b).astype(np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
