@@ -24,21 +24,22 @@ PER_HEAD_KEY = re.compile(r"^encoder\.blocks\.(\d+)\.attention\.heads\.(\d+)\.(q
 
 
 class ViT(Layer):
-    """ViT(config, backend="numpy"|"cupy", dtype="float32"|"float64", seed=0, kernels="fast"|"reference",
-    init="article"|"torch").
+    """ViT(config, backend="numpy"|"cupy", dtype="float32"|"float64", seed=0,
+    kernels="auto"|"numba"|"fast"|"reference", init="article"|"torch").
 
     ``model(x)`` -> logits (B, K); ``model.backward(dlogits)`` -> dx (B, C, H, W),
     with every parameter gradient added into ``model.gradients()`` (views into one flat
     buffer, ``model.flat_grads``). ``seed`` sets the weights and the dropout streams
     (``model.reseed(seed)`` sets the latter again). To run batches as shards on several
     CPU threads, wrap the model: ``npvit.DataParallel(model, threads=2)``. ``kernels`` picks the
-    implementation of every layer's math (npvit/ops): "fast" (default) or "reference", the plain
-    formulas; both compute the same function. ``init``: the article's initialisation (weight
+    implementation of every layer's math (npvit/ops), each the same function: "numba" (fused loops,
+    NumPy backend, needs Numba), "fast" (NumPy tricks) or "reference" (the plain formulas); "auto"
+    (default) is numba where it runs, else fast. ``init``: the article's initialisation (weight
     matrices N(0, 0.02), [CLS] and positions truncated normal) or PyTorch's module defaults
     (``torch_default_init``).
     """
 
-    def __init__(self, config=None, backend="numpy", dtype="float32", seed=0, kernels="fast", init="article"):
+    def __init__(self, config=None, backend="numpy", dtype="float32", seed=0, kernels="auto", init="article"):
         super().__init__()
         if config is None:
             config = ViTConfig()
@@ -65,7 +66,7 @@ class ViT(Layer):
         elif init != "article":
             raise ValueError(f"unknown init {init!r}; choose 'article' or 'torch'")
         self.astype(self.dtype).to(self.xp).flatten()          # one array of parameters, one of gradients
-        self.use_kernels(kernels)
+        self.use_kernels(kernels, backend)
         self.reseed(seed)
 
     @property

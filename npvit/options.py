@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from importlib.util import find_spec
 
 from .backend import BACKENDS, DTYPES
 from .config import ViTConfig
@@ -65,8 +66,10 @@ OPTIONS = {
                   "0 = off) and evaluate, select and save it in place of the raw weights", "fraction"),
     "eval_raw": Option(False, "with --ema: also evaluate the raw weights each epoch (raw_test_acc or "
                        "raw_val_acc in the metrics), to see what the average adds", "bool"),
-    "kernels": Option("fast", "fast | reference: the implementation of each layer's math (npvit/ops); the "
-                      "same function, the reference written to be read", "choice", ("fast", "reference")),
+    "kernels": Option("auto", "the implementation of each layer's math (npvit/ops), the same function in each: "
+                      "numba (fused loops compiled by Numba; numpy backend), fast (NumPy tricks), reference (written "
+                      "to be read); auto = numba where Numba is installed and the backend is numpy, else fast",
+                      "choice", ("auto", "numba", "fast", "reference")),
     "threads": Option("auto", "numpy: run each batch as this many shards on as many cores; auto = every core "
                       "this process may use", "threads"),
     "dataset": Option("cifar10", "cifar10 | folder (<data-dir>/train/<class>/*.png and test/)", "choice",
@@ -171,6 +174,13 @@ def validate(cfg):
         raise ConfigError(f"model config: {e}") from None
     if cfg["eval_raw"] and not cfg["ema"]:
         raise ConfigError("eval_raw evaluates the raw weights beside their moving average; it needs --ema")
+    if cfg["kernels"] == "numba":
+        if cfg["backend"] != "numpy":
+            raise ConfigError(f"kernels numba are CPU loops for the numpy backend; use --kernels auto or fast with "
+                              f"{cfg['backend']}")
+        if find_spec("numba") is None:
+            raise ConfigError("kernels numba need Numba, which is not installed: pip install numba (it comes with "
+                              "the [train] extra), or use --kernels fast")
     if cfg["threads"] != "auto" and cfg["threads"] > 1 and cfg["backend"] != "numpy":
         raise ConfigError(f"threads={cfg['threads']} splits the batch over CPU cores; it applies to the numpy "
                           f"backend only (use --threads 1 with {cfg['backend']})")

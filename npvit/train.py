@@ -35,6 +35,7 @@ from .ema import EMA
 from .evaluate import predict_logits
 from .errors import CheckpointError, ConfigError, DataError, Diverged, RunDirError, StartFailed, UserError
 from .losses import softmax_cross_entropy
+from .ops import kernels_name
 from .model import ViT
 from .optim import AdamW, clip_grad_norm, weight_decay_groups
 from .options import (ALL_KEYS, MODEL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, build_config, default_text,  # noqa: F401
@@ -313,7 +314,7 @@ class Trainer:
             print(threads_warning(cfg["threads"]), file=self.err)
         self.log(f"npvit: {self.model.num_parameters():,} parameters, {self.N} train / {len(self.y_test)} "
                  f"{'held-out (val)' if cfg['val_split'] else 'test'} images, {self.steps} steps of {self.B} per epoch, recipe {cfg['recipe']}, {cfg['backend']} "
-                 f"{cfg['dtype']}" + (f", {getattr(self.net, 'threads', 1)} threads" if cfg["backend"] == "numpy" else "")
+                 f"{cfg['dtype']}, kernels {kernels_name(self.model.kernels)}" + (f", {getattr(self.net, 'threads', 1)} threads" if cfg["backend"] == "numpy" else "")
                  + (f", {self.world.size} processes" if self.world.size > 1 else "") + f"; writing to {self.run.path}")
 
     def fit(self):

@@ -10,6 +10,19 @@ GRADCHECK_TOL = 1e-6
 
 BACKENDS = ["numpy", pytest.param("cupy", marks=pytest.mark.gpu)]
 
+# The kernel sets (npvit/ops) beside the reference; numba runs on the numpy backend only.
+FAST_SETS = ["fast", "numba"]
+KERNEL_SETS = ["fast", "numba", "reference"]
+
+
+def skip_unless_runs(kernels, backend="numpy"):
+    """Skip a case of kernel set ``kernels`` that cannot run on ``backend`` here: numba on the GPU, or
+    where Numba is not installed (it is in the test extra, so CI runs every case)."""
+    if kernels == "numba":
+        if backend != "numpy":
+            pytest.skip("the numba kernels are CPU loops for the numpy backend")
+        pytest.importorskip("numba")
+
 
 def _torch_in_ieee_float32():
     """PyTorch on CUDA lets cuDNN convolutions use TF32 (10-bit mantissa) by default, an error of about

@@ -102,6 +102,12 @@ def test_cupy_without_cupy_is_one_line(tmp_path, data):
     one_error_line(script("evaluate.py", "x.npz", "--backend", "cupy", "--threads", "1"), "backend='cupy' needs")
 
 
+def test_numba_kernels_on_the_gpu_backend_are_one_line(tmp_path, data):
+    one_error_line(script("train.py", "--backend", "cupy", "--threads", "1", "--kernels", "numba", "--data-dir", data,
+                          "--out-dir", tmp_path / "o"), "kernels numba are CPU loops for the numpy backend")
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("damage", ["truncated", "random", "object_array", "not_json_meta"])
 def test_resume_from_a_damaged_checkpoint_is_one_line(trained, tmp_path, damage):
     bad = tmp_path / "latest.npz"

@@ -56,3 +56,13 @@ def test_every_recipe_pins_what_it_trains_with():
         cfg = build_config(recipe=name)
         assert cfg["recipe"] == name and all(cfg[k] == v for k, v in recipe.items())
     assert build_config(recipe="sprint")["pooling"] == "mean" and build_config(recipe="article")["pooling"] == "cls"
+
+
+def test_numba_kernels_without_numba_are_a_config_error(monkeypatch):
+    import npvit.options
+    from npvit.errors import ConfigError
+    from npvit.options import build_config
+    monkeypatch.setattr(npvit.options, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"kernels numba need Numba, which is not installed: pip install numba"):
+        build_config(overrides={"kernels": "numba"})
+    assert build_config(overrides={"kernels": "auto"})["kernels"] == "auto"     # auto runs fast without it

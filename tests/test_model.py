@@ -8,7 +8,7 @@ import npvit
 from npvit import ViT, ViTConfig, softmax_cross_entropy
 from npvit.backend import get_xp, to_device, to_numpy
 from npvit.gradcheck import check_model_gradients, small_vit_config
-from tests.conftest import GRADCHECK_TOL
+from tests.conftest import GRADCHECK_TOL, KERNEL_SETS, skip_unless_runs
 from tests.helpers import assert_close, to_torch, torch_device
 from tests.reference.article_vit import ViTForClassfication
 
@@ -33,10 +33,11 @@ def test_article_model_has_119k_parameters():
     assert list(model.state_dict()) == list(ViTForClassfication(ARTICLE).state_dict())
 
 
-@pytest.mark.parametrize("kernels", ["fast", "reference"])
+@pytest.mark.parametrize("kernels", KERNEL_SETS)
 @pytest.mark.parametrize("variant", ["plain", "final_layernorm", "mean_pooling", "erf_gelu", "no_qkv_bias",
                                      "smoothing"])
 def test_whole_model_gradcheck(variant, kernels, backend):
+    skip_unless_runs(kernels, backend)
     c = small_vit_config().to_dict()
     smoothing = 0.0
     if variant == "final_layernorm":
@@ -60,11 +61,12 @@ def test_whole_model_gradcheck(variant, kernels, backend):
     report.assert_ok(GRADCHECK_TOL)
 
 
-@pytest.mark.parametrize("kernels", ["fast", "reference"])
+@pytest.mark.parametrize("kernels", KERNEL_SETS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_matches_article_pytorch_model(name, dtype, kernels, backend):
     """Same weights (through state_dict), same images: logits, loss, dx and every gradient by name."""
+    skip_unless_runs(kernels, backend)
     config = CONFIGS[name]
     model = ViT(config, backend=backend, dtype=dtype, seed=1, kernels=kernels)
     ref = torch_model(config, dtype, backend)

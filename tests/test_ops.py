@@ -1,13 +1,13 @@
-"""The two kernel sets (npvit/ops): every fast op equals its reference, every reference op passes the
-float64 gradient check, and a model gives the same logits and gradients on either set."""
+"""The kernel sets (npvit/ops): every op of fast and numba equals its reference, every reference op passes
+the float64 gradient check, and a model gives the same logits and gradients on every set."""
 import numpy as np
 import pytest
 
 from npvit import ViT, softmax_cross_entropy
 from npvit.backend import get_xp, to_device, to_numpy
 from npvit.gradcheck import check_reference_ops, small_vit_config
-from npvit.ops import get_kernels, numpy_fast, reference
-from tests.conftest import GRADCHECK_TOL, rel_err
+from npvit.ops import get_kernels, kernels_name, numpy_fast, reference
+from tests.conftest import FAST_SETS, GRADCHECK_TOL, KERNEL_SETS, rel_err, skip_unless_runs
 
 TOL = {"float64": 1e-12, "float32": 1e-5}
 B, N, D, H, K = 2, 5, 12, 3, 7
@@ -50,10 +50,12 @@ def cases(xp, dtype):
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("op", ["linear", "layernorm", "gelu_tanh", "gelu_erf", "attention", "attention_cls_dropout"])
-def test_fast_equals_reference(op, dtype, backend):
+@pytest.mark.parametrize("kernels", FAST_SETS)
+def test_fast_equals_reference(kernels, op, dtype, backend):
+    skip_unless_runs(kernels, backend)
     xp = get_xp(backend)
     results = []
-    for ops in (reference, numpy_fast):
+    for ops in (reference, get_kernels(kernels, backend)):
         forward, backward = cases(xp, dtype)[op]        # fresh, identical random inputs for each set
         y, cache = forward(ops)
         grads = backward(ops, y, cache)
@@ -64,22 +66,30 @@ def test_fast_equals_reference(op, dtype, backend):
         assert rel_err(to_numpy(fast), to_numpy(ref)) < TOL[dtype], (op, i, rel_err(to_numpy(fast), to_numpy(ref)))
 
 
+@pytest.mark.parametrize("kernels", FAST_SETS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_fast_softmax_cross_entropy_and_im2col_equal_the_reference(dtype, backend):
+def test_fast_softmax_cross_entropy_and_im2col_equal_the_reference(kernels, dtype, backend):
+    skip_unless_runs(kernels, backend)
     xp = get_xp(backend)
+    fast = get_kernels(kernels, backend)
     r, rng = inputs(xp, dtype)
     scores, datt = r(B, H, N, N, scale=4.0), r(B, H, N, N)
     att = reference.softmax_forward(scores)
-    assert rel_err(numpy_fast.softmax_forward(scores.copy()), att) < TOL[dtype]
-    assert rel_err(numpy_fast.softmax_backward(datt.copy(), att), reference.softmax_backward(datt, att)) < TOL[dtype]
+    assert rel_err(fast.softmax_forward(scores.copy()), att) < TOL[dtype]
+    assert rel_err(fast.softmax_backward(datt.copy(), att), reference.softmax_backward(datt, att)) < TOL[dtype]
+    if kernels == "numba":          # softmax(scale * s) and its backward, the scale folded into the loops
+        att = reference.softmax_forward(0.3 * scores)
+        assert rel_err(fast.softmax_forward(scores.copy(), scale=0.3), att) < TOL[dtype]
+        assert rel_err(fast.softmax_backward(datt.copy(), att, scale=0.3),
+                       0.3 * reference.softmax_backward(datt, att)) < TOL[dtype]
     x = r(2, 3, 8, 8)
     for k, s, p in ((4, 4, 0), (3, 2, 1)):                       # tiling (a reshape when fast) and general
         cols = reference.im2col(x, k, k, s, p)
-        np.testing.assert_array_equal(to_numpy(numpy_fast.im2col(x, k, k, s, p)), to_numpy(cols))
-        np.testing.assert_array_equal(to_numpy(numpy_fast.col2im(cols, x.shape, s, p)),
+        np.testing.assert_array_equal(to_numpy(fast.im2col(x, k, k, s, p)), to_numpy(cols))
+        np.testing.assert_array_equal(to_numpy(fast.col2im(cols, x.shape, s, p)),
                                       to_numpy(reference.col2im(cols, x.shape, s, p)))
     logits, labels = r(B, K), to_device(rng.integers(0, K, B), xp)
-    for ops in ("fast", "reference"):
+    for ops in (fast, reference):
         loss, d = softmax_cross_entropy(logits, labels, 0.1, kernels=ops)
         loss_r, d_r = softmax_cross_entropy(logits, labels, 0.1, kernels="reference")
         assert abs(float(loss) - float(loss_r)) < TOL[dtype] and rel_err(to_numpy(d), to_numpy(d_r)) < TOL[dtype]
@@ -97,15 +107,17 @@ def test_every_reference_op_passes_the_gradient_check():
             assert abs(row.analytic) > 1e-3, (report.title, row)
 
 
+@pytest.mark.parametrize("kernels", FAST_SETS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_a_model_computes_the_same_on_either_kernel_set(dtype):
+def test_a_model_computes_the_same_on_every_kernel_set(kernels, dtype):
+    skip_unless_runs(kernels)
     c = {**small_vit_config().to_dict(), "hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2,
          "final_layernorm": True}
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((4, 3, 8, 8)).astype(dtype), rng.integers(0, 5, 4)
     out = []
-    for kernels in ("fast", "reference"):
-        model = ViT(c, dtype=dtype, seed=2, kernels=kernels)
+    for name in (kernels, "reference"):
+        model = ViT(c, dtype=dtype, seed=2, kernels=name)
         logits, atts = model(x, return_attention=True)
         model.zero_grad()
         _, d = softmax_cross_entropy(logits, y, 0.1, kernels=model.kernels)
@@ -127,3 +139,64 @@ def test_kernel_sets_are_chosen_by_name_or_module():
         get_kernels(types.SimpleNamespace(linear_forward=print))
     m = ViT(small_vit_config(), kernels="reference")
     assert all(layer.kernels is reference for _, layer in m.named_layers())
+    assert [kernels_name(get_kernels(k)) for k in ("fast", "reference")] == ["fast", "reference"]
+    with pytest.raises(ValueError, match=r"choose one of \['auto', 'numba', 'fast', 'reference'\]"):
+        get_kernels("turbo")
+
+
+def test_auto_picks_numba_on_the_cpu_where_numba_is_installed(monkeypatch):
+    import npvit.ops as ops
+    assert kernels_name(get_kernels("auto", "cupy")) == "fast"      # the numba loops are CPU code
+    monkeypatch.setattr(ops, "find_spec", lambda name: None)
+    assert kernels_name(get_kernels("auto")) == "fast"              # no Numba: fast, and the start line says so
+    pytest.importorskip("numba")
+    monkeypatch.undo()
+    assert kernels_name(get_kernels("auto")) == "numba" == kernels_name(ViT(small_vit_config()).kernels)
+
+
+def test_numba_kernels_say_what_they_need(monkeypatch):
+    with pytest.raises(ValueError, match="CPU loops for the numpy backend, not 'cupy'"):
+        get_kernels("numba", "cupy")
+    import sys
+
+    import npvit.ops
+    monkeypatch.delitem(sys.modules, "npvit.ops.numba_cpu", raising=False)
+    monkeypatch.delattr(npvit.ops, "numba_cpu", raising=False)
+    monkeypatch.setitem(sys.modules, "numba", None)                # as if Numba were not installed
+    with pytest.raises(ValueError, match=r"need Numba, which is not installed \(pip install numba"):
+        get_kernels("numba")
+
+
+def test_numba_float32_exp_is_within_a_few_ulp_from_underflow_to_overflow():
+    numba = pytest.importorskip("numba")
+    from npvit.ops.numba_cpu import JIT, _exp
+
+    @numba.njit(**{**JIT, "cache": False})
+    def exp_each(z, out):
+        for i in range(z.size):
+            out[i] = _exp(z[i])
+
+    z = np.concatenate([np.linspace(-87, 88, 2_000_001), np.linspace(-1, 1, 200_001)]).astype(np.float32)
+    out = np.empty_like(z)
+    exp_each(z, out)
+    err = np.abs(out / np.exp(z.astype(np.float64)) - 1) / np.finfo(np.float32).eps   # in float32 ulp (about)
+    assert err.max() < 4.5 and err[np.abs(z) <= 10].max() < 2.5     # NumPy's own float32 exp: 1.7 here
+    exp_each(np.array([0, -200, 200, np.nan, -np.inf, np.inf], np.float32), out[:6])
+    assert out[0] == 1                                               # exp(0) is exactly 1
+    assert 0 <= out[1] < 2e-38 and 1e38 < out[2] < np.inf            # clamped, never inf or denormal
+    assert np.isnan(out[3])                                          # NaN stays NaN: divergence stays visible
+    assert 0 <= out[4] < 2e-38 and 1e38 < out[5]
+
+
+@pytest.mark.parametrize("op", ["gelu", "layernorm", "softmax"])
+def test_numba_loops_pass_nan_on(op):
+    """A NaN in the input shows in the output (no fast-math "no NaN" assumption), so a run that diverges
+    on these kernels is caught by the loss check."""
+    pytest.importorskip("numba")
+    nb = get_kernels("numba")
+    x = np.random.default_rng(0).standard_normal((2, 5, 8)).astype(np.float32)
+    x[1, 2, 3] = np.nan
+    y = {"gelu": lambda: nb.gelu_forward(x)[0], "layernorm": lambda: nb.layernorm_forward(x, np.ones(8, np.float32),
+                                                                                          np.zeros(8, np.float32))[0],
+         "softmax": lambda: nb.softmax_forward(x, scale=0.5)}[op]()
+    assert np.isnan(y[1, 2]).any() and np.isfinite(y[0]).all()

@@ -132,10 +132,10 @@ class Layer:
     def eval(self):
         return self.train(False)
 
-    def use_kernels(self, kernels):
-        """Run this layer and every layer below it on the kernel set ``kernels`` ("fast", "reference",
-        or a module with the same functions). Returns self."""
-        chosen = get_kernels(kernels)
+    def use_kernels(self, kernels, backend="numpy"):
+        """Run this layer and every layer below it on the kernel set ``kernels`` ("auto", "numba", "fast",
+        "reference", or a module with the same functions) for arrays of ``backend``. Returns self."""
+        chosen = get_kernels(kernels, backend)
         for _, layer in self.named_layers():
             layer.kernels = chosen
         return self

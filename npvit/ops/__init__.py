@@ -1,21 +1,49 @@
 """Every layer's math as forward/backward function pairs, in implementations with one meaning.
 
 ``reference``: the plain formulas, written to be read (npvit/ops/reference.py).
-``fast``: the same signatures with NumPy speed tricks (npvit/ops/numpy_fast.py), the default.
-A model picks one set once, ``ViT(config, kernels="fast" | "reference")``; layers call the
-set they were given and contain no backend or speed branches.
+``fast``: the same signatures with NumPy speed tricks (npvit/ops/numpy_fast.py).
+``numba``: the same signatures as fused CPU loops compiled by Numba (npvit/ops/numba_cpu.py), for
+the numpy backend; needs Numba.
+A model picks one set once, ``ViT(config, kernels="auto" | "numba" | "fast" | "reference")``; layers
+call the set they were given and contain no backend or speed branches. ``"auto"`` is the fastest set
+that runs here: numba on the numpy backend when Numba is installed, otherwise fast.
 """
+from importlib.util import find_spec
+
 from . import numpy_fast, reference
 
-KERNELS = {"fast": numpy_fast, "reference": reference}
+NAMED = ("auto", "numba", "fast", "reference")
 
 
-def get_kernels(kernels="fast"):
-    """The kernel set named ``kernels`` ("fast" or "reference"), or a module passed as is."""
+def auto_kernels(backend="numpy"):
+    """The name of the set ``"auto"`` picks on ``backend``: numba on the numpy backend where Numba is
+    installed, otherwise fast."""
+    return "numba" if backend == "numpy" and find_spec("numba") is not None else "fast"
+
+
+def kernels_name(kernels):
+    """The name of a kernel set module ("numba", "fast", "reference"), or its module name if it has none."""
+    return {"npvit.ops.numba_cpu": "numba", "npvit.ops.numpy_fast": "fast",
+            "npvit.ops.reference": "reference"}.get(kernels.__name__, kernels.__name__)
+
+
+def get_kernels(kernels="fast", backend="numpy"):
+    """The kernel set named ``kernels`` (one of NAMED), or a module passed as is."""
     if isinstance(kernels, str):
-        if kernels not in KERNELS:
-            raise ValueError(f"unknown kernels {kernels!r}; choose one of {list(KERNELS)}")
-        return KERNELS[kernels]
+        if kernels == "auto":
+            kernels = auto_kernels(backend)
+        if kernels == "numba":                  # compiled loops: imported only when asked for
+            if backend != "numpy":
+                raise ValueError(f"kernels='numba' are CPU loops for the numpy backend, not {backend!r}")
+            try:
+                from . import numba_cpu
+            except ImportError as e:
+                raise ValueError("kernels='numba' need Numba, which is not installed "
+                                 "(pip install numba, or the [train] extra); or use kernels='fast'") from e
+            return numba_cpu
+        if kernels not in ("fast", "reference"):
+            raise ValueError(f"unknown kernels {kernels!r}; choose one of {list(NAMED)}")
+        return numpy_fast if kernels == "fast" else reference
     missing = [n for n in reference.NAMES if not callable(getattr(kernels, n, None))]
     if missing:
         raise ValueError(f"a kernel set must define {missing}")

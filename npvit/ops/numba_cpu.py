@@ -1,0 +1,273 @@
+"""The reference math (npvit/ops/reference.py) as fused CPU loops compiled by Numba, for the numpy backend.
+
+numpy_fast makes NumPy take fewer passes over memory, but each NumPy operator is still a pass of its
+own, and NumPy's float32 ``exp`` is a scalar loop on many machines (about 2-3 ns per element here).
+After the GEMMs, that elementwise work is most of a CPU training step (GELU 14%, softmax 10%,
+LayerNorm 8% of the sprint's step). Here each chain is one loop that LLVM vectorises:
+
+- ``exp`` in float32 is written out (``_exp``), so that a loop calling it vectorises without a vector
+  math library: exp(z) = 2^n exp(r) with n = round(z / ln 2), |r| <= ln(2) / 2, and exp(r) by its
+  Taylor series to r^6; 2^n is built from its bits. Relative error: at most 2.5 float32 ulp for
+  |z| <= 10, 4.5 out to the ends of the float32 range (NumPy's own float32 exp: 1.7);
+  float64 (the gradient checks) uses libm's exp;
+- GELU (tanh) forward and backward: one loop each, the x * sigmoid(2u) form of numpy_fast;
+- softmax with the 1/sqrt(hs) scale folded in, forward and backward: row by row, one read of the
+  scores and one write of the probabilities;
+- LayerNorm forward and backward: row by row; the backward adds dw and db in the same pass.
+
+The same signatures and the same results (tested against the reference: float64 to 1e-12, float32
+to 1e-5). Functions not redefined here are numpy_fast's (the GEMMs are BLAS's). Every loop releases
+the GIL, so DataParallel's shard threads run them side by side. Compiled on first use (a few
+seconds, cached on disk). Importing this module needs Numba; npvit.ops loads it only when a model
+asks for ``kernels="numba"`` (or ``"auto"`` finds Numba installed).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
+
+from .numpy_fast import *  # noqa: F401,F403  (what is not fused here is numpy_fast's)
+from .reference import GELU_COEF, SQRT_2_OVER_PI
+from .reference import gelu_backward as _gelu_backward, gelu_forward as _gelu_forward
+
+# Vectorising a sum needs reassociation, a*b+c may become one FMA, and exp may be approximated; but
+# NaN and inf keep their meaning (no "nnan"/"ninf"), so a diverging run still shows NaN in its loss.
+# error_model "numpy": x / 0 is inf, as in NumPy, not a Python exception (whose check blocks SIMD).
+JIT = dict(nogil=True, cache=True, error_model="numpy",
+           fastmath={"reassoc", "contract", "arcp", "nsz", "afn"})
+# Constants come into the loops as arguments of the arrays' dtype (zero, one, ...): a Python literal
+# would make Numba compute a float32 loop in float64.
+
+
+# -- exp --------------------------------------------------------------------------------------------
+@intrinsic
+def _float32_from_bits(typingctx, bits):
+    """The float32 whose IEEE-754 bit pattern is the int32 ``bits`` (a reinterpretation, no conversion)."""
+    if bits != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+LOG2_E = 1.4426950408889634
+LN2_HI = 0.693359375            # ln 2 = LN2_HI + LN2_LO, LN2_HI with 9 significant bits: n * LN2_HI is exact
+LN2_LO = -2.1219444005469057e-4
+
+
+def _exp(z):
+    """exp(z) inside the kernels below (compiled by the overload that follows)."""
+    return math.exp(z)
+
+
+@overload(_exp, jit_options=JIT)
+def _exp_by_type(z):
+    if z != types.float32:
+        return lambda z: math.exp(z)
+
+    def exp_float32(z):
+        # keep 2^n a normal float32: exp(-87) = 1.6e-38 stands in for anything smaller (in a softmax or a
+        # sigmoid, next to 1, it is 0), exp(88) = 1.7e38 for anything larger
+        z = min(max(z, np.float32(-87.0)), np.float32(88.0))
+        n = np.floor(z * np.float32(LOG2_E) + np.float32(0.5))               # z = n ln2 + r
+        r = (z - n * np.float32(LN2_HI)) - n * np.float32(LN2_LO)            # |r| <= ln(2) / 2
+        p = np.float32(1.0) + r * (np.float32(1.0) + r * (np.float32(1 / 2) + r * (np.float32(1 / 6) + r * (
+            np.float32(1 / 24) + r * (np.float32(1 / 120) + r * np.float32(1 / 720))))))   # exp(r)
+        two_n = _float32_from_bits(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))  # 2^n: exponent bits
+        return p * two_n
+    return exp_float32
+
+
+# -- GELU (tanh) ----------------------------------------------------------------------------------
+# y = x s,  s = sigmoid(2u) = 0.5 (1 + tanh(u)),  u = a (x + c x^3),  a = sqrt(2/pi), c = 0.044715
+@njit(**JIT)
+def _gelu_tanh_forward(x, y, s, one, a, c):
+    for i in range(x.size):
+        xi = x[i]
+        si = one / (one + _exp(-(a + a) * xi * (one + c * xi * xi)))    # sigmoid(2u) = 1 / (1 + exp(-2u))
+        s[i] = si
+        y[i] = xi * si
+
+
+# dy/dx = s + x s (1 - s) 2 du/dx,  2 du/dx = 2a (1 + 3c x^2)
+@njit(**JIT)
+def _gelu_tanh_backward(dy, x, s, dx, one, a, c):
+    for i in range(x.size):
+        xi, si = x[i], s[i]
+        dx[i] = dy[i] * (si + xi * si * (one - si) * (a + a) * (one + (c + c + c) * xi * xi))
+
+
+def _flat(a):
+    """a as a contiguous 1-D view (a copy only if it is not C-contiguous)."""
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+def gelu_forward(x, approximate="tanh"):
+    if approximate != "tanh":
+        return _gelu_forward(x, approximate)
+    T = x.dtype.type
+    y, s = np.empty_like(x), np.empty_like(x)
+    _gelu_tanh_forward(_flat(x), y.reshape(-1), s.reshape(-1), T(1), T(SQRT_2_OVER_PI), T(GELU_COEF))
+    return y, (x, s)
+
+
+def gelu_backward(dy, cache, approximate="tanh"):
+    if approximate != "tanh":
+        return _gelu_backward(dy, cache, approximate)
+    x, s = cache
+    T = x.dtype.type
+    dx = np.empty_like(x)
+    _gelu_tanh_backward(_flat(dy), _flat(x), _flat(s), dx.reshape(-1), T(1), T(SQRT_2_OVER_PI), T(GELU_COEF))
+    return dx
+
+
+# -- LayerNorm: row by row over (M, D) -----------------------------------------------------------------
+@njit(**JIT)
+def _layernorm_forward(x, w, b, y, xhat, rstd, eps, inv_D, zero, one):
+    M, D = x.shape
+    for m in range(M):
+        mean = zero
+        for i in range(D):
+            mean += x[m, i]
+        mean *= inv_D
+        var = zero
+        for i in range(D):
+            xc = x[m, i] - mean
+            xhat[m, i] = xc
+            var += xc * xc
+        r = one / np.sqrt(var * inv_D + eps)                   # biased variance, as torch
+        rstd[m, 0] = r
+        for i in range(D):
+            xh = xhat[m, i] * r
+            xhat[m, i] = xh
+            y[m, i] = xh * w[i] + b[i]
+
+
+# dxhat = dy w;  dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat));  dw += dy xhat;  db += dy
+@njit(**JIT)
+def _layernorm_backward(dy, xhat, rstd, w, dx, dw, db, inv_D, zero):
+    M, D = dy.shape
+    for m in range(M):
+        mean_dxhat = zero
+        mean_dxhat_xhat = zero
+        for i in range(D):
+            g, xh = dy[m, i], xhat[m, i]
+            dxh = g * w[i]
+            mean_dxhat += dxh
+            mean_dxhat_xhat += dxh * xh
+            dw[i] += g * xh
+            db[i] += g
+        mean_dxhat *= inv_D
+        mean_dxhat_xhat *= inv_D
+        r = rstd[m, 0]
+        for i in range(D):
+            dx[m, i] = r * (dy[m, i] * w[i] - mean_dxhat - xhat[m, i] * mean_dxhat_xhat)
+
+
+def layernorm_forward(x, w, b, eps=1e-5):
+    D = x.shape[-1]
+    T = x.dtype.type
+    x2d = np.ascontiguousarray(x).reshape(-1, D)                 # (M, D)
+    y, xhat = np.empty_like(x2d), np.empty_like(x2d)
+    rstd = np.empty((x2d.shape[0], 1), dtype=x.dtype)            # (M, 1)
+    _layernorm_forward(x2d, w, b, y, xhat, rstd, T(eps), T(1 / D), T(0), T(1))
+    lead = x.shape[:-1]
+    return y.reshape(x.shape), (xhat.reshape(x.shape), rstd.reshape(*lead, 1))
+
+
+def layernorm_backward(dy, cache, w):
+    xhat, rstd = cache
+    D = xhat.shape[-1]
+    T = xhat.dtype.type
+    dy2d = np.ascontiguousarray(dy).reshape(-1, D)               # (M, D)
+    dx = np.empty_like(dy2d)
+    dw, db = np.zeros(D, dtype=xhat.dtype), np.zeros(D, dtype=xhat.dtype)
+    _layernorm_backward(dy2d, xhat.reshape(-1, D), rstd.reshape(-1, 1), w, dx, dw, db, T(1 / D), T(0))
+    return dx.reshape(dy.shape), dw, db
+
+
+# -- softmax with a scale, row by row over (R, n) ------------------------------------------------------
+# att = exp(scale (s - max)) / sum(exp(scale (s - max))): softmax(scale * s), for scale > 0
+@njit(**JIT)
+def _softmax_forward(scores, att, scale, zero, one):
+    R, n = scores.shape
+    for r in range(R):
+        top = scores[r, 0]
+        for j in range(1, n):
+            top = max(top, scores[r, j])
+        total = zero
+        for j in range(n):
+            e = _exp(scale * (scores[r, j] - top))
+            att[r, j] = e
+            total += e
+        inv_total = one / total
+        for j in range(n):
+            att[r, j] *= inv_total
+
+
+# dscores = scale att (datt - sum(datt att)): the Jacobian of softmax(scale * s) applied per row
+@njit(**JIT)
+def _softmax_backward(datt, att, dscores, scale, zero):
+    R, n = datt.shape
+    for r in range(R):
+        dot = zero
+        for j in range(n):
+            dot += datt[r, j] * att[r, j]
+        for j in range(n):
+            dscores[r, j] = scale * att[r, j] * (datt[r, j] - dot)
+
+
+def softmax_forward(scores, out=None, scale=1.0):
+    """softmax(scale * scores) over the last axis, scale > 0; ``out=scores`` works in place."""
+    scores = np.ascontiguousarray(scores)
+    att = np.empty_like(scores) if out is None else out
+    n = scores.shape[-1]
+    T = scores.dtype.type
+    _softmax_forward(scores.reshape(-1, n), att.reshape(-1, n), T(scale), T(0), T(1))
+    return att
+
+
+def softmax_backward(datt, att, out=None, scale=1.0):
+    """scale * att (datt - sum(datt att)); ``out=datt`` works in place."""
+    datt = np.ascontiguousarray(datt)
+    d = np.empty_like(datt) if out is None else out
+    n = datt.shape[-1]
+    T = datt.dtype.type
+    _softmax_backward(datt.reshape(-1, n), np.ascontiguousarray(att).reshape(-1, n), d.reshape(-1, n),
+                      T(scale), T(0))
+    return d
+
+
+# -- the attention core, with the scale inside the softmax loops ------------------------------------------
+def attention_forward(qkv, scale, num_queries=None, mask=None):
+    Nq = qkv.shape[3] if num_queries is None else num_queries
+    q, k, v = qkv[0, :, :, :Nq], qkv[1], qkv[2]
+    qk = q @ k.transpose(0, 1, 3, 2)                             # (B, H, Nq, N), unscaled
+    att = softmax_forward(qk, out=qk, scale=scale)               # softmax(q k^T * scale), in place
+    att_d = att if mask is None else att * mask
+    ctx = att_d @ v                                              # (B, H, Nq, hs)
+    return ctx, (qkv, Nq, scale, att, att_d, mask)
+
+
+def attention_backward(dctx, cache):
+    # as the reference: dv = att_d^T dctx, datt = dctx v^T (* mask), dscores = scale * softmax_backward,
+    # dq = dscores k, dk = dscores^T q (the scale is applied once, in the softmax loop)
+    qkv, Nq, scale, att, att_d, mask = cache
+    q, k, v = qkv[0, :, :, :Nq], qkv[1], qkv[2]
+    dctx = np.ascontiguousarray(dctx)
+    dqkv = np.empty_like(qkv)                                    # (3, B, H, N, hs)
+    if Nq < qkv.shape[3]:
+        dqkv[0, :, :, Nq:] = 0                                   # tokens that asked nothing
+    datt = dctx @ v.transpose(0, 1, 3, 2)                        # (B, H, Nq, N)
+    np.matmul(att_d.transpose(0, 1, 3, 2), dctx, out=dqkv[2])   # dv
+    if mask is not None:
+        datt *= mask
+    dscores = softmax_backward(datt, att, out=datt, scale=scale)
+    np.matmul(dscores, k, out=dqkv[0, :, :, :Nq])                # dq
+    np.matmul(dscores.transpose(0, 1, 3, 2), q, out=dqkv[1])    # dk
+    return dqkv
