@@ -191,55 +191,65 @@ def layernorm_backward(dy, cache, w):
     return dx.reshape(dy.shape), dw, db
 
 
-# -- softmax with a scale, row by row over (R, n) ------------------------------------------------------
+# -- softmax with a scale, row by row over (R, n), in place ----------------------------------------------
+# In place on purpose: LLVM vectorises a loop only after checking at run time that its input and output
+# do not overlap, and an output that IS its input fails that check (the loop then runs scalar, 4x slower).
+#
 # att = exp(scale (s - max)) / sum(exp(scale (s - max))): softmax(scale * s), for scale > 0
 @njit(**JIT)
-def _softmax_forward(scores, att, scale, zero, one):
-    R, n = scores.shape
+def _softmax_forward_inplace(s, scale, zero, one):
+    R, n = s.shape
     for r in range(R):
-        top = scores[r, 0]
+        top = s[r, 0]
         for j in range(1, n):
-            top = max(top, scores[r, j])
+            top = max(top, s[r, j])
         total = zero
         for j in range(n):
-            e = _exp(scale * (scores[r, j] - top))
-            att[r, j] = e
+            e = _exp(scale * (s[r, j] - top))
+            s[r, j] = e
             total += e
         inv_total = one / total
         for j in range(n):
-            att[r, j] *= inv_total
+            s[r, j] *= inv_total
 
 
 # dscores = scale att (datt - sum(datt att)): the Jacobian of softmax(scale * s) applied per row
 @njit(**JIT)
-def _softmax_backward(datt, att, dscores, scale, zero):
-    R, n = datt.shape
+def _softmax_backward_inplace(d, att, scale, zero):
+    R, n = d.shape
     for r in range(R):
         dot = zero
         for j in range(n):
-            dot += datt[r, j] * att[r, j]
+            dot += d[r, j] * att[r, j]
         for j in range(n):
-            dscores[r, j] = scale * att[r, j] * (datt[r, j] - dot)
+            d[r, j] = scale * att[r, j] * (d[r, j] - dot)
+
+
+def _into(a, out):
+    """``a`` copied into ``out`` (a new array if None; nothing to copy if ``out`` is ``a``), C-contiguous."""
+    if out is None:
+        return np.array(a, order="C")
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
+    if out is not a:
+        out[...] = a
+    return out
 
 
 def softmax_forward(scores, out=None, scale=1.0):
     """softmax(scale * scores) over the last axis, scale > 0; ``out=scores`` works in place."""
-    scores = np.ascontiguousarray(scores)
-    att = np.empty_like(scores) if out is None else out
-    n = scores.shape[-1]
-    T = scores.dtype.type
-    _softmax_forward(scores.reshape(-1, n), att.reshape(-1, n), T(scale), T(0), T(1))
+    att = _into(scores, out)
+    T = att.dtype.type
+    _softmax_forward_inplace(att.reshape(-1, att.shape[-1]), T(scale), T(0), T(1))
     return att
 
 
 def softmax_backward(datt, att, out=None, scale=1.0):
     """scale * att (datt - sum(datt att)); ``out=datt`` works in place."""
-    datt = np.ascontiguousarray(datt)
-    d = np.empty_like(datt) if out is None else out
-    n = datt.shape[-1]
-    T = datt.dtype.type
-    _softmax_backward(datt.reshape(-1, n), np.ascontiguousarray(att).reshape(-1, n), d.reshape(-1, n),
-                      T(scale), T(0))
+    d = _into(datt, out)
+    T = d.dtype.type
+    n = d.shape[-1]
+    _softmax_backward_inplace(d.reshape(-1, n), np.ascontiguousarray(att).reshape(-1, n), T(scale), T(0))
     return d
 
 
