@@ -43,8 +43,16 @@ def config(model, patch):
     return {**MODELS[model], "patch_size": patch, "image_size": 32, "num_classes": 10, "num_channels": 3}
 
 
+def kernels_used(kernels, backend):
+    """The name of the kernel set ``kernels`` resolves to on ``backend`` ("auto" -> "numba" or "fast")."""
+    sys.path.insert(0, REPO)
+    from npvit.ops import get_kernels, kernels_name
+    return kernels_name(get_kernels(kernels, backend))
+
+
 # -- one measurement, run in a fresh process so peak memory is its own ---------------
-def measure(framework, backend, model, patch, batch, repeats, warmup, threads, micro_batch=None, data_parallel=True):
+def measure(framework, backend, model, patch, batch, repeats, warmup, threads, micro_batch=None, data_parallel=True,
+            kernels="auto"):
     set_threads(threads)
     sys.path.insert(0, REPO)
     import numpy as np
@@ -59,8 +67,9 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
     gpu = backend == "cupy"
     # npvit's CPU threads: the batch split into `threads` shards (npvit.DataParallel), or with
     # --no-data-parallel one shard and BLAS on `threads` threads.
+    # "npvit": on the kernel set --kernels names (auto: numba on the CPU where installed, else fast);
     # "npvit-reference": the same model on the plain reference kernels (npvit/ops/reference.py).
-    ours = npvit.ViT(cfg, backend=backend, seed=0, kernels="reference" if framework == "npvit-reference" else "fast")
+    ours = npvit.ViT(cfg, backend=backend, seed=0, kernels="reference" if framework == "npvit-reference" else kernels)
     if data_parallel and not gpu and threads > 1:
         ours = npvit.DataParallel(ours, threads)
 
@@ -204,7 +213,7 @@ def peak_step_memory(step, sync, framework, gpu):
 
 
 # -- per-layer profile ------------------------------------------------------------------
-def profile(backend, model, patch, batch, repeats, threads):
+def profile(backend, model, patch, batch, repeats, threads, kernels="auto"):
     """Exclusive time per layer type, forward and backward, from timers wrapped around every layer."""
     set_threads(threads)
     sys.path.insert(0, REPO)
@@ -213,7 +222,7 @@ def profile(backend, model, patch, batch, repeats, threads):
     import npvit
     from npvit.optim import AdamW
 
-    m = npvit.ViT(config(model, patch), backend=backend, seed=0)
+    m = npvit.ViT(config(model, patch), backend=backend, seed=0, kernels=kernels)
     xp = m.xp
     gpu = backend == "cupy"
 
@@ -327,6 +336,8 @@ def main(argv=None):
                    help="npvit as one shard with BLAS on --threads threads, instead of --threads shards on threads")
     p.add_argument("--profile", action="store_true",
                    help="print time per layer (npvit, one shard, BLAS on --threads threads) instead of the comparison")
+    p.add_argument("--kernels", default="auto", choices=["auto", "numba", "fast", "reference"],
+                   help="npvit's kernel set (npvit/ops; auto: numba on the CPU where Numba is installed, else fast)")
     p.add_argument("--json", default=None, help="output JSON (default benchmarks/results/<backend>.json)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -341,9 +352,10 @@ def main(argv=None):
         for model in models:
             for patch in patches:
                 for b in batches:
-                    rows = profile(a.backend, model, patch, b, a.repeats, a.threads)
+                    rows = profile(a.backend, model, patch, b, a.repeats, a.threads, a.kernels)
                     total = sum(v["forward"] + v["backward"] for v in rows.values())
-                    print(f"\nnpvit per-layer time, {model} model, patch {patch}, batch {b}, {a.backend}, "
+                    print(f"\nnpvit per-layer time, {kernels_used(a.kernels, a.backend)} kernels, {model} model, "
+                          f"patch {patch}, batch {b}, {a.backend}, "
                           f"{a.threads} threads (exclusive ms per step; total {total:.1f} ms)")
                     print(f"{'layer':<26}{'forward':>10}{'backward':>10}{'share':>8}")
                     for k, v in sorted(rows.items(), key=lambda kv: -(kv[1]['forward'] + kv[1]['backward'])):
@@ -357,7 +369,7 @@ def main(argv=None):
           f"{a.repeats} steps, each after {a.warmup} warm-up; peak = extra memory of one training step"
           + (f"; npvit in micro-batches of {a.micro_batch}" if a.micro_batch else "")
           + ("" if a.data_parallel or a.backend == "cupy" else "; npvit as one shard (--no-data-parallel)")
-          + "; ref = npvit on its reference kernels (ratio to torch)")
+          + f"; npvit on its {kernels_used(a.kernels, a.backend)} kernels, ref on its reference kernels (ratio to torch)")
     print(header)
     print("-" * len(header))
     for model in models:
@@ -372,7 +384,7 @@ def main(argv=None):
                         r = run_child(dict(framework=fw, backend=a.backend, model=model, patch=patch, batch=b,
                                            repeats=a.repeats, warmup=a.warmup, threads=a.threads,
                                            micro_batch=a.micro_batch if fw != "torch" else None,
-                                           data_parallel=a.data_parallel))
+                                           data_parallel=a.data_parallel, kernels=a.kernels))
                         raw[fw]["train_ms"] += r.pop("train_ms")
                         raw[fw]["infer_ms"] += r.pop("infer_ms")
                         if rnd == 0:
@@ -400,7 +412,7 @@ def main(argv=None):
     out = a.json or os.path.join(REPO, "benchmarks", "results", f"{a.backend}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"backend": a.backend, "threads": a.threads, "repeats": a.repeats, "rounds": a.rounds,
+        json.dump({"backend": a.backend, "kernels": kernels_used(a.kernels, a.backend), "threads": a.threads, "repeats": a.repeats, "rounds": a.rounds,
                    "micro_batch": a.micro_batch, "data_parallel": a.data_parallel,
                    "warmup": a.warmup,
                    "info": machine_info(a.backend), "results": results}, f, indent=1)

@@ -11,8 +11,7 @@ LayerNorm 8% of the sprint's step). Here each chain is one loop that LLVM vector
   |z| <= 10, 4.5 out to the ends of the float32 range (NumPy's own float32 exp: 1.7);
   float64 (the gradient checks) uses libm's exp;
 - GELU (tanh) forward and backward: one loop each, the x * sigmoid(2u) form of numpy_fast;
-- softmax with the 1/sqrt(hs) scale folded in, forward and backward: row by row, one read of the
-  scores and one write of the probabilities;
+- softmax with the 1/sqrt(hs) scale folded in, forward and backward: row by row, in place;
 - LayerNorm forward and backward: row by row; the backward adds dw and db in the same pass.
 
 The same signatures and the same results (tested against the reference: float64 to 1e-12, float32
