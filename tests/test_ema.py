@@ -106,7 +106,7 @@ def test_config_rules():
 def ema_run(tmp_path_factory):
     data = str(write_fake_cifar(tmp_path_factory.mktemp("data"), n_per_batch=64))
     out = str(tmp_path_factory.mktemp("run"))
-    subprocess.run(TRAIN + ["--data-dir", data, "--out-dir", out, "--epochs", "2", "--ema", "0.9", "--eval-raw",
+    subprocess.run(TRAIN + ["--data-dir", data, "--out-dir", out, "--epochs", "2", "--eval-every", "1", "--ema", "0.9", "--eval-raw",
                             "--threads", "2"] + SMALL, check=True, capture_output=True, cwd=REPO)
     return data, out
 

@@ -28,7 +28,8 @@ pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no MPI here: pip instal
                                                           "from PyPI) to run the MPI tests")
 
 SMALL = ["--hidden-size", "24", "--num-attention-heads", "3", "--intermediate-size", "48",
-         "--num-hidden-layers", "2", "--no-progress", "--threads", "1"]
+         "--num-hidden-layers", "2", "--no-progress", "--threads", "1",
+         "--eval-every", "1"]        # every epoch's test metrics compared (the default recipe evaluates less often)
 ENV = {**os.environ, "PYTHONPATH": REPO}
 for var in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE"):   # a test run inside mpiexec: start clean
     ENV.pop(var, None)

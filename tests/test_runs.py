@@ -19,7 +19,8 @@ from tests.cifar_fixtures import REPO, write_fake_cifar
 TRAIN = [sys.executable, os.path.join(REPO, "scripts", "train.py")]
 DRIVER = [sys.executable, os.path.join(REPO, "tests", "train_driver.py")]
 SMALL = ["--hidden-size", "24", "--num-attention-heads", "3", "--intermediate-size", "48",
-         "--num-hidden-layers", "2", "--no-progress", "--threads", "2", "--batch-size", "64"]
+         "--num-hidden-layers", "2", "--no-progress", "--threads", "2", "--batch-size", "64",
+         "--eval-every", "1"]        # every epoch's test metrics compared (the default recipe evaluates less often)
 
 
 def run(args, check=True, cmd=TRAIN, **kw):
