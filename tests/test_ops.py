@@ -140,6 +140,7 @@ def test_kernel_sets_are_chosen_by_name_or_module():
     m = ViT(small_vit_config(), kernels="reference")
     assert all(layer.kernels is reference for _, layer in m.named_layers())
     assert [kernels_name(get_kernels(k)) for k in ("fast", "reference")] == ["fast", "reference"]
+    assert kernels_name(types.SimpleNamespace()) == "SimpleNamespace"     # a set of one's own: named by its type
     with pytest.raises(ValueError, match=r"choose one of \['auto', 'numba', 'fast', 'reference'\]"):
         get_kernels("turbo")
 

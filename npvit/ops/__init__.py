@@ -24,7 +24,7 @@ def auto_kernels(backend="numpy"):
 def kernels_name(kernels):
     """The name of a kernel set module ("numba", "fast", "reference"), or its module name if it has none."""
     return {"npvit.ops.numba_cpu": "numba", "npvit.ops.numpy_fast": "fast",
-            "npvit.ops.reference": "reference"}.get(kernels.__name__, kernels.__name__)
+            "npvit.ops.reference": "reference"}.get(getattr(kernels, "__name__", None), type(kernels).__name__)
 
 
 def get_kernels(kernels="fast", backend="numpy"):
