@@ -201,3 +201,20 @@ def test_numba_loops_pass_nan_on(op):
                                                                                           np.zeros(8, np.float32))[0],
          "softmax": lambda: nb.softmax_forward(x, scale=0.5)}[op]()
     assert np.isnan(y[1, 2]).any() and np.isfinite(y[0]).all()
+
+
+@pytest.mark.parametrize("kernels", FAST_SETS)
+def test_fast_sets_take_strided_inputs(kernels):
+    """A transposed (not C-contiguous) input gives the reference's result: nothing is written into a copy."""
+    skip_unless_runs(kernels)
+    ops = get_kernels(kernels)
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((2, 8, 5)).transpose(0, 2, 1), rng.standard_normal((2, 5, 8))   # (2, 5, 8) views
+    w, b = 1 + rng.standard_normal(8), rng.standard_normal(8)
+    for name, forward, backward in (
+            ("gelu", lambda k: k.gelu_forward(x), lambda k, c: (k.gelu_backward(dy, c),)),
+            ("layernorm", lambda k: k.layernorm_forward(x, w, b), lambda k, c: k.layernorm_backward(dy, c, w))):
+        (y, c), (y_r, c_r) = forward(ops), forward(reference)
+        assert rel_err(y, y_r) < TOL["float64"], name
+        for g, g_r in zip(backward(ops, c), backward(reference, c_r)):
+            assert rel_err(g, g_r) < TOL["float64"], name

@@ -110,7 +110,7 @@ def gelu_forward(x, approximate="tanh"):
     if approximate != "tanh":
         return _gelu_forward(x, approximate)
     T = x.dtype.type
-    y, s = np.empty_like(x), np.empty_like(x)
+    y, s = np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype)     # C order, so reshape(-1) is a view
     _gelu_tanh_forward(_flat(x), y.reshape(-1), s.reshape(-1), T(1), T(SQRT_2_OVER_PI), T(GELU_COEF))
     return y, (x, s)
 
@@ -120,7 +120,7 @@ def gelu_backward(dy, cache, approximate="tanh"):
         return _gelu_backward(dy, cache, approximate)
     x, s = cache
     T = x.dtype.type
-    dx = np.empty_like(x)
+    dx = np.empty(x.shape, x.dtype)
     _gelu_tanh_backward(_flat(dy), _flat(x), _flat(s), dx.reshape(-1), T(1), T(SQRT_2_OVER_PI), T(GELU_COEF))
     return dx
 
