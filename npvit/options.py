@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from importlib.util import find_spec
 
 from .backend import BACKENDS, DTYPES
 from .config import ViTConfig
 from .errors import ConfigError
+from .ops import get_kernels
 
 
 @dataclass(frozen=True)
@@ -175,13 +175,10 @@ def validate(cfg):
         raise ConfigError(f"model config: {e}") from None
     if cfg["eval_raw"] and not cfg["ema"]:
         raise ConfigError("eval_raw evaluates the raw weights beside their moving average; it needs --ema")
-    if cfg["kernels"] == "numba":
-        if cfg["backend"] != "numpy":
-            raise ConfigError(f"kernels numba are CPU loops for the numpy backend; use --kernels auto or fast with "
-                              f"{cfg['backend']}")
-        if find_spec("numba") is None:
-            raise ConfigError("kernels numba need Numba, which is not installed: pip install numba (it comes with "
-                              "the [train] extra), or use --kernels fast")
+    try:                                    # the kernel set runs on this backend and its library is here
+        get_kernels(cfg["kernels"], cfg["backend"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if cfg["threads"] != "auto" and cfg["threads"] > 1 and cfg["backend"] != "numpy":
         raise ConfigError(f"threads={cfg['threads']} splits the batch over CPU cores; it applies to the numpy "
                           f"backend only (use --threads 1 with {cfg['backend']})")

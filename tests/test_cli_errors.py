@@ -104,7 +104,7 @@ def test_cupy_without_cupy_is_one_line(tmp_path, data):
 
 def test_numba_kernels_on_the_gpu_backend_are_one_line(tmp_path, data):
     one_error_line(script("train.py", "--backend", "cupy", "--threads", "1", "--kernels", "numba", "--data-dir", data,
-                          "--out-dir", tmp_path / "o"), "kernels numba are CPU loops for the numpy backend")
+                          "--out-dir", tmp_path / "o"), "kernels='numba' are CPU loops for the numpy backend, not 'cupy'")
     assert not (tmp_path / "o").exists()
 
 

@@ -59,10 +59,15 @@ def test_every_recipe_pins_what_it_trains_with():
 
 
 def test_numba_kernels_without_numba_are_a_config_error(monkeypatch):
-    import npvit.options
+    import sys
+
+    import npvit.ops
     from npvit.errors import ConfigError
     from npvit.options import build_config
-    monkeypatch.setattr(npvit.options, "find_spec", lambda name: None)
-    with pytest.raises(ConfigError, match=r"kernels numba need Numba, which is not installed: pip install numba"):
+    monkeypatch.delitem(sys.modules, "npvit.ops.numba_cpu", raising=False)
+    monkeypatch.delattr(npvit.ops, "numba_cpu", raising=False)
+    monkeypatch.setitem(sys.modules, "numba", None)                # as if Numba were not installed
+    monkeypatch.setattr(npvit.ops, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"kernels='numba' need Numba, which is not installed \(pip install numba"):
         build_config(overrides={"kernels": "numba"})
     assert build_config(overrides={"kernels": "auto"})["kernels"] == "auto"     # auto runs fast without it
