@@ -175,10 +175,12 @@ def validate(cfg):
         raise ConfigError(f"model config: {e}") from None
     if cfg["eval_raw"] and not cfg["ema"]:
         raise ConfigError("eval_raw evaluates the raw weights beside their moving average; it needs --ema")
-    try:                                    # the kernel set runs on this backend and its library is here
-        get_kernels(cfg["kernels"], cfg["backend"])
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    # A named kernel set must run on the backend and have its library here; auto picks one that does.
+    if cfg["kernels"] != "auto":
+        try:
+            get_kernels(cfg["kernels"], cfg["backend"])
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if cfg["threads"] != "auto" and cfg["threads"] > 1 and cfg["backend"] != "numpy":
         raise ConfigError(f"threads={cfg['threads']} splits the batch over CPU cores; it applies to the numpy "
                           f"backend only (use --threads 1 with {cfg['backend']})")
