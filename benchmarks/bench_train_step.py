@@ -67,7 +67,7 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
     gpu = backend == "cupy"
     # npvit's CPU threads: the batch split into `threads` shards (npvit.DataParallel), or with
     # --no-data-parallel one shard and BLAS on `threads` threads.
-    # "npvit": on the kernel set --kernels names (auto: numba on the CPU where installed, else fast);
+    # "npvit": on the kernel set --kernels names (auto: fused on cupy, numba on the CPU where installed, else fast);
     # "npvit-reference": the same model on the plain reference kernels (npvit/ops/reference.py).
     ours = npvit.ViT(cfg, backend=backend, seed=0, kernels="reference" if framework == "npvit-reference" else kernels)
     if data_parallel and not gpu and threads > 1:
@@ -336,7 +336,7 @@ def main(argv=None):
                    help="npvit as one shard with BLAS on --threads threads, instead of --threads shards on threads")
     p.add_argument("--profile", action="store_true",
                    help="print time per layer (npvit, one shard, BLAS on --threads threads) instead of the comparison")
-    p.add_argument("--kernels", default="auto", choices=["auto", "numba", "fast", "reference"],
+    p.add_argument("--kernels", default="auto", choices=["auto", "numba", "fused", "fast", "reference"],
                    help="npvit's kernel set (npvit/ops; auto: numba on the CPU where Numba is installed, else fast)")
     p.add_argument("--json", default=None, help="output JSON (default benchmarks/results/<backend>.json)")
     p.add_argument("--child", help=argparse.SUPPRESS)

@@ -25,7 +25,7 @@ PER_HEAD_KEY = re.compile(r"^encoder\.blocks\.(\d+)\.attention\.heads\.(\d+)\.(q
 
 class ViT(Layer):
     """ViT(config, backend="numpy"|"cupy", dtype="float32"|"float64", seed=0,
-    kernels="auto"|"numba"|"fast"|"reference", init="article"|"torch").
+    kernels="auto"|"numba"|"fused"|"fast"|"reference", init="article"|"torch").
 
     ``model(x)`` -> logits (B, K); ``model.backward(dlogits)`` -> dx (B, C, H, W),
     with every parameter gradient added into ``model.gradients()`` (views into one flat
@@ -33,8 +33,9 @@ class ViT(Layer):
     (``model.reseed(seed)`` sets the latter again). To run batches as shards on several
     CPU threads, wrap the model: ``npvit.DataParallel(model, threads=2)``. ``kernels`` picks the
     implementation of every layer's math (npvit/ops), each the same function: "numba" (fused loops,
-    NumPy backend, needs Numba), "fast" (NumPy tricks) or "reference" (the plain formulas); "auto"
-    (default) is numba where it runs, else fast. ``init``: the article's initialisation (weight
+    NumPy backend, needs Numba), "fused" (CUDA kernels, cupy only), "fast" (NumPy tricks) or
+    "reference" (the plain formulas); "auto" (default) is fused on cupy, numba on numpy where it
+    runs, else fast. ``init``: the article's initialisation (weight
     matrices N(0, 0.02), [CLS] and positions truncated normal) or PyTorch's module defaults
     (``torch_default_init``).
     """

@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from .backend import get_array_module, to_device, to_numpy
+from .ops import get_kernels
 
 
 def weight_decay_groups(params: dict, weight_decay: float):
@@ -98,6 +99,12 @@ class Optimizer:
             a = self.scalars[name] = self.xp.zeros((), dtype=self.flat_params.dtype)
         a.fill(value)
         return a
+
+    @property
+    def kernels(self):
+        """The model's kernel set (npvit/ops), which does the update's arithmetic."""
+        kernels = getattr(self.model, "kernels", None)
+        return kernels if kernels is not None else get_kernels("fast")
 
     def lr(self):
         """The learning rate: a 0-d device array, or a vector where groups differ."""
@@ -207,20 +214,10 @@ class AdamW(Optimizer):
     def update(self, p, g):
         (b1, b2), eps = self.defaults["betas"], self.defaults["eps"]
         t = self.step_count
-        lr = self.lr()
-        m, v = self.slot("exp_avg"), self.slot("exp_avg_sq")
-        if not isinstance(self.wd, float) or self.wd:
-            p *= 1.0 - lr * self.wd
-        m *= b1
-        m += (1.0 - b1) * g
-        v *= b2
-        v += (1.0 - b2) * (g * g)
-        denom = self.xp.sqrt(v)
-        denom *= self.scalar("inv_sqrt_bc2", 1.0 / math.sqrt(1.0 - b2 ** t))   # sqrt(v) / sqrt(1 - b2^t)
-        denom += eps
-        step = m / denom
-        step *= lr * self.scalar("inv_bc1", 1.0 / (1.0 - b1 ** t))             # lr / (1 - b1^t)
-        p -= step
+        # the model's kernel set does the arithmetic (reference: NumPy/CuPy operators; fused: one GPU kernel)
+        self.kernels.adamw_update(p, g, self.slot("exp_avg"), self.slot("exp_avg_sq"), self.lr(), self.wd, b1, b2,
+                                  eps, self.scalar("inv_bc1", 1.0 / (1.0 - b1 ** t)),
+                                  self.scalar("inv_sqrt_bc2", 1.0 / math.sqrt(1.0 - b2 ** t)))
 
 
 def clip_grad_norm(grads, max_norm: float):

@@ -10,14 +10,16 @@ GRADCHECK_TOL = 1e-6
 
 BACKENDS = ["numpy", pytest.param("cupy", marks=pytest.mark.gpu)]
 
-# The kernel sets (npvit/ops) beside the reference; numba runs on the numpy backend only.
-FAST_SETS = ["fast", "numba"]
-KERNEL_SETS = ["fast", "numba", "reference"]
+# The kernel sets (npvit/ops) beside the reference; numba runs on the numpy backend only, fused on cupy only.
+FAST_SETS = ["fast", "numba", pytest.param("fused", marks=pytest.mark.gpu)]
+KERNEL_SETS = FAST_SETS + ["reference"]
 
 
 def skip_unless_runs(kernels, backend="numpy"):
     """Skip a case of kernel set ``kernels`` that cannot run on ``backend`` here: numba on the GPU, or
-    where Numba is not installed (it is in the test extra, so CI runs every case)."""
+    where Numba is not installed (it is in the test extra, so CI runs every case); fused off the GPU."""
+    if kernels == "fused" and backend != "cupy":
+        pytest.skip("the fused kernels run on CUDA only")
     if kernels == "numba":
         if backend != "numpy":
             pytest.skip("the numba kernels are CPU loops for the numpy backend")

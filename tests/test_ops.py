@@ -28,9 +28,11 @@ def mask(xp, dtype, shape, seed=1):
     return to_device((keep / 0.7).astype(dtype), xp)
 
 
-def cases(xp, dtype):
+def cases(xp, dtype, dims=(B, N, D, H)):
     """name -> (forward args, backward extra args builder): each op of the kernel interface."""
     r, rng = inputs(xp, dtype)
+    B, N, D, H = dims
+    hs = D // H
     qkv = r(3, B, H, N, hs)
     return {
         "linear": (lambda ops: ops.linear_forward(r(B, N, D), r(K, D), r(K)),
@@ -48,22 +50,88 @@ def cases(xp, dtype):
     }
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("op", ["linear", "layernorm", "gelu_tanh", "gelu_erf", "attention", "attention_cls_dropout"])
-@pytest.mark.parametrize("kernels", FAST_SETS)
-def test_fast_equals_reference(kernels, op, dtype, backend):
-    skip_unless_runs(kernels, backend)
-    xp = get_xp(backend)
+OPS = ["linear", "layernorm", "gelu_tanh", "gelu_erf", "attention", "attention_cls_dropout"]
+
+
+def assert_set_equals_reference(ops, op, dtype, xp, dims=(B, N, D, H)):
     results = []
-    for ops in (reference, get_kernels(kernels, backend)):
-        forward, backward = cases(xp, dtype)[op]        # fresh, identical random inputs for each set
-        y, cache = forward(ops)
-        grads = backward(ops, y, cache)
+    for kernel_set in (reference, ops):
+        forward, backward = cases(xp, dtype, dims)[op]  # fresh, identical random inputs for each set
+        y, cache = forward(kernel_set)
+        grads = backward(kernel_set, y, cache)
         grads = grads if isinstance(grads, tuple) else (grads,)
         results.append([y, *grads])
     for i, (ref, fast) in enumerate(zip(*results)):
         assert fast.dtype == np.dtype(dtype), f"{op} output {i} is {fast.dtype}"
+        assert fast.shape == ref.shape, (op, i, fast.shape, ref.shape)
         assert rel_err(to_numpy(fast), to_numpy(ref)) < TOL[dtype], (op, i, rel_err(to_numpy(fast), to_numpy(ref)))
+
+
+@pytest.mark.parametrize("kernels", FAST_SETS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("op", OPS)
+def test_fast_equals_reference(kernels, op, dtype, backend):
+    skip_unless_runs(kernels, backend)
+    assert_set_equals_reference(get_kernels(kernels, backend), op, dtype, get_xp(backend))
+
+
+# The fused CUDA kernels: rows shorter and longer than a warp (32), the article's and the large model's sizes.
+@pytest.mark.gpu
+@pytest.mark.parametrize("dims", [(B, N, D, H), (3, 65, 48, 4), (2, 257, 192, 3)], ids=["tiny", "article", "large"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("op", OPS)
+def test_fused_equals_reference(op, dtype, dims):
+    from npvit.ops import cupy_fused
+
+    assert_set_equals_reference(cupy_fused, op, dtype, get_xp("cupy"), dims)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("n", [5, 65, 257])
+def test_fused_softmax_with_its_scale_equals_the_reference(dtype, n):
+    from npvit.ops import cupy_fused
+
+    xp = get_xp("cupy")
+    r, _ = inputs(xp, dtype)
+    scores, datt, scale = r(2, 3, 7, n, scale=4.0), r(2, 3, 7, n), 0.3
+    att = reference.softmax_forward(scores * scale)
+    assert rel_err(cupy_fused.softmax_forward(scores, scale=scale), att) < TOL[dtype]
+    assert rel_err(cupy_fused.softmax_forward(scores.copy(), out=None, scale=scale), att) < TOL[dtype]
+    in_place = scores.copy()
+    assert cupy_fused.softmax_forward(in_place, out=in_place, scale=scale) is in_place
+    assert rel_err(in_place, att) < TOL[dtype]
+    expected = reference.softmax_backward(datt, att) * scale
+    assert rel_err(cupy_fused.softmax_backward(datt, att, scale=scale), expected) < TOL[dtype]
+    d = datt.copy()
+    cupy_fused.softmax_backward(d, att, out=d, scale=scale)
+    assert rel_err(d, expected) < TOL[dtype]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("per_element", [False, True], ids=["scalars", "group-vectors"])
+def test_fused_adamw_equals_the_reference(dtype, per_element):
+    from npvit.ops import cupy_fused
+
+    xp = get_xp("cupy")
+    r, rng = inputs(xp, dtype)
+    n = 10_001
+    state = {name: [r(n), xp.zeros(n, dtype), xp.zeros(n, dtype)] for name in ("reference", "fused")}
+    state["fused"] = [a.copy() for a in state["reference"]]
+    lr = (xp.abs(r(n)) * 1e-2) if per_element else xp.asarray(3e-3, dtype=dtype)
+    wd = (xp.abs(r(n)) * 0.1) if per_element else 0.05
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    p_initial = state["reference"][0].copy()
+    for t in range(1, 4):
+        g = r(n)
+        args = (lr, wd, b1, b2, eps, xp.asarray(1 / (1 - b1 ** t), dtype=dtype),
+                xp.asarray(1 / (1 - b2 ** t) ** 0.5, dtype=dtype))
+        reference.adamw_update(*state["reference"][:1], g, *state["reference"][1:], *args)
+        cupy_fused.adamw_update(*state["fused"][:1], g, *state["fused"][1:], *args)
+    assert rel_err(state["reference"][0], p_initial) > 1e-4   # the steps moved the weights
+    for name, a, b in zip(("p", "m", "v"), state["fused"], state["reference"]):
+        assert rel_err(a, b) < TOL[dtype], (name, rel_err(a, b))
 
 
 @pytest.mark.parametrize("kernels", FAST_SETS)
@@ -77,7 +145,7 @@ def test_fast_softmax_cross_entropy_and_im2col_equal_the_reference(kernels, dtyp
     att = reference.softmax_forward(scores)
     assert rel_err(fast.softmax_forward(scores.copy()), att) < TOL[dtype]
     assert rel_err(fast.softmax_backward(datt.copy(), att), reference.softmax_backward(datt, att)) < TOL[dtype]
-    if kernels == "numba":          # softmax(scale * s) and its backward, the scale folded into the loops
+    if kernels in ("numba", "fused"):   # softmax(scale * s) and its backward, the scale folded in
         att = reference.softmax_forward(0.3 * scores)
         assert rel_err(fast.softmax_forward(scores.copy(), scale=0.3), att) < TOL[dtype]
         assert rel_err(fast.softmax_backward(datt.copy(), att, scale=0.3),
@@ -110,17 +178,19 @@ def test_every_reference_op_passes_the_gradient_check():
 @pytest.mark.parametrize("kernels", FAST_SETS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_a_model_computes_the_same_on_every_kernel_set(kernels, dtype):
-    skip_unless_runs(kernels)
+    backend = "cupy" if kernels == "fused" else "numpy"
+    skip_unless_runs(kernels, backend)
     c = {**small_vit_config().to_dict(), "hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2,
          "final_layernorm": True}
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((4, 3, 8, 8)).astype(dtype), rng.integers(0, 5, 4)
     out = []
+    xp = get_xp(backend)
     for name in (kernels, "reference"):
-        model = ViT(c, dtype=dtype, seed=2, kernels=name)
-        logits, atts = model(x, return_attention=True)
+        model = ViT(c, backend=backend, dtype=dtype, seed=2, kernels=name)
+        logits, atts = model(to_device(x, xp), return_attention=True)
         model.zero_grad()
-        _, d = softmax_cross_entropy(logits, y, 0.1, kernels=model.kernels)
+        _, d = softmax_cross_entropy(logits, to_device(y, xp), 0.1, kernels=model.kernels)
         dx = model.backward(d)
         out.append((logits, dx, model.flat_grads.copy(), atts))
     (l1, dx1, g1, a1), (l2, dx2, g2, a2) = out
@@ -131,6 +201,8 @@ def test_a_model_computes_the_same_on_every_kernel_set(kernels, dtype):
 
 def test_kernel_sets_are_chosen_by_name_or_module():
     assert get_kernels("reference") is reference and get_kernels() is numpy_fast
+    with pytest.raises(ValueError, match="kernels='fused' are CUDA kernels"):
+        ViT(small_vit_config(), kernels="fused")
     assert get_kernels(reference) is reference
     with pytest.raises(ValueError, match="unknown kernels 'turbo'"):
         ViT(small_vit_config(), kernels="turbo")
@@ -141,13 +213,13 @@ def test_kernel_sets_are_chosen_by_name_or_module():
     assert all(layer.kernels is reference for _, layer in m.named_layers())
     assert [kernels_name(get_kernels(k)) for k in ("fast", "reference")] == ["fast", "reference"]
     assert kernels_name(types.SimpleNamespace()) == "SimpleNamespace"     # a set of one's own: named by its type
-    with pytest.raises(ValueError, match=r"choose one of \['auto', 'numba', 'fast', 'reference'\]"):
+    with pytest.raises(ValueError, match=r"choose one of \['auto', 'numba', 'fused', 'fast', 'reference'\]"):
         get_kernels("turbo")
 
 
 def test_auto_picks_numba_on_the_cpu_where_numba_is_installed(monkeypatch):
     import npvit.ops as ops
-    assert kernels_name(get_kernels("auto", "cupy")) == "fast"      # the numba loops are CPU code
+    assert ops.auto_kernels("cupy") == "fused"                      # the numba loops are CPU code
     monkeypatch.setattr(ops, "find_spec", lambda name: None)
     assert kernels_name(get_kernels("auto")) == "fast"              # no Numba: fast, and the start line says so
     pytest.importorskip("numba")

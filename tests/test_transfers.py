@@ -32,3 +32,39 @@ def test_transfers_do_not_grow_with_the_number_of_steps(tmp_path, augment):
     # what an epoch costs: the data and the permutation go over once; the epoch's loss and
     # accuracy and the test metrics come back once; checkpoints copy the weights to the host
     assert two["to_host"] >= 4 and two["to_device"] >= 5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("augment", ["crop_flip", "article"])
+def test_a_gpu_training_step_never_waits_for_the_device(augment):
+    """On CuPy: augmentation, forward, backward, clipping, AdamW and the EMA of several steps run with
+    device synchronisation forbidden (cupyx raises DeviceSynchronized at any read-back or sync)."""
+    import cupy
+    import cupyx
+    import numpy as np
+
+    from npvit import ViT
+    from npvit.augment import normalizer
+    from npvit.ema import EMA
+    from npvit.optim import AdamW
+    from npvit.train import augment_batch, train_step
+
+    if not hasattr(cupyx, "allow_synchronize"):
+        pytest.skip("this CuPy has no cupyx.allow_synchronize")
+    cfg = build_config(overrides=dict(augment=augment, mixup=0.2, cutmix=1.0, trivial_augment=True, backend="cupy",
+                                      threads=1, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1))
+    model = ViT({k: cfg[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                                     "hidden_dropout_prob", "attention_probs_dropout_prob")}, backend="cupy")
+    opt, ema = AdamW(model, lr=1e-3), EMA(model, 0.99)
+    rng = np.random.default_rng(0)
+    images = cupy.asarray(rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8))
+    labels = cupy.asarray(rng.integers(0, 10, 64))
+    norm = normalizer(cupy, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), model.dtype)
+    before = model.flat_params.copy()
+    with cupyx.allow_synchronize(False):
+        for step in range(3):
+            x, target = augment_batch(cfg, images, labels, norm, model.dtype, cupy.random.default_rng(step),
+                                      np.random.default_rng(step))
+            train_step(model, opt, x, target, labels, 0.1, 1.0)
+            ema.update()
+    assert float(abs(model.flat_params - before).max()) > 0

@@ -238,7 +238,31 @@ def col2im(cols, x_shape, stride=1, padding=0):
     return dx[:, :, padding:padding + H, padding:padding + W]
 
 
+# -- AdamW over a flat parameter buffer ---------------------------------------------------------
+def adamw_update(p, g, m, v, lr, wd, b1, b2, eps, inv_bc1, inv_sqrt_bc2):
+    """One AdamW step (torch.optim.AdamW), in place on p, m, v; lr and wd scalars or per-element vectors:
+
+        p *= 1 - lr wd                               decoupled weight decay
+        m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
+        p -= (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    with inv_bc1 = 1 / (1 - b1^t) and inv_sqrt_bc2 = 1 / sqrt(1 - b2^t) at step t.
+    """
+    xp = get_array_module(p)
+    if not isinstance(wd, float) or wd:
+        p *= 1.0 - lr * wd
+    m *= b1
+    m += (1.0 - b1) * g
+    v *= b2
+    v += (1.0 - b2) * (g * g)
+    denom = xp.sqrt(v)
+    denom *= inv_sqrt_bc2                                        # sqrt(v) / sqrt(1 - b2^t)
+    denom += eps
+    step = m / denom
+    step *= lr * inv_bc1                                         # lr / (1 - b1^t)
+    p -= step
+
+
 NAMES = ("linear_forward", "linear_backward", "layernorm_forward", "layernorm_backward", "gelu_forward",
          "gelu_backward", "softmax_forward", "softmax_backward", "attention_forward", "attention_backward",
-         "cross_entropy_forward", "cross_entropy_backward", "log_softmax", "im2col", "col2im")
+         "cross_entropy_forward", "cross_entropy_backward", "log_softmax", "im2col", "col2im", "adamw_update")
 __all__ = list(NAMES) + ["conv_output_size"]

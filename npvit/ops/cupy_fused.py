@@ -1,0 +1,240 @@
+"""The reference math (npvit/ops/reference.py) as fused CuPy kernels, for NVIDIA GPUs.
+
+A model this small is bound by kernel launches on a GPU, not by arithmetic: each CuPy operator
+is one launch (about 5-20 us of Python and driver time), and the reference's LayerNorm alone is a
+dozen of them. Here each elementwise chain is one kernel, each row-wise reduction one warp per row:
+
+- GELU (tanh) forward and backward: one ``ElementwiseKernel`` each, the same x * sigmoid(2u) as
+  numpy_fast (the erf GELU stays the reference's);
+- LayerNorm forward (mean, variance, xhat, the affine map) and the row part of its backward: one
+  warp per row, reductions by warp shuffles; dw and db are two column sums;
+- softmax with the 1/sqrt(hs) scale folded in, forward and backward: one warp per row;
+- AdamW over the whole flat parameter buffer: one ``ElementwiseKernel``.
+
+The same signatures and the same results (tested on the device against the reference: float64 to
+1e-12, float32 to 1e-5). Functions not redefined here are numpy_fast's (GEMMs are cuBLAS's).
+Importing this module needs CuPy; npvit.ops loads it only when a model asks for ``kernels="fused"``.
+"""
+from __future__ import annotations
+
+import cupy as cp
+import numpy as np
+
+from .numpy_fast import *  # noqa: F401,F403  (what is not fused here is numpy_fast's)
+from .reference import GELU_COEF, SQRT_2_OVER_PI
+from .reference import gelu_backward as _gelu_backward, gelu_forward as _gelu_forward
+
+WARP = 32
+ROWS_PER_BLOCK = 8                                  # 8 warps (256 threads) per block, one row each
+
+
+# -- GELU (tanh) ----------------------------------------------------------------------------------
+# y = x s,  s = sigmoid(2u) = 0.5 (1 + tanh(u)),  u = a (x + c x^3),  a = sqrt(2/pi), c = 0.044715
+_gelu_fwd = cp.ElementwiseKernel(
+    "T x, T a, T c", "T y, T s",
+    "s = (T)1 / ((T)1 + exp((T)-2 * a * x * ((T)1 + c * x * x)));  y = x * s;",
+    "npvit_gelu_tanh_fwd")
+# dy/dx = s + x s (1 - s) 2 du/dx,  2 du/dx = 2a (1 + 3c x^2)
+_gelu_bwd = cp.ElementwiseKernel(
+    "T dy, T x, T s, T a, T c", "T dx",
+    "dx = dy * (s + x * s * ((T)1 - s) * (T)2 * a * ((T)1 + (T)3 * c * x * x));",
+    "npvit_gelu_tanh_bwd")
+
+
+def gelu_forward(x, approximate="tanh"):
+    if approximate != "tanh":
+        return _gelu_forward(x, approximate)
+    y, s = _gelu_fwd(x, SQRT_2_OVER_PI, GELU_COEF)
+    return y, (x, s)
+
+
+def gelu_backward(dy, cache, approximate="tanh"):
+    if approximate != "tanh":
+        return _gelu_backward(dy, cache, approximate)
+    x, s = cache
+    return _gelu_bwd(dy, x, s, SQRT_2_OVER_PI, GELU_COEF)
+
+
+# -- row kernels: one warp per row of a (rows, n) array ------------------------------------------------
+_ROW_SOURCE = r"""
+__device__ __forceinline__ T warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ T warp_max(T v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+#define ROW_SETUP                                                         \
+    const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; \
+    const int lane = threadIdx.x % 32;                                    \
+    if (row >= rows) return;    /* a whole warp leaves together: shuffles stay full */
+
+// xhat = (x - mean) rstd, rstd = 1/sqrt(var + eps) (biased var), y = xhat w + b
+extern "C" __global__ void layernorm_fwd(const T* x, const T* w, const T* b, T* y, T* xhat, T* rstd,
+                                          long long rows, int n, T eps) {
+    ROW_SETUP
+    const T* xr = x + row * n;
+    T s = 0;
+    for (int i = lane; i < n; i += 32) s += xr[i];
+    const T mean = warp_sum(s) / n;
+    T v = 0;
+    for (int i = lane; i < n; i += 32) { T c = xr[i] - mean; v += c * c; }
+    const T r = (T)1 / sqrt(warp_sum(v) / n + eps);
+    for (int i = lane; i < n; i += 32) {
+        T h = (xr[i] - mean) * r;
+        xhat[row * n + i] = h;
+        y[row * n + i] = h * w[i] + b[i];
+    }
+    if (lane == 0) rstd[row] = r;
+}
+
+// dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)),  dxhat = dy w
+extern "C" __global__ void layernorm_bwd(const T* dy, const T* xhat, const T* rstd, const T* w, T* dx,
+                                          long long rows, int n) {
+    ROW_SETUP
+    const T* dyr = dy + row * n;
+    const T* hr = xhat + row * n;
+    T s1 = 0, s2 = 0;
+    for (int i = lane; i < n; i += 32) { T g = dyr[i] * w[i]; s1 += g; s2 += g * hr[i]; }
+    const T m1 = warp_sum(s1) / n, m2 = warp_sum(s2) / n, r = rstd[row];
+    for (int i = lane; i < n; i += 32) dx[row * n + i] = r * (dyr[i] * w[i] - m1 - hr[i] * m2);
+}
+
+// att = softmax(scale * scores) along the row (in place allowed: out may be scores)
+extern "C" __global__ void softmax_fwd(const T* scores, T* att, long long rows, int n, T scale) {
+    ROW_SETUP
+    const T* sr = scores + row * n;
+    T m = sr[lane < n ? lane : 0];
+    for (int i = lane + 32; i < n; i += 32) m = fmax(m, sr[i]);
+    m = warp_max(m);
+    T s = 0;
+    for (int i = lane; i < n; i += 32) s += exp(scale * (sr[i] - m));
+    const T inv = (T)1 / warp_sum(s);
+    for (int i = lane; i < n; i += 32) att[row * n + i] = exp(scale * (sr[i] - m)) * inv;
+}
+
+// dscores = scale * att (datt - sum(datt att)) (in place allowed: out may be datt)
+extern "C" __global__ void softmax_bwd(const T* datt, const T* att, T* dscores, long long rows, int n, T scale) {
+    ROW_SETUP
+    const T* dr = datt + row * n;
+    const T* ar = att + row * n;
+    T s = 0;
+    for (int i = lane; i < n; i += 32) s += dr[i] * ar[i];
+    s = warp_sum(s);
+    for (int i = lane; i < n; i += 32) dscores[row * n + i] = scale * ar[i] * (dr[i] - s);
+}
+"""
+
+_ROW_KERNELS = {}
+
+
+def _row_kernel(name, dtype):
+    """The row kernel ``name`` compiled for float or double (cached: NVRTC compiles each once)."""
+    key = (name, np.dtype(dtype).name)
+    if key not in _ROW_KERNELS:
+        ctype = {"float32": "float", "float64": "double"}[key[1]]
+        module = cp.RawModule(code=f"typedef {ctype} T;\n" + _ROW_SOURCE)
+        for kname in ("layernorm_fwd", "layernorm_bwd", "softmax_fwd", "softmax_bwd"):
+            _ROW_KERNELS[(kname, key[1])] = module.get_function(kname)
+    return _ROW_KERNELS[key]
+
+
+def _launch(name, rows, *args):
+    """Launch a row kernel over ``rows`` rows, one warp each. The first array argument sets the type."""
+    dtype = next(a.dtype for a in args if isinstance(a, cp.ndarray))
+    grid = (int(rows) + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK
+    _row_kernel(name, dtype)((max(grid, 1),), (ROWS_PER_BLOCK * WARP,), args)
+
+
+def _rows(x):
+    return int(np.prod(x.shape[:-1], dtype=np.int64))
+
+
+# -- LayerNorm ------------------------------------------------------------------------------------
+def layernorm_forward(x, w, b, eps=1e-5):
+    x = cp.ascontiguousarray(x)
+    n, rows = x.shape[-1], _rows(x)
+    y, xhat = cp.empty_like(x), cp.empty_like(x)
+    rstd = cp.empty(x.shape[:-1] + (1,), dtype=x.dtype)                 # (..., 1)
+    _launch("layernorm_fwd", rows, x, w, b, y, xhat, rstd, np.int64(rows), np.int32(n), x.dtype.type(eps))
+    return y, (xhat, rstd)
+
+
+def layernorm_backward(dy, cache, w):
+    # dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = dy w;  dw = sum dy xhat, db = sum dy
+    xhat, rstd = cache
+    dy = cp.ascontiguousarray(dy)
+    n, rows = dy.shape[-1], _rows(dy)
+    dx = cp.empty_like(dy)
+    _launch("layernorm_bwd", rows, dy, xhat, rstd, w, dx, np.int64(rows), np.int32(n))
+    dy2d, xhat2d = dy.reshape(-1, n), xhat.reshape(-1, n)              # (M, D): every row
+    dw = (dy2d * xhat2d).sum(axis=0)
+    db = dy2d.sum(axis=0)
+    return dx, dw, db
+
+
+# -- softmax --------------------------------------------------------------------------------------
+def softmax_forward(scores, out=None, scale=1.0):
+    """softmax(scale * scores) over the last axis; ``out=scores`` works in place."""
+    scores = cp.ascontiguousarray(scores)
+    att = cp.empty_like(scores) if out is None else out
+    rows = _rows(scores)
+    _launch("softmax_fwd", rows, scores, att, np.int64(rows), np.int32(scores.shape[-1]), scores.dtype.type(scale))
+    return att
+
+
+def softmax_backward(datt, att, out=None, scale=1.0):
+    """scale * att (datt - sum(datt att)); ``out=datt`` works in place."""
+    datt = cp.ascontiguousarray(datt)
+    d = cp.empty_like(datt) if out is None else out
+    rows = _rows(datt)
+    _launch("softmax_bwd", rows, datt, att, d, np.int64(rows), np.int32(datt.shape[-1]), datt.dtype.type(scale))
+    return d
+
+
+# -- the attention core, with the scale inside the softmax kernels ---------------------------------
+def attention_forward(qkv, scale, num_queries=None, mask=None):
+    Nq = qkv.shape[3] if num_queries is None else num_queries
+    q, k, v = qkv[0, :, :, :Nq], qkv[1], qkv[2]
+    qk = q @ k.transpose(0, 1, 3, 2)                             # (B, H, Nq, N), unscaled
+    att = softmax_forward(qk, out=qk, scale=scale)               # softmax(q k^T * scale), in place
+    att_d = att if mask is None else att * mask
+    ctx = att_d @ v                                              # (B, H, Nq, hs)
+    return ctx, (qkv, Nq, scale, att, att_d, mask)
+
+
+def attention_backward(dctx, cache):
+    # as the reference: dv = att_d^T dctx, datt = dctx v^T (* mask), dscores = scale * softmax_backward,
+    # dq = dscores k, dk = dscores^T q (the scale is applied once, in the softmax kernel)
+    qkv, Nq, scale, att, att_d, mask = cache
+    q, k, v = qkv[0, :, :, :Nq], qkv[1], qkv[2]
+    dctx = cp.ascontiguousarray(dctx)
+    dqkv = cp.empty_like(qkv)                                    # (3, B, H, N, hs)
+    if Nq < qkv.shape[3]:
+        dqkv[0, :, :, Nq:] = 0                                   # tokens that asked nothing
+    datt = dctx @ v.transpose(0, 1, 3, 2)                        # (B, H, Nq, N)
+    cp.matmul(att_d.transpose(0, 1, 3, 2), dctx, out=dqkv[2])   # dv
+    if mask is not None:
+        datt *= mask
+    dscores = softmax_backward(datt, att, out=datt, scale=scale)
+    cp.matmul(dscores, k, out=dqkv[0, :, :, :Nq])                # dq
+    cp.matmul(dscores.transpose(0, 1, 3, 2), q, out=dqkv[1])    # dk
+    return dqkv
+
+
+# -- AdamW over the flat buffer -------------------------------------------------------------------------
+_adamw = cp.ElementwiseKernel(
+    "T g, T lr, T wd, T b1, T b2, T eps, T inv_bc1, T inv_sqrt_bc2", "T p, T m, T v",
+    """
+    p = p * ((T)1 - lr * wd);
+    m = b1 * m + ((T)1 - b1) * g;
+    v = b2 * v + ((T)1 - b2) * (g * g);
+    p = p - (m / (sqrt(v) * inv_sqrt_bc2 + eps)) * (lr * inv_bc1);
+    """,
+    "npvit_adamw")
+
+
+def adamw_update(p, g, m, v, lr, wd, b1, b2, eps, inv_bc1, inv_sqrt_bc2):
+    """One AdamW step in place on the flat buffers p, m, v, in one kernel (see reference.adamw_update)."""
+    _adamw(g, lr, wd, b1, b2, eps, inv_bc1, inv_sqrt_bc2, p, m, v)
