@@ -57,10 +57,20 @@ def magnitudes(op, num_bins=NUM_BINS):
 STRENGTHS = np.stack([magnitudes(op).astype(np.float64) for op in OPS])     # (14, 31)
 
 
-def trivial_augment(x, rng):
+def trivial_augment(x, rng, select=None):
     """x (B, C, H, W) floats in [0, 1] -> each image with one random operation at a random strength.
-    ``rng``: a Generator on x's device (numpy or cupy)."""
+    ``rng``: a Generator on x's device (numpy or cupy).
+
+    ``select``: how each operation meets its images, with the same result either way:
+    "gather" runs it on the images that drew it (their row list's length must come to the host:
+    a device sync on a GPU); "mask" runs it on every image and keeps it where drawn (13x the
+    arithmetic, which a GPU does not notice, and nothing read back). None: "gather" on NumPy,
+    "mask" elsewhere."""
     xp = get_array_module(x)
+    if select is None:
+        select = "gather" if xp is np else "mask"
+    if select not in ("gather", "mask"):
+        raise ValueError(f"select must be 'gather' or 'mask', not {select!r}")
     B = x.shape[0]
     op_of = rng.integers(0, len(OPS), size=B)                   # (B,) which operation each image gets
     bin_of = rng.integers(0, NUM_BINS, size=B)                  # (B,) at which strength
@@ -69,6 +79,13 @@ def trivial_augment(x, rng):
     out = x.copy()
     for k, op in enumerate(OPS):
         if op == "Identity":
+            continue
+        if select == "mask":
+            m = strengths[k, bin_of]                            # (B,) every image's strength for op k
+            if op in SIGNED:
+                m = m * sign
+            drew = (op_of == k)[:, None, None, None]            # (B, 1, 1, 1)
+            out = xp.where(drew, apply(op, x, m), out)
             continue
         rows = xp.nonzero(op_of == k)[0]
         if rows.size == 0:

@@ -86,10 +86,12 @@ def test_rotate_and_translate_are_exact(size, xp):
     np.testing.assert_array_equal(shifted, want)
 
 
-def test_the_batch_is_each_image_with_its_own_draw(xp):
-    """trivial_augment(x) equals, image by image, apply(the op it drew, at its strength and sign)."""
+@pytest.mark.parametrize("select", ["gather", "mask"])
+def test_the_batch_is_each_image_with_its_own_draw(select, xp):
+    """trivial_augment(x) equals, image by image, apply(the op it drew, at its strength and sign),
+    whether each operation runs on the images that drew it (gather) or on all, kept where drawn (mask)."""
     x = images(xp, b=64, size=8, seed=3)
-    out = to_numpy(ta.trivial_augment(x, default_rng(xp, 11)))
+    out = to_numpy(ta.trivial_augment(x, default_rng(xp, 11), select=select))
     rng = default_rng(xp, 11)                                    # the same draws, in the same order
     op_of, bin_of = to_numpy(rng.integers(0, len(ta.OPS), size=64)), to_numpy(rng.integers(0, ta.NUM_BINS, size=64))
     sign = np.where(to_numpy(rng.random(64)) < 0.5, -1.0, 1.0)
@@ -100,9 +102,16 @@ def test_the_batch_is_each_image_with_its_own_draw(xp):
         want = to_numpy(x[i:i + 1]) if op == "Identity" else to_numpy(ta.apply(op, x[i:i + 1],
                                                                                to_device(np.array([m]), xp)))
         np.testing.assert_allclose(out[i:i + 1], want, rtol=0, atol=1e-6, err_msg=f"image {i}: {op} {m}")
-    again = to_numpy(ta.trivial_augment(x, default_rng(xp, 11)))
+    again = to_numpy(ta.trivial_augment(x, default_rng(xp, 11), select=select))
     np.testing.assert_array_equal(out, again)
+    other = "mask" if select == "gather" else "gather"
+    np.testing.assert_array_equal(out, to_numpy(ta.trivial_augment(x, default_rng(xp, 11), select=other)))
     assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_select_is_named():
+    with pytest.raises(ValueError, match="select must be"):
+        ta.trivial_augment(images(np), default_rng(np, 0), select="all")
 
 
 def test_float32_stays_float32(xp):
