@@ -206,7 +206,9 @@ def equalize(v):
     b, C, H, W = v.shape
     rows = v.reshape(b * C, H * W)                              # (bC, HW) one row per channel of an image
     offset = (xp.arange(b * C) * 256)[:, None]
-    hist = xp.bincount((rows + offset).ravel(), minlength=b * C * 256).reshape(b * C, 256)
+    hist = xp.zeros(b * C * 256, dtype=xp.int32)               # a scatter-add, not bincount: CuPy's bincount
+    xp.add.at(hist, (rows + offset).ravel(), 1)                 # reads back whether any index is negative
+    hist = hist.reshape(b * C, 256)                             # (bC, 256) each channel's histogram
     nonzero = hist > 0
     last = 255 - xp.argmax(nonzero[:, ::-1], axis=1)            # (bC,) the last non-empty bin
     h_last = xp.take_along_axis(hist, last[:, None], axis=1)[:, 0]
