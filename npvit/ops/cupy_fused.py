@@ -9,7 +9,9 @@ dozen of them. Here each elementwise chain is one kernel, each row-wise reductio
 - LayerNorm forward (mean, variance, xhat, the affine map) and the row part of its backward: one
   warp per row, reductions by warp shuffles; dw and db are two column sums;
 - softmax with the 1/sqrt(hs) scale folded in, forward and backward: one warp per row;
-- AdamW over the whole flat parameter buffer: one ``ElementwiseKernel``.
+- AdamW over the whole flat parameter buffer: one ``ElementwiseKernel``;
+- sums over the rows of tall matrices (the bias gradients of Linear and LayerNorm) as cuBLAS
+  matrix-vector products (``column_sum``).
 
 The same signatures and the same results (tested on the device against the reference: float64 to
 1e-12, float32 to 1e-5). Functions not redefined here are numpy_fast's (GEMMs are cuBLAS's).
