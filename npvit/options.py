@@ -24,7 +24,8 @@ class Option:
     choices: tuple = ()
 
 
-# kind: "int>0", "int>=0", "int>0|none", "seed", "float>0", "float>=0", "fraction" ([0, 1)), "betas", "scale",
+# kind: "int>0", "int>=0", "int>0|none", "seed", "float>0", "float>=0", "fraction" ([0, 1)),
+#       "probability" ((0, 1]), "betas", "scale",
 #       "bool", "choice", "path", "path|none", "threads"
 OPTIONS = {
     "epochs": Option(100, "number of epochs", "int>0"),
@@ -43,6 +44,8 @@ OPTIONS = {
     "trivial_augment": Option(False, "TrivialAugment: one random operation per image (shear, translate, rotate, "
                               "brightness, colour, contrast, sharpness, posterize, solarize, autocontrast, "
                               "equalize or none) at a random strength, before --augment's crop and flip", "bool"),
+    "trivial_augment_prob": Option(1.0, "with --trivial-augment: the chance that an image is augmented (the "
+                                   "rest pass as they are), in (0, 1]", "probability"),
     "crop_padding": Option(4, "padding for crop_flip", "int>=0"),
     "rrc_scale": Option([0.8, 1.0], "RandomResizedCrop area range, two numbers 0 < low <= high <= 1", "scale"),
     "mixup": Option(0.0, "mixup alpha (0 = off)", "float>=0"),
@@ -145,6 +148,7 @@ def check_value(key, v):
         "float>0": lambda: _is_number(v) and v > 0,
         "float>=0": lambda: _is_number(v) and v >= 0,
         "fraction": lambda: _is_number(v) and 0 <= v < 1,
+        "probability": lambda: _is_number(v) and 0 < v <= 1,
         "betas": lambda: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1
                                                                               for b in v),
         "scale": lambda: isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_is_number, v))
@@ -159,6 +163,7 @@ def check_value(key, v):
         want = {"int>0": "a positive integer", "int>=0": "an integer >= 0", "int>0|none": "a positive integer or null",
                 "seed": "an integer in [0, 2**63)", "float>0": "a positive finite number",
                 "float>=0": "a finite number >= 0", "fraction": "a number in [0, 1)",
+                "probability": "a number in (0, 1]",
                 "betas": "two numbers in [0, 1)", "scale": "[low, high] with 0 < low <= high <= 1",
                 "bool": "true or false", "choice": f"one of {list(o.choices)}", "path": "a non-empty path",
                 "path|none": "a path or null", "threads": "a positive integer or 'auto'"}[k]

@@ -95,7 +95,7 @@ def augment_batch(cfg, images_u8, y, norm, dtype, rng, host_rng):
     """uint8 images (B, C, H, W) and labels y (B,) -> normalised augmented x and targets (labels, or soft
     targets with mixup/cutmix). ``norm``: the (shift, scale) pair of aug.normalizer."""
     if cfg["trivial_augment"]:          # on the pixels, in [0, 1]; then the rest on the normalised images
-        pixels = trivial_augment(images_u8.astype(dtype) * dtype.type(1 / 255), rng)
+        pixels = trivial_augment(images_u8.astype(dtype) * dtype.type(1 / 255), rng, prob=cfg["trivial_augment_prob"])
         pixels *= dtype.type(255)
         x = aug.normalize(pixels, *norm, dtype)
     else:
@@ -643,7 +643,7 @@ def make_parser(prog="scripts/train.py"):
             t.add_argument(_flag(key), type=threads_arg, metavar="N|auto", **kw)
         elif o.kind.startswith("int") or o.kind == "seed":
             t.add_argument(_flag(key), type=int, metavar="N", **kw)
-        elif o.kind.startswith("float") or o.kind == "fraction":
+        elif o.kind.startswith("float") or o.kind in ("fraction", "probability"):
             t.add_argument(_flag(key), type=float, metavar="X", **kw)
         else:
             t.add_argument(_flag(key), metavar="PATH", **kw)

@@ -57,9 +57,11 @@ def magnitudes(op, num_bins=NUM_BINS):
 STRENGTHS = np.stack([magnitudes(op).astype(np.float64) for op in OPS])     # (14, 31)
 
 
-def trivial_augment(x, rng, select=None):
+def trivial_augment(x, rng, select=None, prob=1.0):
     """x (B, C, H, W) floats in [0, 1] -> each image with one random operation at a random strength.
-    ``rng``: a Generator on x's device (numpy or cupy).
+    ``rng``: a Generator on x's device (numpy or cupy). ``prob``: the chance that an image is
+    augmented at all; the others draw Identity (with prob 1 nothing more is drawn, so the stream
+    of draws is the same as without it).
 
     ``select``: how each operation meets its images, with the same result either way:
     "gather" runs it on the images that drew it (their row list's length must come to the host:
@@ -71,10 +73,14 @@ def trivial_augment(x, rng, select=None):
         select = "gather" if xp is np else "mask"
     if select not in ("gather", "mask"):
         raise ValueError(f"select must be 'gather' or 'mask', not {select!r}")
+    if not 0 < prob <= 1:
+        raise ValueError(f"prob must be in (0, 1], not {prob!r}")
     B = x.shape[0]
     op_of = rng.integers(0, len(OPS), size=B)                   # (B,) which operation each image gets
     bin_of = rng.integers(0, NUM_BINS, size=B)                  # (B,) at which strength
     sign = xp.where(rng.random(B) < 0.5, -1.0, 1.0)             # (B,) for the signed operations
+    if prob < 1:
+        op_of = xp.where(rng.random(B) < prob, op_of, 0)        # (B,) the untouched draw Identity
     strengths = xp.asarray(STRENGTHS)                           # (14, 31) on x's device
     out = x.copy()
     for k, op in enumerate(OPS):

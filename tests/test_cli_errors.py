@@ -70,6 +70,8 @@ def nan_checkpoint(trained, tmp_path_factory):
     ({"download": "no"}, "download must be true or false, got 'no'"),
     ({"epochs": 2.5}, "epochs must be a positive integer"),
     ({"rrc_scale": [0.9, 0.1]}, "rrc_scale must be [low, high]"),
+    ({"trivial_augment_prob": 0}, "trivial_augment_prob must be a number in (0, 1], got 0"),
+    ({"trivial_augment_prob": 1.5}, "trivial_augment_prob must be a number in (0, 1], got 1.5"),
     ({"threads": 0}, "threads must be a positive integer or 'auto'"),
     ({"hidden_size": "48"}, "config hidden_size must be an int"),
     ([1, 2], "must hold a JSON object"),

@@ -109,6 +109,29 @@ def test_the_batch_is_each_image_with_its_own_draw(select, xp):
     assert out.min() >= 0.0 and out.max() <= 1.0
 
 
+@pytest.mark.parametrize("select", ["gather", "mask"])
+def test_prob_leaves_the_undrawn_images_as_they_are(select, xp):
+    """With prob p each image is augmented when its extra draw is under p (as with prob 1, whose draws
+    come first and are the same), else left exactly as it was; prob 1 is the plain call."""
+    x = images(xp, b=64, size=8, seed=5)
+    full = to_numpy(ta.trivial_augment(x, default_rng(xp, 7), select=select))
+    np.testing.assert_array_equal(to_numpy(ta.trivial_augment(x, default_rng(xp, 7), select=select, prob=1.0)), full)
+    half = to_numpy(ta.trivial_augment(x, default_rng(xp, 7), select=select, prob=0.5))
+    rng = default_rng(xp, 7)                                     # the draws: op, bin, sign, then touched
+    rng.integers(0, len(ta.OPS), size=64), rng.integers(0, ta.NUM_BINS, size=64), rng.random(64)
+    touched = to_numpy(rng.random(64)) < 0.5
+    assert 20 < touched.sum() < 44
+    np.testing.assert_array_equal(half[touched], full[touched])
+    np.testing.assert_array_equal(half[~touched], to_numpy(x)[~touched])
+    assert (full[~touched] != to_numpy(x)[~touched]).any()      # they would have changed at prob 1
+
+
+@pytest.mark.parametrize("prob", [0.0, -0.5, 1.5])
+def test_prob_outside_0_1_is_refused(prob):
+    with pytest.raises(ValueError, match="prob must be in"):
+        ta.trivial_augment(images(np), default_rng(np, 0), prob=prob)
+
+
 def test_select_is_named():
     with pytest.raises(ValueError, match="select must be"):
         ta.trivial_augment(images(np), default_rng(np, 0), select="all")
