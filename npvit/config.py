@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 INT_KEYS = ("patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
             "image_size", "num_classes", "num_channels")
-PROB_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+PROB_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
 
 
 @dataclass
@@ -35,6 +35,8 @@ class ViTConfig:
     final_layernorm: bool = False           # a LayerNorm on the encoder output before the classifier
     pooling: str = "cls"                    # what the classifier reads: "cls" (the [CLS] token, the article's)
                                             # or "mean" (the average of the patch tokens, global average pooling)
+    drop_path_rate: float = 0.0             # stochastic depth: the last block's chance of skipping a branch per
+                                            # image, rising linearly from 0 in the first block
 
     def __post_init__(self):
         for key in INT_KEYS:

@@ -59,7 +59,7 @@ class ViT(Layer):
                                     c.hidden_dropout_prob, rng=rng, std=std)
         self.encoder = Encoder(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size,
                                c.qkv_bias, c.hidden_dropout_prob, c.attention_probs_dropout_prob,
-                               c.gelu_approximate, rng=rng, std=std)
+                               c.gelu_approximate, rng=rng, std=std, drop_path_rate=c.drop_path_rate)
         self.layernorm = LayerNorm(c.hidden_size) if c.final_layernorm else None
         self.classifier = Linear(c.hidden_size, c.num_classes, rng=rng, std=std)
         if init == "torch":

@@ -30,6 +30,8 @@ def test_accepts_the_articles_config_dict_and_json(tmp_path):
     ({"image_size": 30}, ValueError, "image_size 30 is not divisible by patch_size 4"),
     ({"hidden_dropout_prob": math.nan}, ValueError, "hidden_dropout_prob must be a probability"),
     ({"attention_probs_dropout_prob": 1.0}, ValueError, "attention_probs_dropout_prob"),
+    ({"drop_path_rate": 1.0}, ValueError, "drop_path_rate must be a probability"),
+    ({"drop_path_rate": "0.1"}, TypeError, "drop_path_rate must be a number"),
     ({"initializer_range": math.nan}, ValueError, "initializer_range"),
     ({"initializer_range": -0.02}, ValueError, "initializer_range"),
     ({"num_hidden_layers": 0}, ValueError, "num_hidden_layers must be positive"),

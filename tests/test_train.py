@@ -18,7 +18,8 @@ SMALL = ["--hidden-size", "24", "--num-attention-heads", "3", "--intermediate-si
          "--eval-every", "1"]        # every epoch's test metrics compared (the default recipe evaluates less often)
 # What a resume must carry on exactly: the schedule, the augmentations' and dropout's streams, the moving average.
 RESUMED = ["--epochs", "3", "--batch-size", "64", "--warmup-epochs", "1", "--mixup", "0.2", "--hidden-dropout-prob",
-           "0.1", "--ema", "0.9", "--eval-raw", "--trivial-augment"] + SMALL
+           "0.1", "--drop-path-rate", "0.2", "--ema", "0.9", "--eval-raw", "--trivial-augment",
+           "--trivial-augment-prob", "0.5"] + SMALL
 
 
 def run(args, env=None, check=True):

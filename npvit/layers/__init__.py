@@ -4,10 +4,10 @@ from .attention import MultiHeadSelfAttention
 from .base import Layer
 from .block import MLP, Block, Encoder
 from .conv import Conv2d, PatchEmbeddings, col2im, im2col
-from .dropout import Dropout
+from .dropout import DropPath, Dropout
 from .embedding import Embeddings
 from .linear import Linear
 from .norm import LayerNorm
 
-__all__ = ["Layer", "Linear", "LayerNorm", "GELU", "Dropout", "Conv2d", "PatchEmbeddings", "Embeddings",
+__all__ = ["Layer", "Linear", "LayerNorm", "GELU", "Dropout", "DropPath", "Conv2d", "PatchEmbeddings", "Embeddings",
            "MultiHeadSelfAttention", "MLP", "Block", "Encoder", "im2col", "col2im"]

@@ -2,13 +2,17 @@
 
     x = x + attention(layernorm_1(x))
     x = x + mlp(layernorm_2(x))
+
+With stochastic depth (``drop_path`` > 0, off in the article's model) each branch passes through
+DropPath: per image, kept and scaled by 1/(1-p), or dropped, so that image skips the block's
+attention or MLP this step.
 """
 from __future__ import annotations
 
 from .activation import GELU
 from .attention import MultiHeadSelfAttention
 from .base import Layer
-from .dropout import Dropout
+from .dropout import DropPath, Dropout
 from .linear import Linear
 from .norm import LayerNorm
 
@@ -37,7 +41,7 @@ class Block(Layer):
     """Pre-norm transformer block: (B, N, D) -> (B, N, D), or (B, 1, D) with cls_only."""
 
     def __init__(self, hidden_size, num_heads, intermediate_size, qkv_bias=True, hidden_dropout=0.0,
-                 attn_dropout=0.0, approximate="tanh", rng=None, std=0.02):
+                 attn_dropout=0.0, approximate="tanh", rng=None, std=0.02, drop_path=0.0):
         super().__init__()
         # Defined in the article's order, so parameters() lists names as its state_dict does.
         self.attention = MultiHeadSelfAttention(hidden_size, num_heads, qkv_bias, attn_dropout, hidden_dropout,
@@ -45,6 +49,9 @@ class Block(Layer):
         self.layernorm_1 = LayerNorm(hidden_size)
         self.mlp = MLP(hidden_size, intermediate_size, hidden_dropout, approximate, rng=rng, std=std)
         self.layernorm_2 = LayerNorm(hidden_size)
+        # Only when asked for: the layers of a model without them (and their dropout seeds) stay as they were.
+        self.drop_path_1 = DropPath(drop_path) if drop_path > 0 else None
+        self.drop_path_2 = DropPath(drop_path) if drop_path > 0 else None
 
     def forward(self, x, cls_only=False):
         """cls_only: the output of token 0 ([CLS]) only, (B, 1, D), all a ViT classifier reads.
@@ -52,14 +59,21 @@ class Block(Layer):
         n = 1 if cls_only else None                              # x[:, :None] is every token
         self.n = n
         a = self.attention.forward(self.layernorm_1.forward(x), num_queries=n)
+        if self.drop_path_1 is not None:
+            a = self.drop_path_1.forward(a)
         x = x[:, :n] + a                                         # residual 1
-        return x + self.mlp.forward(self.layernorm_2.forward(x))  # residual 2
+        m = self.mlp.forward(self.layernorm_2.forward(x))
+        if self.drop_path_2 is not None:
+            m = self.drop_path_2.forward(m)
+        return x + m                                             # residual 2
 
     def backward(self, dy):
-        # y = x1 + mlp(ln2(x1))  =>  dx1 = dy + ln2^T mlp^T dy
-        dx1 = dy + self.layernorm_2.backward(self.mlp.backward(dy))
-        # x1 = x[:, :n] + attn(ln1(x))  =>  dx = ln1^T attn^T dx1, plus dx1 on the tokens of the residual
-        dx = self.layernorm_1.backward(self.attention.backward(dx1))
+        # y = x1 + dp2(mlp(ln2(x1)))  =>  dx1 = dy + ln2^T mlp^T dp2^T dy
+        dm = dy if self.drop_path_2 is None else self.drop_path_2.backward(dy)
+        dx1 = dy + self.layernorm_2.backward(self.mlp.backward(dm))
+        # x1 = x[:, :n] + dp1(attn(ln1(x)))  =>  dx = ln1^T attn^T dp1^T dx1, plus dx1 on the tokens of the residual
+        da = dx1 if self.drop_path_1 is None else self.drop_path_1.backward(dx1)
+        dx = self.layernorm_1.backward(self.attention.backward(da))
         dx[:, :self.n] += dx1
         return dx
 
@@ -68,10 +82,12 @@ class Encoder(Layer):
     """A stack of L blocks: (B, N, D) -> (B, N, D) (or (B, 1, D), cls_only); ``blocks.{i}`` as the article names them."""
 
     def __init__(self, num_layers, hidden_size, num_heads, intermediate_size, qkv_bias=True, hidden_dropout=0.0,
-                 attn_dropout=0.0, approximate="tanh", rng=None, std=0.02):
+                 attn_dropout=0.0, approximate="tanh", rng=None, std=0.02, drop_path_rate=0.0):
         super().__init__()
+        # stochastic depth rising linearly with depth, 0 in the first block to drop_path_rate in the last (timm's rule)
+        rates = [drop_path_rate * i / max(num_layers - 1, 1) for i in range(num_layers)]
         self.blocks = [Block(hidden_size, num_heads, intermediate_size, qkv_bias, hidden_dropout, attn_dropout,
-                             approximate, rng=rng, std=std) for _ in range(num_layers)]
+                             approximate, rng=rng, std=std, drop_path=rate) for rate in rates]
 
     def forward(self, x, cls_only=False):
         """cls_only: the last block computes token 0 only (see Block), returning (B, 1, D)."""

@@ -1,4 +1,6 @@
-"""Inverted dropout (Srivastava et al. 2014): scale kept units by 1/(1-p) at train time.
+"""Inverted dropout (Srivastava et al. 2014): scale kept units by 1/(1-p) at train time; and its
+per-sample form, DropPath (stochastic depth, Huang et al. 2016), which keeps or drops a whole
+residual branch for each image.
 
 Its random stream is set by the tree that owns it (``Layer.reseed``): one owner for all
 of a model's dropout randomness."""
@@ -39,3 +41,16 @@ class Dropout(Layer):
     def backward(self, dy):
         # y = x * mask  =>  dx = dy * mask
         return dy if self.mask is None else dy * self.mask
+
+
+class DropPath(Dropout):
+    """Stochastic depth: x (B, ...) -> y (B, ...), each sample's branch kept (scaled by 1/(1-p)) or
+    zeroed whole, one draw per sample. In a residual block, x + DropPath(f(x)) skips f for the
+    dropped images. Identity in eval mode or when p == 0 (timm's DropPath)."""
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        self.mask = self.draw_mask((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype, xp)    # (B, 1, ..., 1)
+        return x if self.mask is None else x * self.mask
+
+    # backward is Dropout's: y = x * mask  =>  dx = dy * mask (the mask broadcast over each sample)

@@ -85,3 +85,39 @@ def test_num_queries_out_of_range_is_a_clear_error():
 
     with pytest.raises(ValueError, match=r"num_queries must be in 1..5"):
         MultiHeadSelfAttention(12, 3).forward(np.zeros((2, 5, 12)), num_queries=0)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_drop_path_block_matches_pytorch_with_the_same_masks(dtype, backend):
+    """Block with stochastic depth: y = x1 + m2 mlp(ln2(x1)), x1 = x + m1 attn(ln1(x)), m per sample;
+    the masks our forward drew, applied to the article's modules in torch: forward, dx, every gradient."""
+    import torch
+
+    B, N, D, H, I = 16, 5, 12, 3, 20
+    x = np.random.default_rng(0).standard_normal((B, N, D))
+    block = randomise_norms(Block(D, H, I, rng=np.random.default_rng(1), drop_path=0.5, **init)).reseed(4)
+    module = ref.Block(cfg(D, H, I))
+
+    def torch_forward(xt):
+        m1, m2 = (torch.tensor(to_numpy(d.mask), dtype=xt.dtype, device=xt.device)
+                  for d in (block.drop_path_1, block.drop_path_2))
+        for m in (m1, m2):                                       # some images kept, some dropped
+            assert 0 < int((m != 0).sum()) < B
+        a, _ = module.attention(module.layernorm_1(xt))
+        x1 = xt + m1 * a
+        return x1 + m2 * module.mlp(module.layernorm_2(x1))
+
+    compare_with_torch(block, module, x, dtype, backend, torch_forward=torch_forward)
+
+
+def test_drop_path_rates_rise_with_depth_and_rate_0_adds_no_layers():
+    enc = Encoder(4, 12, 3, 20, drop_path_rate=0.3)
+    assert [b.drop_path_1 is None for b in enc.blocks] == [True, False, False, False]
+    np.testing.assert_allclose([b.drop_path_2.p for b in enc.blocks[1:]], [0.1, 0.2, 0.3])
+    plain = [name for name, _ in Encoder(4, 12, 3, 20).named_layers()]
+    assert not [name for name in plain if "drop_path" in name]  # the tree (and every dropout seed) as before
+    enc.eval()
+    x = np.random.default_rng(0).standard_normal((2, 5, 12))
+    same = Encoder(4, 12, 3, 20, rng=np.random.default_rng(5))
+    enc = Encoder(4, 12, 3, 20, rng=np.random.default_rng(5), drop_path_rate=0.3).eval()
+    np.testing.assert_array_equal(enc.forward(x), same.forward(x))   # eval mode: the plain encoder
