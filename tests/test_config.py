@@ -52,12 +52,16 @@ def test_every_recipe_pins_what_it_trains_with():
     from npvit.options import RECIPES, build_config
 
     training = {"epochs", "batch_size", "lr", "weight_decay", "decay", "warmup_epochs", "schedule", "label_smoothing",
-                "augment", "normalize", "mixup", "cutmix", "grad_clip", "ema", "trivial_augment", "init", "tta_flip"}
+                "augment", "normalize", "mixup", "cutmix", "grad_clip", "ema", "trivial_augment", "trivial_augment_prob",
+                "init", "tta_flip"}
     for name, recipe in RECIPES.items():
         assert training <= set(recipe), f"recipe {name} leaves {sorted(training - set(recipe))} to the defaults"
         cfg = build_config(recipe=name)
         assert cfg["recipe"] == name and all(cfg[k] == v for k, v in recipe.items())
     assert build_config(recipe="sprint")["pooling"] == "mean" and build_config(recipe="article")["pooling"] == "cls"
+    sprint, full = build_config(recipe="sprint"), build_config(recipe="full")   # full: the sprint's model, longer
+    assert {k for k in sprint if sprint[k] != full[k]} == {"recipe", "epochs", "ema", "trivial_augment",
+                                                           "trivial_augment_prob", "eval_every"}
 
 
 def test_numba_kernels_without_numba_are_a_config_error(monkeypatch):
