@@ -95,11 +95,12 @@ def test_load_continues_and_refuses_misfits():
 
 def test_config_rules():
     assert build_config(overrides={"ema": 0.999})["ema"] == 0.999
-    assert build_config()["ema"] == 0.0 and build_config(recipe="article")["ema"] == 0.0
+    assert build_config(recipe="sprint")["ema"] == 0.0 and build_config(recipe="article")["ema"] == 0.0
+    assert build_config(recipe="full")["ema"] == 0.999
     with pytest.raises(ConfigError, match="ema must be a number in"):
         build_config(overrides={"ema": 1.0})
     with pytest.raises(ConfigError, match="needs --ema"):
-        build_config(overrides={"eval_raw": True})
+        build_config(recipe="sprint", overrides={"eval_raw": True})
 
 
 @pytest.fixture(scope="module")
