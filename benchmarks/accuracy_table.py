@@ -1,6 +1,7 @@
 """The accuracy of finished (or running) training runs, as the Markdown table of README.md and
 docs/experiments.md: per run its recipe and flags, seed, epochs, final and best accuracy, and the
-epochs and minutes (training + evaluation, cumulative) it took to first reach each threshold.
+epochs and minutes (training + evaluation, cumulative) it took to first reach each threshold;
+then, per recipe, the seeds and the mean and spread of their final accuracies.
 
     python benchmarks/accuracy_table.py runs/article-s42 runs/sprint-s1 ...
     python benchmarks/accuracy_table.py runs/* --thresholds 0.70 0.755 --json results/accuracy.json
@@ -91,6 +92,33 @@ def markdown(rows, thresholds):
     return "\n".join(lines)
 
 
+def spread(rows):
+    """Per recipe (recipe, its flags, and the split it was measured on), the seeds and their final
+    accuracies: mean, lowest and highest. Rows still running (epochs short of the recipe's) are left out."""
+    groups = {}
+    for r in rows:
+        done, total = r["epochs"].split("/")
+        if done == total:
+            groups.setdefault((r["recipe"], r["flags"], r["split"]), []).append(r)
+    out = []
+    for (recipe, flag, split), runs in groups.items():
+        finals = [r["final"] for r in runs]
+        out.append({"recipe": recipe, "flags": flag, "split": split, "seeds": [r["seed"] for r in runs],
+                    "mean": sum(finals) / len(finals), "low": min(finals), "high": max(finals)})
+    return out
+
+
+def spread_markdown(groups):
+    head = ["recipe", "flags", "seeds", "final: mean", "lowest", "highest", "spread (points)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for g in groups:
+        cells = [g["recipe"], f"`{g['flags']}`" if g["flags"] else "", " / ".join(map(str, g["seeds"])),
+                 f"{g['split']} {100 * g['mean']:.2f}%", f"{100 * g['low']:.2f}%", f"{100 * g['high']:.2f}%",
+                 f"{100 * (g['high'] - g['low']):.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(rows, path):
     """Accuracy against epochs and against minutes, a line per run."""
     from npvit.visualize import _plt, check_image_path, save_figure
@@ -98,14 +126,18 @@ def plot(rows, path):
     plt = _plt()
     check_image_path(path)
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in rows:
+    # A colour per run (tab10 repeats after 10, tab20 after 20); test curves solid, held-out ones dashed.
+    colours = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
+    for i, r in enumerate(rows):
         label = f"{os.path.basename(os.path.normpath(r['run']))} ({r['split']})"
+        style = {"color": colours(i % colours.N), "ls": "-" if r["split"] == "test" else "--", "label": label}
         epochs, minutes, acc = zip(*r["curve"])
-        a.plot(epochs, [100 * v for v in acc], label=label)
-        b.plot(minutes, [100 * v for v in acc], label=label)
+        a.plot(epochs, [100 * v for v in acc], **style)
+        b.plot(minutes, [100 * v for v in acc], **style)
     for ax, x in ((a, "epoch"), (b, "minutes (training + evaluation)")):
         ax.set_xlabel(x), ax.set_ylabel("accuracy (%)"), ax.grid(alpha=0.3)
-        ax.axhline(75.5, color="grey", lw=0.8, ls="--")
+        for level in (75.5, 80.0):
+            ax.axhline(level, color="grey", lw=0.8, ls=":")
     a.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
@@ -122,12 +154,14 @@ def main(argv=None):
     args = p.parse_args(argv)
     rows = [summarise(run, args.thresholds) for run in args.runs]
     print(markdown(rows, args.thresholds))
+    print()
+    print(spread_markdown(spread(rows)))
     if args.plot:
         plot(rows, args.plot)
     if args.json:
         from npvit.runfiles import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps(rows, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps({"runs": rows, "recipes": spread(rows)}, indent=1) + "\n")
     return 0
 
 
