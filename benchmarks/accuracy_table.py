@@ -72,6 +72,7 @@ def summarise(run, thresholds):
         raise UserError(f"{run} has no evaluated epoch yet")
     best = max(accs, key=lambda a: a[1])
     return {"run": run, "recipe": cfg.get("recipe"), "flags": flags(cfg), "seed": cfg.get("seed"), "split": split,
+            "backend": cfg.get("backend", "numpy"),
             "epochs": f"{records[-1]['epoch']}/{cfg.get('epochs')}", "final": accs[-1][1], "best": best[1],
             "best_epoch": best[0], "minutes": clock / 60.0,
             "reached": {f"{t:g}": reached.get(t) for t in thresholds}, "curve": curve}
@@ -93,26 +94,28 @@ def markdown(rows, thresholds):
 
 
 def spread(rows):
-    """Per recipe (recipe, its flags, and the split it was measured on), the seeds and their final
-    accuracies: mean, lowest and highest. Rows still running (epochs short of the recipe's) are left out."""
+    """Per recipe (recipe, its flags, the split it was measured on, and the backend: a seed rerun on a GPU
+    is not another seed), the seeds and their final accuracies: mean, lowest and highest. Rows still
+    running (epochs short of the recipe's) are left out."""
     groups = {}
     for r in rows:
         done, total = r["epochs"].split("/")
         if done == total:
-            groups.setdefault((r["recipe"], r["flags"], r["split"]), []).append(r)
+            groups.setdefault((r["recipe"], r["flags"], r["split"], r["backend"]), []).append(r)
     out = []
-    for (recipe, flag, split), runs in groups.items():
+    for (recipe, flag, split, backend), runs in groups.items():
         finals = [r["final"] for r in runs]
-        out.append({"recipe": recipe, "flags": flag, "split": split, "seeds": [r["seed"] for r in runs],
+        out.append({"recipe": recipe, "flags": flag, "split": split, "backend": backend,
+                    "seeds": [r["seed"] for r in runs],
                     "mean": sum(finals) / len(finals), "low": min(finals), "high": max(finals)})
     return out
 
 
 def spread_markdown(groups):
-    head = ["recipe", "flags", "seeds", "final: mean", "lowest", "highest", "spread (points)"]
+    head = ["recipe", "flags", "backend", "seeds", "final: mean", "lowest", "highest", "spread (points)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
-        cells = [g["recipe"], f"`{g['flags']}`" if g["flags"] else "", " / ".join(map(str, g["seeds"])),
+        cells = [g["recipe"], f"`{g['flags']}`" if g["flags"] else "", g["backend"], " / ".join(map(str, g["seeds"])),
                  f"{g['split']} {100 * g['mean']:.2f}%", f"{100 * g['low']:.2f}%", f"{100 * g['high']:.2f}%",
                  f"{100 * (g['high'] - g['low']):.2f}"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -53,12 +53,13 @@ def test_spread_groups_seeds_of_a_recipe(table, tmp_path):
             for seed, acc in ((42, 0.80), (43, 0.78))]
     rows.append(table.summarise(fake_run(tmp_path, "other", 42, [0.5, 0.9], ema=0.5), [0.7]))   # other flags
     rows.append(table.summarise(fake_run(tmp_path, "running", 44, [0.5, 0.1], epochs=10), [0.7]))  # not done
+    rows.append(table.summarise(fake_run(tmp_path, "gpu", 42, [0.5, 0.7], backend="cupy"), [0.7]))  # not a seed
     groups = table.spread(rows)
-    assert len(groups) == 2
+    assert len(groups) == 3 and groups[2]["backend"] == "cupy"
     g = groups[0]
     assert (g["seeds"], g["low"], g["high"]) == ([42, 43], 0.78, 0.80)
     assert g["mean"] == pytest.approx(0.79)
-    assert "| sprint | `--epochs 2` | 42 / 43 | test 79.00% | 78.00% | 80.00% | 2.00 |" in table.spread_markdown(groups)
+    assert "| sprint | `--epochs 2` | numpy | 42 / 43 | test 79.00% | 78.00% | 80.00% | 2.00 |" in table.spread_markdown(groups)
 
 
 def test_main_writes_json_and_names_bad_runs(table, tmp_path, capsys):
