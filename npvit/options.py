@@ -92,8 +92,8 @@ OPTIONS = {
     "test_limit": Option(None, "use only the first N test images", "int>0|none"),
     "progress": Option(True, "show progress: a bar on a terminal, a line every 30 s otherwise "
                        "(--no-progress: epoch lines only)", "bool"),
-    "recipe": Option("full", "preset: full (the most accurate measured: 80.5%% in 100 epochs, about an hour on 2 "
-                     "CPU cores), sprint (the article's 75.5%% beaten within 30 minutes on 2 CPU cores), strong "
+    "recipe": Option("full", "preset: full (the most accurate measured: 80.3%% in 100 epochs over 3 seeds, about "
+                     "an hour on 2 CPU cores), sprint (the article's 75.5%% beaten within 30 minutes on 2 CPU cores), strong "
                      "(the sprint's optimiser on the article's model for 100 epochs), or article (the article's "
                      "script)", "choice",
                      ("article", "strong", "sprint", "full")),
