@@ -72,7 +72,7 @@ def summarise(run, thresholds):
         raise UserError(f"{run} has no evaluated epoch yet")
     best = max(accs, key=lambda a: a[1])
     return {"run": run, "recipe": cfg.get("recipe"), "flags": flags(cfg), "seed": cfg.get("seed"), "split": split,
-            "backend": cfg.get("backend", "numpy"),
+            "backend": cfg.get("backend", "numpy"), "finished": records[-1]["epoch"] == cfg.get("epochs"),
             "epochs": f"{records[-1]['epoch']}/{cfg.get('epochs')}", "final": accs[-1][1], "best": best[1],
             "best_epoch": best[0], "minutes": clock / 60.0,
             "reached": {f"{t:g}": reached.get(t) for t in thresholds}, "curve": curve}
@@ -99,8 +99,7 @@ def spread(rows):
     running (epochs short of the recipe's) are left out."""
     groups = {}
     for r in rows:
-        done, total = r["epochs"].split("/")
-        if done == total:
+        if r["finished"]:
             groups.setdefault((r["recipe"], r["flags"], r["split"], r["backend"]), []).append(r)
     out = []
     for (recipe, flag, split, backend), runs in groups.items():
@@ -156,15 +155,16 @@ def main(argv=None):
     p.add_argument("--plot", metavar="PNG", help="also draw the runs' accuracy against epochs and minutes")
     args = p.parse_args(argv)
     rows = [summarise(run, args.thresholds) for run in args.runs]
+    recipes = spread(rows)
     print(markdown(rows, args.thresholds))
     print()
-    print(spread_markdown(spread(rows)))
+    print(spread_markdown(recipes))
     if args.plot:
         plot(rows, args.plot)
     if args.json:
         from npvit.runfiles import atomic_write_text
 
-        atomic_write_text(args.json, json.dumps({"runs": rows, "recipes": spread(rows)}, indent=1) + "\n")
+        atomic_write_text(args.json, json.dumps({"runs": rows, "recipes": recipes}, indent=1) + "\n")
     return 0
 
 

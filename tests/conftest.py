@@ -48,10 +48,12 @@ def _impossible(item):
 
 
 def pytest_collection_modifyitems(config, items):
-    impossible = [item for item in items if _impossible(item)]
+    keep, impossible = [], []
+    for item in items:
+        (impossible if _impossible(item) else keep).append(item)
     if impossible:
         config.hook.pytest_deselected(items=impossible)
-        items[:] = [item for item in items if not _impossible(item)]
+        items[:] = keep
     if cupy_available():
         return
     skip = pytest.mark.skip(reason="CuPy with a CUDA GPU is not available on this machine")

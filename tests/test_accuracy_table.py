@@ -59,7 +59,8 @@ def test_spread_groups_seeds_of_a_recipe(table, tmp_path):
     g = groups[0]
     assert (g["seeds"], g["low"], g["high"]) == ([42, 43], 0.78, 0.80)
     assert g["mean"] == pytest.approx(0.79)
-    assert "| sprint | `--epochs 2` | numpy | 42 / 43 | test 79.00% | 78.00% | 80.00% | 2.00 |" in table.spread_markdown(groups)
+    assert "| sprint | `--epochs 2` | numpy | 42 / 43 | test 79.00% | 78.00% | 80.00% | 2.00 |" \
+           in table.spread_markdown(groups)
 
 
 def test_main_writes_json_and_names_bad_runs(table, tmp_path, capsys):
