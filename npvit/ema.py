@@ -12,18 +12,15 @@ The warm-up of d_t (TensorFlow's ``ExponentialMovingAverage`` with ``num_updates
 lets the average follow the fast-moving early weights instead of remembering the
 initialisation for about 1 / (1 - decay) steps.
 
-The average lives in one flat buffer beside ``model.flat_params`` (the same layout),
-so an update is one subtraction and one fused multiply-add over the whole model, and
-evaluating with it swaps the buffers' contents in place (the layers, their replicas
-on other threads and the optimiser all hold views of ``flat_params``).
+The average is an array of the model's flat layout (a companion of ``model.flat``,
+npvit/flat.py, so it follows the model when it is cast or moved): an update is one
+subtraction and one fused multiply-add over the whole model, and evaluating with it
+swaps the parameter buffer's contents in place (the layers, their replicas on other
+threads and the optimiser all read that buffer).
 """
 from __future__ import annotations
 
 import contextlib
-
-import numpy as np
-
-from .backend import get_array_module, to_device, to_numpy
 
 
 class EMA:
@@ -33,13 +30,17 @@ class EMA:
     def __init__(self, model, decay=0.999):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
-        if getattr(model, "flat_params", None) is None:
+        if model.flat is None:
             model.flatten()
         self.model, self.decay = model, float(decay)
-        self.flat_params = model.flat_params
-        self.average = model.flat_params.copy()
+        self.flat = model.flat
+        self._average = self.flat.companion(self.flat.params)     # a_0 = p_0
         self.updates = 0
-        self.xp = get_array_module(self.average)
+
+    @property
+    def average(self):
+        """The averaged weights, an array of the model's flat layout."""
+        return self._average.array
 
     def rate(self):
         """d_t of the next update."""
@@ -48,48 +49,30 @@ class EMA:
 
     def update(self):
         """a <- a + (1 - d)(p - a), which is d a + (1 - d) p."""
-        self._check()
-        step = self.flat_params - self.average
+        average = self.average
+        step = self.flat.params - average
         step *= 1.0 - self.rate()
-        self.average += step
+        average += step
         self.updates += 1
 
     @contextlib.contextmanager
     def applied(self):
         """The model holds the averaged weights inside the block, its own afterwards (also on error)."""
-        self._check()
-        raw = self.flat_params.copy()
-        self.flat_params[...] = self.average
+        p = self.flat.params
+        raw = p.copy()
+        p[...] = self.average
         try:
             yield self.model
         finally:
-            self.flat_params[...] = raw
-
-    def _check(self):
-        if self.model.flat_params is not self.flat_params:
-            raise RuntimeError("the model's parameters were replaced (astype/to) after this EMA was made; "
-                               "make the EMA after moving or casting the model")
+            p[...] = raw
 
     # -- checkpointing --------------------------------------------------------
     def averaged_params(self) -> dict:
         """The averaged weights as host arrays under the parameters' names (like ``model.state_dict()``)."""
-        host = to_numpy(self.average)
-        return {name: host[offset:offset + size].reshape(shape).copy()
-                for name, (offset, size, shape) in self.model.flat_index.items()}
+        return self.flat.to_dict(self.average)
 
     def load(self, params: dict, updates: int):
         """Continue from saved averaged weights (``averaged_params()``) after ``updates`` updates."""
-        index = self.model.flat_index
-        missing = [n for n in index if n not in params]
-        unknown = [n for n in params if n not in index]
-        if missing or unknown:
-            raise ValueError(f"averaged weights do not fit the model: missing {missing}, unknown {unknown}")
-        host = np.empty(self.average.size, dtype=self.average.dtype)
-        for name, (offset, size, shape) in index.items():
-            value = np.asarray(params[name])
-            if value.shape != tuple(shape):
-                raise ValueError(f"averaged weight {name} has shape {value.shape}, the model's is {tuple(shape)}")
-            host[offset:offset + size] = value.reshape(-1)
-        self.average[...] = to_device(host, self.xp)
+        self.average[...] = self.flat.from_dict(params, "averaged weights")
         self.updates = int(updates)
         return self

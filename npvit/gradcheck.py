@@ -171,9 +171,9 @@ def check_function_gradients(fn, inputs: dict, grads: dict, *, eps=1e-3, n_direc
 
 
 def check_reference_ops(seed=0):
-    """Check every reference op (npvit/ops/reference.py) on its own, in float64: its backward against
-    central differences of its forward, for every input and parameter. Returns the reports."""
-    from .ops import reference as R
+    """Check every reference primitive and composite (npvit/ops/reference.py, composites.py) on its own, in
+    float64: its backward against central differences of its forward, for every input and parameter."""
+    from .ops.reference import REFERENCE as R
 
     rng = np.random.default_rng(seed)
     B, N, D, H, K = 2, 5, 12, 3, 7
@@ -183,6 +183,7 @@ def check_reference_ops(seed=0):
     qkv = rng.standard_normal((3, B, H, N, hs))
     scores = rng.standard_normal((B, H, N, N))
     keep = (rng.random((B, H, 1, N)) >= 0.3) / 0.7
+    images, kernel, bias = rng.standard_normal((2, 3, 7, 7)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
 
     def pair(title, forward, backward, inputs):
         """L = sum(r * y) for a random r: its gradients from ``backward`` against finite differences."""
@@ -197,14 +198,15 @@ def check_reference_ops(seed=0):
     reports = [
         pair("linear_forward/backward", lambda: R.linear_forward(x, w, b), lambda d, c: R.linear_backward(d, c, w),
              {"x": x, "w": w, "b": b}),
+        pair("conv2d_forward/backward k3 s2 p1 (im2col, GEMM, col2im)",
+             lambda: R.conv2d_forward(images, kernel, bias, 2, 1), lambda d, c: R.conv2d_backward(d, c, kernel),
+             {"x": images, "w": kernel, "b": bias}),
         pair("layernorm_forward/backward", lambda: R.layernorm_forward(x, g, beta),
              lambda d, c: R.layernorm_backward(d, c, g), {"x": x, "w": g, "b": beta}),
-        pair("gelu_forward/backward (tanh)", lambda: R.gelu_forward(x, "tanh"),
-             lambda d, c: R.gelu_backward(d, c, "tanh"), {"x": x}),
-        pair("gelu_forward/backward (erf)", lambda: R.gelu_forward(x, "none"),
-             lambda d, c: R.gelu_backward(d, c, "none"), {"x": x}),
-        pair("softmax_forward/backward", lambda: (R.softmax_forward(scores),) * 2, R.softmax_backward,
-             {"scores": scores}),
+        pair("gelu_forward/backward (tanh)", lambda: R.gelu_forward(x, "tanh"), R.gelu_backward, {"x": x}),
+        pair("gelu_forward/backward (erf)", lambda: R.gelu_forward(x, "none"), R.gelu_backward, {"x": x}),
+        pair("softmax_forward/backward (scale 0.7)", lambda: (R.softmax_forward(scores, 0.7),) * 2,
+             lambda d, att: R.softmax_backward(d, att, 0.7), {"scores": scores}),
         pair("attention_forward/backward", lambda: R.attention_forward(qkv, hs ** -0.5), R.attention_backward,
              {"qkv": qkv}),
         pair("attention_forward/backward ([CLS] query, dropout mask)",
@@ -217,7 +219,6 @@ def check_reference_ops(seed=0):
                                                 {"logits": logits}, {"logits": R.cross_entropy_backward(cache)},
                                                 title=f"cross_entropy_forward/backward ({title}, smoothing 0.1)",
                                                 seed=seed + 1))
-    images = rng.standard_normal((2, 3, 7, 7))
     cols_r = rng.standard_normal(R.im2col(images, 3, 3, 2, 1).shape)
     reports.append(check_function_gradients(lambda: cols_r * R.im2col(images, 3, 3, 2, 1), {"x": images},
                                             {"x": R.col2im(cols_r, images.shape, 2, 1)},
@@ -234,11 +235,13 @@ def small_vit_config():
 
 
 def check_all(seed=0):
-    """Check every layer of a small ViT alone, im2col/col2im, the loss, every reference op, then the whole
-    model on both kernel sets. Returns the reports."""
+    """Check every layer of a small ViT alone (on the reference set, as a lone layer runs), the loss, every
+    reference primitive and composite, then the whole model once on every kernel set that runs here.
+    Returns the reports."""
     from . import layers as L
     from .losses import softmax_cross_entropy
     from .model import ViT
+    from .ops import available_kernels
 
     c = small_vit_config()
     rng = np.random.default_rng(seed)
@@ -259,11 +262,6 @@ def check_all(seed=0):
         check_layer_gradients(L.Block(D, H, I, **init), tokens),
         check_layer_gradients(L.Linear(D, K, **init), tokens[:, 0], title="Linear (classifier head)"),
     ]
-    # im2col as a function: L = sum(r * im2col(x)) has gradient col2im(r)
-    cols_r = rng.standard_normal(L.im2col(images, 3, 3, 2, 1).shape)
-    reports.append(check_function_gradients(lambda: cols_r * L.im2col(images, 3, 3, 2, 1), {"x": images},
-                                            {"x": L.col2im(cols_r, images.shape, 2, 1)},
-                                            title="im2col k3 s2 p1 (backward = col2im)"))
     logits = rng.standard_normal((B, K))
     labels = rng.integers(0, K, size=B)
     _, dlogits = softmax_cross_entropy(logits, labels, 0.1)
@@ -271,9 +269,9 @@ def check_all(seed=0):
                                             {"logits": logits}, {"logits": dlogits},
                                             title="softmax_cross_entropy (label smoothing 0.1)"))
     reports += check_reference_ops(seed)
-    for kernels in ("fast", "reference"):
+    for kernels in available_kernels("numpy"):
         report = check_model_gradients(ViT(c, dtype="float64", seed=seed, kernels=kernels), images, labels)
-        report.title = f"ViT (softmax cross-entropy), {kernels} kernels"
+        report.title = f"ViT (softmax cross-entropy), {kernels.name} kernels"
         reports.append(report)
     return reports
 
@@ -281,8 +279,8 @@ def check_all(seed=0):
 def main(argv=None, prog="python -m npvit.gradcheck"):
     import argparse
 
-    parser = argparse.ArgumentParser(prog=prog,
-                                     description="Gradient-check every layer of a small ViT and the whole model.")
+    parser = argparse.ArgumentParser(prog=prog, description="Gradient-check every layer of a small ViT, every "
+                                     "reference primitive, and the whole model on every kernel set that runs here.")
     parser.add_argument("--tol", type=float, default=1e-6, help="largest relative error that passes (default 1e-6)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -66,7 +66,7 @@ class ViT(Layer):
             torch_default_init(self, rng)
         elif init != "article":
             raise ValueError(f"unknown init {init!r}; choose 'article' or 'torch'")
-        self.astype(self.dtype).to(self.xp).flatten()          # one array of parameters, one of gradients
+        self.astype(self.dtype).to(self.xp).flatten()          # one array of parameters, one of gradients (self.flat)
         self.use_kernels(kernels, backend)
         self.reseed(seed)
 
@@ -115,7 +115,10 @@ class ViT(Layer):
         if self.layernorm is not None:
             h = self.layernorm.forward(h)
         self.h_shape = h.shape
-        pooled = h[:, 0] if self.config.pooling == "cls" else h[:, 1:].mean(axis=1)   # (B, D)
+        if self.config.pooling == "cls":
+            pooled = h[:, 0]                                     # (B, D)
+        else:                                                    # the mean of the patch tokens
+            pooled = self.kernels.reduce_sum(h[:, 1:], 1) / (h.shape[1] - 1)   # (B, D)
         logits = self.classifier.forward(pooled)                 # (B, K)
         if return_attention:
             return logits, [block.attention.att for block in blocks]   # each (B, H, N, N), kept by the layer

@@ -1,8 +1,11 @@
-"""Optimisers over named parameters: SGD (momentum, Nesterov) and AdamW (Loshchilov & Hutter 2019),
-with parameter groups and global-norm gradient clipping. Updates match torch.optim step for step.
+"""Optimisers over a model's flat buffers: SGD (momentum, Nesterov) and AdamW (Loshchilov & Hutter 2019),
+with parameter groups, global-norm gradient clipping, and the learning-rate schedule. Updates match
+torch.optim step for step.
 
-An optimiser holds the model's live ``parameters()`` and ``gradients()`` dicts
-and updates the arrays in place, so the model sees every step.
+An optimiser asks the model's flat-buffer owner (npvit/flat.py, ``model.flat``) for the
+parameters and gradients at every step and keeps its state (moments, per-element learning
+rates) as arrays of the same layout that the owner casts and moves with the model. The
+arithmetic of an update is the kernel set's (``adamw_update``, ``sgd_update``).
 """
 from __future__ import annotations
 
@@ -10,8 +13,23 @@ import math
 
 import numpy as np
 
-from .backend import get_array_module, to_device, to_numpy
+from .backend import get_array_module, to_device
 from .ops import get_kernels
+
+
+def lr_at(cfg, step, steps_per_epoch):
+    """The learning rate at global step ``step``: linear warmup from 0 over ``warmup_epochs``, then constant,
+    or cosine or linear decay to zero at the end of ``epochs``."""
+    total = cfg["epochs"] * steps_per_epoch
+    warmup = cfg["warmup_epochs"] * steps_per_epoch
+    if step < warmup:
+        return cfg["lr"] * (step + 1) / warmup
+    if cfg["schedule"] == "constant":
+        return cfg["lr"]
+    progress = (step - warmup) / max(total - warmup, 1)
+    if cfg["schedule"] == "linear":
+        return cfg["lr"] * (1.0 - progress)
+    return cfg["lr"] * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def weight_decay_groups(params: dict, weight_decay: float):
@@ -23,8 +41,8 @@ def weight_decay_groups(params: dict, weight_decay: float):
 
 
 class Optimizer:
-    """Base: ``model`` is a ViT or any Layer tree; its parameters are put into one flat buffer
-    (``Layer.flatten``) if they are not already, and every step updates that buffer whole.
+    """Base: ``model`` is a ViT or any Layer tree; its parameters are put into flat buffers
+    (``Layer.flatten``) if they are not already, and every step updates the whole buffer.
 
     ``param_groups``: None (one group, all parameters, the defaults) or a list of
     dicts ``{"params": [names], <hyperparameter overrides>}`` covering each name once.
@@ -36,25 +54,25 @@ class Optimizer:
     """
 
     PER_GROUP = ("lr", "weight_decay")
+    SLOTS = ()              # the names of the state arrays a step keeps (e.g. exp_avg)
 
     def __init__(self, model, defaults: dict, param_groups=None):
-        if getattr(model, "flat_params", None) is None:
+        if model.flat is None:
             model.flatten()
         self.model = model
-        self.params = model.parameters()
-        self.grads = model.gradients()
-        self.flat_params, self.index = model.flat_params, model.flat_index
+        self.flat = model.flat
+        names = self.flat.names()
         for key, value in defaults.items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"optimiser {key} must be finite, got {value}")
         if defaults.get("lr", 0.0) < 0:
             raise ValueError(f"learning rate must be >= 0, got {defaults['lr']}")
         if param_groups is None:
-            param_groups = [{"params": list(self.params)}]
+            param_groups = [{"params": names}]
         seen = []
         self.param_groups = []
         for group in param_groups:
-            unknown = [k for k in group["params"] if k not in self.params]
+            unknown = [k for k in group["params"] if k not in self.flat.layout]
             if unknown:
                 raise ValueError(f"parameter group names unknown parameters {unknown}")
             shared = [k for k in group if k != "params" and k not in self.PER_GROUP and group[k] != defaults.get(k)]
@@ -64,39 +82,45 @@ class Optimizer:
             seen += list(group["params"])
             self.param_groups.append({**defaults, **group, "params": list(group["params"])})
         dup = sorted({k for k in seen if seen.count(k) > 1})
-        missing = [k for k in self.params if k not in seen]
+        missing = [k for k in names if k not in seen]
         if dup or missing:
             raise ValueError(f"parameter groups must cover each parameter once: duplicated {dup}, missing {missing}")
         self.defaults = defaults
-        self.xp = get_array_module(self.flat_params)
-        self.state = {}       # slot -> flat array like flat_params (e.g. exp_avg)
+        self._slots = {}      # slot name -> Companion (an array of the flat layout, npvit/flat.py)
         self.step_count = 0
         self.scalars = {}     # name -> 0-d device array, refreshed in place
-        self._lr_vector = None
+        self._per_group = {}  # "lr" / "weight_decay" -> a float, or a Companion where groups differ
         self._sync_group_vectors()
 
     # -- per-element hyper-parameters -------------------------------------------
-    def group_vector(self, key):
-        """The per-element value of ``key`` over the flat buffer (a host float when every group agrees)."""
+    def _group_value(self, key):
+        """``key``'s value over the flat buffer: a float when every group agrees, else a per-element vector."""
         values = {g[key] for g in self.param_groups}
         if len(values) == 1:
             return float(values.pop())
-        v = np.empty(self.flat_params.size, dtype=self.flat_params.dtype)
+        v = np.empty(self.flat.size, dtype=self.flat.dtype)
         for g in self.param_groups:
             for name in g["params"]:
-                offset, size, _ = self.index[name]
-                v[offset:offset + size] = g[key]
-        return to_device(v, self.xp)
+                self.flat.view(v, name)[...] = g[key]
+        return self.flat.companion(to_device(v, self.flat.xp))
 
     def _sync_group_vectors(self):
-        self.wd = self.group_vector("weight_decay")
-        self._lr_vector = self.group_vector("lr")
+        self._per_group = {key: self._group_value(key) for key in self.PER_GROUP}
+
+    def group_vector(self, key):
+        """The per-element value of ``key`` (a host float when every group agrees, else a device vector)."""
+        value = self._per_group[key]
+        return value if isinstance(value, float) else value.array
+
+    @property
+    def wd(self):
+        return self.group_vector("weight_decay")
 
     def scalar(self, name, value):
         """A 0-d device array holding ``value``, the same array every step (written in place)."""
         a = self.scalars.get(name)
-        if a is None:
-            a = self.scalars[name] = self.xp.zeros((), dtype=self.flat_params.dtype)
+        if a is None or a.dtype != self.flat.dtype or type(a) is not type(self.flat.params):
+            a = self.scalars[name] = self.flat.xp.zeros((), dtype=self.flat.dtype)
         a.fill(value)
         return a
 
@@ -104,21 +128,19 @@ class Optimizer:
     def kernels(self):
         """The model's kernel set (npvit/ops), which does the update's arithmetic."""
         kernels = getattr(self.model, "kernels", None)
-        return kernels if kernels is not None else get_kernels("fast")
+        return kernels if kernels is not None else get_kernels("reference")
 
     def lr(self):
         """The learning rate: a 0-d device array, or a vector where groups differ."""
-        return self._lr_vector if not isinstance(self._lr_vector, float) else self.scalar("lr", self._lr_vector)
+        value = self._per_group["lr"]
+        return self.scalar("lr", value) if isinstance(value, float) else value.array
 
     def zero_grad(self):
         self.model.zero_grad()
 
     def step(self):
-        if self.model.flat_params is not self.flat_params:
-            raise RuntimeError("the model's parameters were replaced (astype/to) after this optimiser was made; "
-                               "make the optimiser after moving or casting the model")
         self.step_count += 1
-        self.update(self.flat_params, self.model.flat_grads)
+        self.update(self.flat.params, self.flat.grads)
 
     def update(self, p, g):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -126,13 +148,18 @@ class Optimizer:
     def set_lr(self, lr):
         for group in self.param_groups:
             group["lr"] = lr
-        self._lr_vector = float(lr)
+        self._per_group["lr"] = float(lr)
 
     def slot(self, name):
         """Optimiser state over the flat buffer (zeros at first use)."""
-        if name not in self.state:
-            self.state[name] = self.xp.zeros_like(self.flat_params)
-        return self.state[name]
+        if name not in self._slots:
+            self._slots[name] = self.flat.companion()
+        return self._slots[name].array
+
+    @property
+    def state(self) -> dict:
+        """slot name -> its array over the flat buffer (e.g. exp_avg), as the model's dtype and device are now."""
+        return {name: handle.array for name, handle in self._slots.items()}
 
     # -- checkpointing --------------------------------------------------------
     def state_dict(self) -> dict:
@@ -140,10 +167,8 @@ class Optimizer:
         out = {"step_count": np.array(self.step_count)}
         for i, group in enumerate(self.param_groups):
             out[f"group.{i}.lr"] = np.array(group["lr"])
-        for slot, flat in self.state.items():
-            host = to_numpy(flat)
-            for name, (offset, size, shape) in self.index.items():
-                out[f"state.{name}.{slot}"] = host[offset:offset + size].reshape(shape).copy()
+        for slot, array in self.state.items():
+            out.update({f"state.{name}.{slot}": a for name, a in self.flat.to_dict(array).items()})
         return out
 
     def load_state_dict(self, sd: dict):
@@ -155,18 +180,9 @@ class Optimizer:
         for key, value in sd.items():
             if key.startswith("state."):
                 name, slot = key[len("state."):].rsplit(".", 1)
-                if name not in self.index:
-                    raise ValueError(f"optimiser state names unknown parameter {name!r}")
                 slots.setdefault(slot, {})[name] = value
-        self.state = {}
-        for slot, arrays in slots.items():
-            missing = [n for n in self.index if n not in arrays]
-            if missing:
-                raise ValueError(f"optimiser state {slot!r} lacks parameters {missing}")
-            host = np.empty(self.flat_params.size, dtype=self.flat_params.dtype)
-            for name, (offset, size, shape) in self.index.items():
-                host[offset:offset + size] = np.asarray(arrays[name]).reshape(-1)
-            self.state[slot] = to_device(host, self.xp)
+        self._slots = {slot: self.flat.companion(self.flat.from_dict(arrays, f"optimiser state {slot!r}"))
+                       for slot, arrays in slots.items()}
         return self
 
 
@@ -183,19 +199,9 @@ class SGD(Optimizer):
 
     def update(self, p, g):
         d = self.defaults
-        if not isinstance(self.wd, float) or self.wd:
-            g = g + self.wd * p
-        mu = d["momentum"]
-        if mu:
-            first = "momentum_buffer" not in self.state
-            buf = self.slot("momentum_buffer")
-            if first:
-                buf[...] = g
-            else:
-                buf *= mu
-                buf += (1.0 - d["dampening"]) * g
-            g = g + mu * buf if d["nesterov"] else buf
-        p -= self.lr() * g
+        first = "momentum_buffer" not in self._slots
+        buf = self.slot("momentum_buffer") if d["momentum"] else None
+        self.kernels.sgd_update(p, g, buf, self.lr(), self.wd, d["momentum"], d["dampening"], d["nesterov"], first)
 
 
 class AdamW(Optimizer):

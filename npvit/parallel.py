@@ -66,7 +66,7 @@ def one_blas_thread(net):
     """A context for running ``net``: where it is a bare NumPy model (one thread, no DataParallel),
     BLAS is held to one thread, so that one thread means one core. Unheld, OpenBLAS starts a thread
     per core whose spin-waiting after every GEMM takes the other cores: two such processes (two runs,
-    or two MPI ranks) on two cores trained at about a quarter of their speed each. DataParallel holds
+    or two MPI ranks) on two cores each train several times slower. DataParallel holds
     BLAS to one thread per shard itself; a GPU model has nothing to hold."""
     if isinstance(net, DataParallel) or getattr(net, "backend", "numpy") != "numpy":
         return contextlib.nullcontext()
@@ -201,6 +201,6 @@ class DataParallel:
             raise ValueError(f"dlogits must have the logits' shape ({B}, ...), got {dlogits.shape}")
         outs = self.run([lambda r=r, s=s: r.backward(dlogits[s]) for r, s in zip(self.replicas, self.shards)])
         for replica in self.replicas:                # g = sum over shards of g_t: one add per shard
-            self.model.flat_grads += replica.flat_grads
-            replica.flat_grads.fill(0)
+            self.model.flat.grads += replica.flat.grads
+            replica.flat.grads.fill(0)
         return self.model.xp.concatenate(outs)

@@ -1,29 +1,10 @@
-"""Shared fixtures: the backends (numpy always, cupy when a GPU is there), tolerances per dtype."""
-import numpy as np
+"""Shared fixtures: the backends (numpy always, cupy when a GPU is there), real CIFAR-10 where it can be made;
+and which parametrised cases are collected. Tolerances: tests/tolerances.py; helpers: tests/helpers.py."""
 import pytest
 
-from npvit.backend import cupy_available, get_xp, to_numpy
-
-# Relative tolerances for comparisons against PyTorch, one place for the whole suite.
-TORCH_RTOL = {"float64": 1e-10, "float32": 1e-4}
-GRADCHECK_TOL = 1e-6
+from npvit.backend import cupy_available, get_xp
 
 BACKENDS = ["numpy", pytest.param("cupy", marks=pytest.mark.gpu)]
-
-# The kernel sets (npvit/ops) beside the reference; numba runs on the numpy backend only, fused on cupy only.
-FAST_SETS = ["fast", "numba", pytest.param("fused", marks=pytest.mark.gpu)]
-KERNEL_SETS = FAST_SETS + ["reference"]
-
-
-def skip_unless_runs(kernels, backend="numpy"):
-    """Skip a case of kernel set ``kernels`` that cannot run on ``backend`` here: numba on the GPU, or
-    where Numba is not installed (it is in the test extra, so CI runs every case); fused off the GPU."""
-    if kernels == "fused" and backend != "cupy":
-        pytest.skip("the fused kernels run on CUDA only")
-    if kernels == "numba":
-        if backend != "numpy":
-            pytest.skip("the numba kernels are CPU loops for the numpy backend")
-        pytest.importorskip("numba")
 
 
 def _torch_in_ieee_float32():
@@ -81,9 +62,3 @@ def real_data(tmp_path_factory):
     if root is None:
         pytest.skip(REAL_CIFAR_HOWTO)
     return str(root)
-
-
-def rel_err(a, b):
-    """max |a - b| / max |b|: a relative error that is not fooled by elements near zero."""
-    a, b = to_numpy(a).astype(np.float64), to_numpy(b).astype(np.float64)
-    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))

@@ -1,13 +1,37 @@
-"""Helpers shared by the tests: copy weights between npvit and torch, compare forward and every gradient."""
+"""Helpers shared by the tests: relative error, the kernel sets to parametrise over, copying weights between
+npvit and torch, comparing a forward and every gradient."""
 import numpy as np
+import pytest
 
 from npvit.backend import get_xp, to_device, to_numpy
-from tests.conftest import TORCH_RTOL, rel_err
+from tests.tolerances import TORCH_RTOL
 
 try:
     import torch
 except ImportError:  # pragma: no cover - torch is in the test extra
     torch = None
+
+
+def rel_err(a, b):
+    """max |a - b| / max |b|: a relative error that is not fooled by elements near zero."""
+    a, b = to_numpy(a).astype(np.float64), to_numpy(b).astype(np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+# The kernel sets (npvit/ops) beside the reference; numba runs on the numpy backend only, fused on cupy only.
+FAST_SETS = ["fast", "numba", pytest.param("fused", marks=pytest.mark.gpu)]
+KERNEL_SETS = FAST_SETS + ["reference"]
+
+
+def skip_unless_runs(kernels, backend="numpy"):
+    """Skip a case of kernel set ``kernels`` that cannot run on ``backend`` here: numba on the GPU, or
+    where Numba is not installed (it is in the test extra, so CI runs every case); fused off the GPU."""
+    if kernels == "fused" and backend != "cupy":
+        pytest.skip("the fused kernels run on CUDA only")
+    if kernels == "numba":
+        if backend != "numpy":
+            pytest.skip("the numba kernels are CPU loops for the numpy backend")
+        pytest.importorskip("numba")
 
 
 def torch_device(backend):

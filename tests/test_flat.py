@@ -75,8 +75,8 @@ def test_an_optimiser_step_costs_the_same_few_operations_for_any_number_of_param
     for layers in (1, 6):
         model = ViT({**SMALL, "num_hidden_layers": layers}, dtype="float64")
         backward_once(model)
-        model.flat_params = model.flat_params.view(Counting)      # same memory, counted
-        model.flat_grads = model.flat_grads.view(Counting)
+        model.flat.params = model.flat.params.view(Counting)      # same memory, counted
+        model.flat.grads = model.flat.grads.view(Counting)
         opt = make(model)
         for _ in range(2):                                        # the second step has all its state
             Counting.calls = 0
@@ -116,12 +116,37 @@ def test_clipping_the_flat_buffer_is_clipping_every_gradient():
     assert np.linalg.norm(a.flat_grads) == pytest.approx(0.01, rel=1e-4)
 
 
+def test_casting_the_model_casts_everything_of_its_layout():
+    """The flat buffers' owner casts the parameters, the gradients, the optimiser's moments and per-group
+    vectors and the moving average together: the optimiser and the average go on in the new dtype."""
+    from npvit.ema import EMA
+
+    model = ViT(SMALL, seed=1)
+    names = list(model.parameters())
+    opt = AdamW(model, lr=1e-2, weight_decay=0.1, param_groups=[{"params": names[::2]},
+                                                               {"params": names[1::2], "lr": 1e-3}])
+    ema = EMA(model, 0.9)
+    backward_once(model)
+    opt.step()
+    ema.update()
+    before = {k: v.copy() for k, v in opt.state.items()}
+    model.astype("float64")
+    assert model.flat.params.dtype == model.flat.grads.dtype == ema.average.dtype == np.float64
+    assert all(v.dtype == np.float64 for v in opt.state.values()) and opt.lr().dtype == np.float64
+    for k, v in before.items():
+        np.testing.assert_array_equal(opt.state[k], v.astype(np.float64))
+    assert_views(model)
+    p = model.flat.params.copy()
+    model.zero_grad()
+    backward_once(model, seed=1)
+    opt.step()
+    ema.update()
+    assert model.flat.params.dtype == np.float64 and not np.array_equal(model.flat.params, p)
+    assert_views(model)
+
+
 def test_optimiser_errors():
     model = ViT(SMALL)
-    opt = AdamW(model)
-    model.astype("float64")
-    with pytest.raises(RuntimeError, match="make the optimiser after moving or casting the model"):
-        opt.step()
     with pytest.raises(ValueError, match="may set their own"):
         AdamW(model, param_groups=[{"params": list(model.parameters()), "betas": (0.5, 0.5)}])
 

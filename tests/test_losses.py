@@ -5,8 +5,8 @@ import torch
 from npvit import softmax_cross_entropy
 from npvit.backend import get_xp, to_device, to_numpy
 from npvit.gradcheck import check_function_gradients
-from tests.conftest import GRADCHECK_TOL, TORCH_RTOL, rel_err
-from tests.helpers import to_torch
+from tests.tolerances import GRADCHECK_TOL, TORCH_RTOL
+from tests.helpers import rel_err, to_torch
 
 
 @pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.5])

@@ -13,7 +13,8 @@ from npvit import DataParallel, ViT, softmax_cross_entropy
 from npvit.gradcheck import check_model_gradients, small_vit_config
 from npvit.parallel import check_threads, parallelize, threads_arg
 from npvit.train import train_step
-from tests.conftest import GRADCHECK_TOL, rel_err
+from tests.tolerances import GRADCHECK_TOL
+from tests.helpers import rel_err
 from tests.helpers import assert_close
 from tests.reference.article_vit import ViTForClassfication
 

@@ -15,10 +15,10 @@ class GELU(Layer):
         self.approximate = approximate
 
     def forward(self, x):
-        # tanh: y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3);  none: y = x Phi(x)
+        # y = x * gate:  tanh: gate = 0.5 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3);  none: gate = Phi(x)
         y, self.cache = self.kernels.gelu_forward(x, self.approximate)
         return y
 
     def backward(self, dy):
-        # tanh: dx = dy (0.5 (1 + t) + 0.5 x (1 - t^2) du/dx);  none: dx = dy (Phi(x) + x phi(x))
-        return self.kernels.gelu_backward(dy, self.cache, self.approximate)
+        # dx = dy (gate + x dgate/dx):  tanh: dgate/dx = 2 gate (1 - gate) du/dx;  none: dgate/dx = phi(x)
+        return self.kernels.gelu_backward(dy, self.cache)

@@ -51,19 +51,22 @@ class MultiHeadSelfAttention(Layer):
         # One copy into head-major order, so q, k, v are contiguous for BLAS.
         qkv = xp.ascontiguousarray(qkv.reshape(B, N, 3, H, hs).transpose(2, 0, 3, 1, 4))  # (3, B, H, N, hs)
         mask = self.attn_dropout.draw_mask((B, H, Nq, N), qkv.dtype, xp)
-        # scores = q k^T / sqrt(hs), att = softmax(scores), ctx = dropout(att) v
-        ctx, self.core = self.kernels.attention_forward(qkv, self.scale, Nq, mask)   # (B, H, Nq, hs)
-        self.att = self.core[-3]                                 # (B, H, Nq, N), rows sum to 1
+        # scores = q k^T, att = softmax(scores / sqrt(hs)), ctx = dropout(att) v  (npvit/ops/composites.py)
+        ctx, self.cache = self.kernels.attention_forward(qkv, self.scale, Nq, mask)   # (B, H, Nq, hs)
         ctx = ctx.transpose(0, 2, 1, 3).reshape(B, Nq, D)        # (B, Nq, D): heads concatenated
-        self.qkv_shape = qkv.shape
         return self.output_dropout.forward(self.output_projection.forward(ctx))
+
+    @property
+    def att(self):
+        """The attention probabilities of the last forward, (B, H, Nq, N): each row sums to 1."""
+        return self.cache.att
 
     def backward(self, dy):
         B, Nq, D = dy.shape
-        N, H, hs = self.qkv_shape[3], self.H, self.hs
+        N, H, hs = self.cache.qkv.shape[3], self.H, self.hs
         dctx = self.output_projection.backward(self.output_dropout.backward(dy))  # (B, Nq, D)
         dctx = dctx.reshape(B, Nq, H, hs).transpose(0, 2, 1, 3)  # (B, H, Nq, hs)
         # ctx = att_d v, att = softmax(q k^T / sqrt(hs)): dv, datt, dscores, then dq and dk
-        dqkv = self.kernels.attention_backward(dctx, self.core)  # (3, B, H, N, hs)
+        dqkv = self.kernels.attention_backward(dctx, self.cache)  # (3, B, H, N, hs)
         dqkv = dqkv.transpose(1, 3, 0, 2, 4).reshape(B, N, 3 * D)  # (B, N, 3D), undoing the head split
         return self.qkv_projection.backward(dqkv)

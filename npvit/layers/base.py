@@ -1,4 +1,4 @@
-"""The Layer base class: named parameters, named gradients, train/eval.
+"""The Layer base class: named parameters, named gradients, train/eval, the kernel set it runs on.
 
 A layer owns ``params`` and ``grads``, two dicts with the same keys (PyTorch's
 names, e.g. "weight", "bias"). ``forward(x)`` caches what ``backward`` needs;
@@ -6,26 +6,28 @@ names, e.g. "weight", "bias"). ``forward(x)`` caches what ``backward`` needs;
 attributes (a list of layers is numbered like torch's ModuleList), so the full
 name of a parameter is its attribute path: ``encoder.blocks.0.mlp.dense_1.weight``.
 
-``flatten()`` moves every parameter of a tree into one contiguous array
-(``flat_params``) and every gradient into another (``flat_grads``); the dict
-entries become views into them, so layers read and write them as before while
-``zero_grad`` is one fill, an optimiser step a handful of array operations over
-everything, clipping one norm, and a gradient all-reduce one call.
+``flatten()`` gives a tree its flat buffers (npvit/flat.py, ``self.flat``): the
+dict entries become views into one parameter array and one gradient array, which
+the optimiser, the moving average, checkpoints and all-reduce ask for through it.
 """
 from __future__ import annotations
 
 import copy
-import types
 
 import numpy as np
 
 from ..backend import get_array_module, seed_for, to_device
-from ..ops import get_kernels, numpy_fast
+from ..flat import FlatParameters
+from ..ops import get_kernels
+from ..ops.contract import KernelSet
+from ..ops.reference import REFERENCE
 
 
 class Layer:
-    # The kernel set this layer's math runs on (npvit/ops): the fast one unless use_kernels says otherwise.
-    kernels = numpy_fast
+    # The kernel set this layer's math runs on (npvit/ops): the reference, the one to read, unless
+    # use_kernels says otherwise (a ViT picks the fastest that runs, kernels="auto").
+    kernels = REFERENCE
+    flat = None             # the flat buffers' owner (npvit/flat.py), once flatten() has made it
 
     def __init__(self):
         self.params: dict = {}
@@ -64,8 +66,8 @@ class Layer:
                 for lname, layer in self.named_layers() for p, arr in layer.grads.items()}
 
     def zero_grad(self):
-        if getattr(self, "flat_grads", None) is not None:
-            self.flat_grads.fill(0)
+        if self.flat is not None:
+            self.flat.grads.fill(0)
             return
         for _, layer in self.named_layers():
             for g in layer.grads.values():
@@ -73,56 +75,30 @@ class Layer:
 
     # -- flat buffers -------------------------------------------------------
     def flatten(self):
-        """All parameters in one contiguous array, all gradients in another (same dtype, same device);
-        ``params``/``grads`` entries become views into them. Values are kept. Returns self."""
-        params = self.parameters()
-        if not params:
-            raise ValueError("flatten: this layer tree has no parameters")
-        dtypes = {p.dtype for p in params.values()}
-        if len(dtypes) != 1:
-            raise ValueError(f"flatten: parameters of one tree must share a dtype, found {sorted(map(str, dtypes))}")
-        xp = get_array_module(*params.values())
-        flat = xp.empty(sum(p.size for p in params.values()), dtype=dtypes.pop())
-        self.flat_index = {}                      # full name -> (offset, size, shape) in the flat buffers
-        offset = 0
-        for lname, layer in self.named_layers():
-            for k, p in layer.params.items():
-                view = flat[offset:offset + p.size].reshape(p.shape)
-                view[...] = p
-                layer.params[k] = view
-                self.flat_index[f"{lname}.{k}" if lname else k] = (offset, p.size, p.shape)
-                offset += p.size
-        self.flat_params = flat
-        return self.flatten_grads()
+        """All parameters in one contiguous array, all gradients in another, owned by ``self.flat``
+        (npvit/flat.py); ``params``/``grads`` entries become views into them. Values are kept. Returns self."""
+        self.flat = FlatParameters(self)
+        return self
 
-    def _relink(self):
-        """Make every ``params``/``grads`` entry a view into the flat buffers again (after a deep copy,
-        which copies views as separate arrays)."""
-        for lname, layer in self.named_layers():
-            for k in layer.params:
-                offset, size, shape = self.flat_index[f"{lname}.{k}" if lname else k]
-                layer.params[k] = self.flat_params[offset:offset + size].reshape(shape)
-                layer.grads[k] = self.flat_grads[offset:offset + size].reshape(shape)
+    @property
+    def flat_params(self):
+        """The flat parameter buffer (every parameter a view into it), or None before flatten()."""
+        return None if self.flat is None else self.flat.params
+
+    @property
+    def flat_grads(self):
+        """The flat gradient buffer (every gradient a view into it), or None before flatten()."""
+        return None if self.flat is None else self.flat.grads
 
     def __deepcopy__(self, memo):
         clone = self.__class__.__new__(self.__class__)
         memo[id(self)] = clone
         for name, value in vars(self).items():
-            shared = isinstance(value, types.ModuleType)          # the kernel set is shared, not copied
+            shared = isinstance(value, KernelSet)                 # the kernel set is shared, not copied
             setattr(clone, name, value if shared else copy.deepcopy(value, memo))
-        if getattr(clone, "flat_params", None) is not None:
-            clone._relink()
+        if clone.flat is not None:
+            clone.flat.relink()
         return clone
-
-    def flatten_grads(self):
-        """A fresh zero ``flat_grads`` with every ``grads`` entry a view into it (replicas get their own)."""
-        xp = get_array_module(self.flat_params)
-        self.flat_grads = xp.zeros_like(self.flat_params)
-        for lname, layer in self.named_layers():
-            for k in layer.grads:
-                offset, size, shape = self.flat_index[f"{lname}.{k}" if lname else k]
-                layer.grads[k] = self.flat_grads[offset:offset + size].reshape(shape)
-        return self
 
     def train(self, mode: bool = True):
         for _, layer in self.named_layers():
@@ -133,8 +109,8 @@ class Layer:
         return self.train(False)
 
     def use_kernels(self, kernels, backend="numpy"):
-        """Run this layer and every layer below it on the kernel set ``kernels`` ("auto", "numba", "fast",
-        "reference", or a module with the same functions) for arrays of ``backend``. Returns self."""
+        """Run this layer and every layer below it on the kernel set ``kernels`` ("auto", "numba", "fused",
+        "fast", "reference", or a KernelSet) for arrays of ``backend``. Returns self."""
         chosen = get_kernels(kernels, backend)
         for _, layer in self.named_layers():
             layer.kernels = chosen
@@ -152,28 +128,26 @@ class Layer:
         return int(sum(p.size for p in self.parameters().values()))
 
     def astype(self, dtype):
-        """Cast every parameter (and its gradient) to ``dtype`` in place of the old arrays (and of the
-        flat buffers, rebuilt if the tree had them)."""
+        """Cast every parameter (and its gradient) to ``dtype``: through the flat buffers' owner where the
+        tree has one (everything of its layout follows), else array by array."""
+        if self.flat is not None:
+            self.flat.cast(dtype)
+            return self
         for _, layer in self.named_layers():
             for k in layer.params:
                 layer.params[k] = layer.params[k].astype(dtype)
                 layer.grads[k] = layer.grads[k].astype(dtype)
-        return self._reflatten()
+        return self
 
     def to(self, xp):
-        """Move every parameter and gradient to ``xp``'s device (flat buffers rebuilt there)."""
+        """Move every parameter and gradient to ``xp``'s device, as ``astype`` does."""
+        if self.flat is not None:
+            self.flat.move(xp)
+            return self
         for _, layer in self.named_layers():
             for k in layer.params:
                 layer.params[k] = to_device(layer.params[k], xp)
                 layer.grads[k] = to_device(layer.grads[k], xp)
-        return self._reflatten()
-
-    def _reflatten(self):
-        if getattr(self, "flat_params", None) is not None:
-            grads = self.gradients()
-            self.flatten()
-            for name, g in self.gradients().items():
-                g[...] = grads[name]
         return self
 
     def replicate(self):
@@ -186,8 +160,8 @@ class Layer:
                 setattr(clone, name, value.replicate())
             elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Layer) for v in value):
                 setattr(clone, name, type(value)(v.replicate() for v in value))
-        if getattr(self, "flat_params", None) is not None:
-            clone.flatten_grads()                 # shared flat_params, its own flat_grads
+        if self.flat is not None:
+            clone.flat = self.flat.replica(clone)     # the same parameter buffer, its own gradient buffer
         return clone
 
     def __call__(self, x, *args, **kwargs):

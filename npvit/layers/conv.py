@@ -1,8 +1,9 @@
 """2-D convolution as im2col + one GEMM, and the ViT patch embedding built on it.
 
 The article's patch embedding is ``nn.Conv2d(C, D, kernel_size=P, stride=P)``:
-a convolution whose windows tile the image. im2col/col2im (any kernel, stride,
-padding) are in npvit/ops; the fast set turns the tiling case into a pure reshape.
+a convolution whose windows tile the image. The math is the composite
+``conv2d_forward``/``conv2d_backward`` (npvit/ops/composites.py) over the kernel set's
+im2col/col2im and GEMM; the fast sets turn the tiling im2col into a pure reshape.
 """
 from __future__ import annotations
 
@@ -27,28 +28,20 @@ class Conv2d(Layer):
     def forward(self, x):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2d expects input (B, {self.in_channels}, H, W), got shape {x.shape}")
-        k, s, p = self.k, self.stride, self.padding
-        self.x_shape = x.shape
-        cols = self.kernels.im2col(x, k, k, s, p)               # (B, OH, OW, C, k, k)
-        B, OH, OW = cols.shape[:3]
-        self.cols = cols.reshape(B * OH * OW, -1)                # (B*OH*OW, C*k*k): the one copy
-        w2d = self.params["weight"].reshape(self.out_channels, -1)  # (D, C*k*k)
-        y = self.cols @ w2d.T                                    # (B*OH*OW, D)
-        if "bias" in self.params:
-            y += self.params["bias"]
-        return y.reshape(B, OH, OW, self.out_channels).transpose(0, 3, 1, 2)  # (B, D, OH, OW), a view
+        conv_output_size(x.shape[2], self.k, self.stride, self.padding)     # a window that does not fit: say so
+        conv_output_size(x.shape[3], self.k, self.stride, self.padding)
+        # cols = im2col(x) (B*OH*OW, C*k*k),  y = cols W^T + b,  as (B, D, OH, OW)
+        y, self.cache = self.kernels.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
+                                                    self.stride, self.padding)
+        return y
 
     def backward(self, dy):
         # y = cols W^T + b  =>  dW = dy^T cols, db = sum(dy), dcols = dy W, dx = col2im(dcols)
-        B, D, OH, OW = dy.shape
-        dy2d = dy.transpose(0, 2, 3, 1).reshape(B * OH * OW, D)   # (B*OH*OW, D)
-        w2d = self.params["weight"].reshape(D, -1)
-        self.grads["weight"] += (dy2d.T @ self.cols).reshape(self.params["weight"].shape)
-        if "bias" in self.params:
-            self.grads["bias"] += dy2d.sum(axis=0)
-        C, k = self.in_channels, self.k
-        dcols = (dy2d @ w2d).reshape(B, OH, OW, C, k, k)
-        return self.kernels.col2im(dcols, self.x_shape, self.stride, self.padding)
+        dx, dw, db = self.kernels.conv2d_backward(dy, self.cache, self.params["weight"])
+        self.grads["weight"] += dw
+        if db is not None:
+            self.grads["bias"] += db
+        return dx
 
 
 class PatchEmbeddings(Layer):
@@ -72,4 +65,4 @@ class PatchEmbeddings(Layer):
 
     def backward(self, dy):
         B, Np, D = dy.shape
-        return self.projection.backward(dy.transpose(0, 2, 1).reshape(B, D, *self.grid))
+        return self.projection.backward(dy.transpose(0, 2, 1).reshape(B, D, *self.grid))   # (B, D, H/P, W/P)

@@ -39,6 +39,6 @@ class Embeddings(Layer):
     def backward(self, dy):
         # tokens = concat(cls, patches) + pos  =>  dpos = sum_b dy, dcls = sum_b dy[:, 0], dpatches = dy[:, 1:]
         dy = self.dropout.backward(dy)
-        self.grads["position_embeddings"] += dy.sum(axis=0, keepdims=True)
-        self.grads["cls_token"] += dy[:, :1].sum(axis=0, keepdims=True)
+        self.grads["position_embeddings"] += self.kernels.reduce_sum(dy, 0, keepdims=True)       # (1, N, D)
+        self.grads["cls_token"] += self.kernels.reduce_sum(dy[:, :1], 0, keepdims=True)         # (1, 1, D)
         return self.patch_embeddings.backward(dy[:, 1:])

@@ -1,4 +1,4 @@
-"""Linear (fully connected) layer: y = x W^T + b, as torch.nn.Linear (math in npvit/ops)."""
+"""Linear (fully connected) layer: y = x W^T + b, as torch.nn.Linear (math: the composite in npvit/ops/composites.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -27,6 +27,6 @@ class Linear(Layer):
         # y = x W^T + b  =>  dx = dy W,  dW = dy^T x,  db = sum over rows of dy
         dx, dw, db = self.kernels.linear_backward(dy, self.cache, self.params["weight"])
         self.grads["weight"] += dw
-        if "bias" in self.params:
+        if db is not None:
             self.grads["bias"] += db
         return dx

@@ -1,30 +1,32 @@
-"""The reference math (npvit/ops/reference.py) as fused CuPy kernels, for NVIDIA GPUs.
+"""The fused kernel set: the reference's elementwise and row-wise primitives as fused CuPy kernels,
+for NVIDIA GPUs.
 
 A model this small is bound by kernel launches on a GPU, not by arithmetic: each CuPy operator
-is one launch (about 5-20 us of Python and driver time), and the reference's LayerNorm alone is a
+is one launch with its Python and driver overhead, and the reference's LayerNorm alone is a
 dozen of them. Here each elementwise chain is one kernel, each row-wise reduction one warp per row:
 
 - GELU (tanh) forward and backward: one ``ElementwiseKernel`` each, the same x * sigmoid(2u) as
   numpy_fast (the erf GELU stays the reference's);
 - LayerNorm forward (mean, variance, xhat, the affine map) and the row part of its backward: one
   warp per row, reductions by warp shuffles; dw and db are two column sums;
-- softmax with the 1/sqrt(hs) scale folded in, forward and backward: one warp per row;
+- softmax with its scale, forward and backward: one warp per row;
 - AdamW over the whole flat parameter buffer: one ``ElementwiseKernel``;
-- sums over the rows of tall matrices (the bias gradients of Linear and LayerNorm) as cuBLAS
-  matrix-vector products (``column_sum``).
+- sums over the first axis (the bias gradients of Linear, Conv2d and LayerNorm, the position
+  embeddings') as cuBLAS matrix-vector products (``reduce_sum``).
 
 The same signatures and the same results (tested on the device against the reference: float64 to
-1e-12, float32 to 1e-5). Functions not redefined here are numpy_fast's (GEMMs are cuBLAS's).
-Importing this module needs CuPy; npvit.ops loads it only when a model asks for ``kernels="fused"``.
+1e-12, float32 to 1e-5). The table at the end says what is the reference's (the GEMMs are
+cuBLAS's) and numpy_fast's. Importing this module needs CuPy (not a GPU); npvit.ops loads it only
+when a model asks for ``kernels="fused"``.
 """
 from __future__ import annotations
 
 import cupy as cp
 import numpy as np
 
-from .numpy_fast import *  # noqa: F401,F403  (what is not fused here is numpy_fast's)
+from . import numpy_fast, reference
+from .contract import GeluCache, KernelSet, LayerNormCache
 from .reference import GELU_COEF, SQRT_2_OVER_PI
-from .reference import gelu_backward as _gelu_backward, gelu_forward as _gelu_forward
 
 WARP = 32
 ROWS_PER_BLOCK = 8                                  # 8 warps (256 threads) per block, one row each
@@ -45,15 +47,15 @@ _gelu_bwd = cp.ElementwiseKernel(
 
 def gelu_forward(x, approximate="tanh"):
     if approximate != "tanh":
-        return _gelu_forward(x, approximate)
+        return reference.gelu_forward(x, approximate)
     y, s = _gelu_fwd(x, SQRT_2_OVER_PI, GELU_COEF)
-    return y, (x, s)
+    return y, GeluCache(x, s, approximate)
 
 
-def gelu_backward(dy, cache, approximate="tanh"):
-    if approximate != "tanh":
-        return _gelu_backward(dy, cache, approximate)
-    x, s = cache
+def gelu_backward(dy, cache):
+    if cache.approximate != "tanh":
+        return reference.gelu_backward(dy, cache)
+    x, s, _ = cache
     return _gelu_bwd(dy, x, s, SQRT_2_OVER_PI, GELU_COEF)
 
 
@@ -153,7 +155,7 @@ def _rows(x):
     return int(np.prod(x.shape[:-1], dtype=np.int64))
 
 
-# -- sums over the rows of a tall matrix ---------------------------------------------------------------
+# -- sums over the first axis as gemv ---------------------------------------------------------------
 _ONES = {}
 
 
@@ -167,15 +169,12 @@ def column_sum(x2d):
     return _ONES[key] @ x2d
 
 
-# -- Linear: numpy_fast's, with db as a gemv -------------------------------------------------------
-def linear_backward(dy, cache, w):
-    """y = x W^T + b  =>  dx = dy W,  dW = dy^T x,  db = sum over rows of dy (see reference.linear_backward)."""
-    x2d = cache                                                  # (M, Din)
-    dy2d = dy.reshape(-1, dy.shape[-1])                          # (M, Dout)
-    dw = dy2d.T @ x2d                                            # (Dout, Din)
-    db = column_sum(dy2d)                                        # (Dout,)
-    dx = dy2d @ w                                                # (M, Din)
-    return dx.reshape(*dy.shape[:-1], w.shape[1]), dw, db
+def reduce_sum(x, axis, keepdims=False):
+    """Over the first axis as a gemv (``column_sum``); over any other axis, CuPy's sum."""
+    if axis != 0 or x.ndim < 2:
+        return x.sum(axis=axis, keepdims=keepdims)
+    s = column_sum(cp.ascontiguousarray(x).reshape(x.shape[0], -1)).reshape(x.shape[1:])
+    return s[None] if keepdims else s
 
 
 # -- LayerNorm ------------------------------------------------------------------------------------
@@ -185,7 +184,7 @@ def layernorm_forward(x, w, b, eps=1e-5):
     y, xhat = cp.empty_like(x), cp.empty_like(x)
     rstd = cp.empty(x.shape[:-1] + (1,), dtype=x.dtype)                 # (..., 1)
     _launch("layernorm_fwd", rows, x, w, b, y, xhat, rstd, np.int64(rows), np.int32(n), x.dtype.type(eps))
-    return y, (xhat, rstd)
+    return y, LayerNormCache(xhat, rstd)
 
 
 def layernorm_backward(dy, cache, w):
@@ -202,7 +201,7 @@ def layernorm_backward(dy, cache, w):
 
 
 # -- softmax --------------------------------------------------------------------------------------
-def softmax_forward(scores, out=None, scale=1.0):
+def softmax_forward(scores, scale=1.0, out=None):
     """softmax(scale * scores) over the last axis; ``out=scores`` works in place."""
     scores = cp.ascontiguousarray(scores)
     att = cp.empty_like(scores) if out is None else out
@@ -211,43 +210,13 @@ def softmax_forward(scores, out=None, scale=1.0):
     return att
 
 
-def softmax_backward(datt, att, out=None, scale=1.0):
+def softmax_backward(datt, att, scale=1.0, out=None):
     """scale * att (datt - sum(datt att)); ``out=datt`` works in place."""
     datt = cp.ascontiguousarray(datt)
     d = cp.empty_like(datt) if out is None else out
     rows = _rows(datt)
     _launch("softmax_bwd", rows, datt, att, d, np.int64(rows), np.int32(datt.shape[-1]), datt.dtype.type(scale))
     return d
-
-
-# -- the attention core, with the scale inside the softmax kernels ---------------------------------
-def attention_forward(qkv, scale, num_queries=None, mask=None):
-    Nq = qkv.shape[3] if num_queries is None else num_queries
-    q, k, v = qkv[0, :, :, :Nq], qkv[1], qkv[2]
-    qk = q @ k.transpose(0, 1, 3, 2)                             # (B, H, Nq, N), unscaled
-    att = softmax_forward(qk, out=qk, scale=scale)               # softmax(q k^T * scale), in place
-    att_d = att if mask is None else att * mask
-    ctx = att_d @ v                                              # (B, H, Nq, hs)
-    return ctx, (qkv, Nq, scale, att, att_d, mask)
-
-
-def attention_backward(dctx, cache):
-    # as the reference: dv = att_d^T dctx, datt = dctx v^T (* mask), dscores = scale * softmax_backward,
-    # dq = dscores k, dk = dscores^T q (the scale is applied once, in the softmax kernel)
-    qkv, Nq, scale, att, att_d, mask = cache
-    q, k, v = qkv[0, :, :, :Nq], qkv[1], qkv[2]
-    dctx = cp.ascontiguousarray(dctx)
-    dqkv = cp.empty_like(qkv)                                    # (3, B, H, N, hs)
-    if Nq < qkv.shape[3]:
-        dqkv[0, :, :, Nq:] = 0                                   # tokens that asked nothing
-    datt = dctx @ v.transpose(0, 1, 3, 2)                        # (B, H, Nq, N)
-    cp.matmul(att_d.transpose(0, 1, 3, 2), dctx, out=dqkv[2])   # dv
-    if mask is not None:
-        datt *= mask
-    dscores = softmax_backward(datt, att, out=datt, scale=scale)
-    cp.matmul(dscores, k, out=dqkv[0, :, :, :Nq])                # dq
-    cp.matmul(dscores.transpose(0, 1, 3, 2), q, out=dqkv[1])    # dk
-    return dqkv
 
 
 # -- AdamW over the flat buffer -------------------------------------------------------------------------
@@ -267,3 +236,22 @@ _adamw = cp.ElementwiseKernel(
 def adamw_update(p, g, m, v, lr, wd, b1, b2, eps, inv_bc1, inv_sqrt_bc2):
     """One AdamW step in place on the flat buffers p, m, v, in one kernel (see reference.adamw_update)."""
     _adamw(g, lr, wd, b1, 1.0 - b1, b2, 1.0 - b2, eps, inv_bc1, inv_sqrt_bc2, p, m, v)
+
+
+FUSED = KernelSet("fused", backends=("cupy",), primitives={
+    "matmul": reference.matmul,                                  # cuBLAS's GEMM
+    "reduce_sum": reduce_sum,
+    "layernorm_forward": layernorm_forward,
+    "layernorm_backward": layernorm_backward,
+    "gelu_forward": gelu_forward,
+    "gelu_backward": gelu_backward,
+    "softmax_forward": softmax_forward,
+    "softmax_backward": softmax_backward,
+    "log_softmax": reference.log_softmax,
+    "cross_entropy_forward": reference.cross_entropy_forward,
+    "cross_entropy_backward": reference.cross_entropy_backward,
+    "im2col": numpy_fast.im2col,                                 # a reshape for the patch embedding
+    "col2im": numpy_fast.col2im,
+    "adamw_update": adamw_update,
+    "sgd_update": reference.sgd_update,
+})

@@ -1,24 +1,24 @@
-"""The reference math (npvit/ops/reference.py) as fused CPU loops compiled by Numba, for the numpy backend.
+"""The numba kernel set: the reference's elementwise and row-wise primitives as fused CPU loops
+compiled by Numba, for the numpy backend.
 
 numpy_fast makes NumPy take fewer passes over memory, but each NumPy operator is still a pass of its
-own, and NumPy's float32 ``exp`` is a scalar loop on many machines (about 2-3 ns per element here).
-After the GEMMs, that elementwise work is most of a CPU training step (GELU 14%, softmax 10%,
-LayerNorm 8% of the sprint's step). Here each chain is one loop that LLVM vectorises:
+own, and NumPy's float32 ``exp`` is a scalar loop on many machines. After the GEMMs, that elementwise
+work is most of a CPU training step (benchmarks/README.md has the profile). Here each chain is one
+loop that LLVM vectorises:
 
 - ``exp`` in float32 is written out (``_exp``), so that a loop calling it vectorises without a vector
   math library: exp(z) = 2^n exp(r) with n = round(z / ln 2), |r| <= ln(2) / 2, and exp(r) by its
-  Taylor series to r^6; 2^n is built from its bits. Relative error: at most 2.5 float32 ulp for
-  |z| <= 10, 4.5 out to the ends of the float32 range (NumPy's own float32 exp: 1.7);
-  float64 (the gradient checks) uses libm's exp;
+  Taylor series to r^6; 2^n is built from its bits. Its error is bounded in ulp by
+  tests/ops/test_numba.py; float64 (the gradient checks) uses libm's exp;
 - GELU (tanh) forward and backward: one loop each, the x * sigmoid(2u) form of numpy_fast;
-- softmax with the 1/sqrt(hs) scale folded in, forward and backward: row by row, in place;
+- softmax with its scale, forward and backward: row by row, in place;
 - LayerNorm forward and backward: row by row; the backward adds dw and db in the same pass.
 
 The same signatures and the same results (tested against the reference: float64 to 1e-12, float32
-to 1e-5). Functions not redefined here are numpy_fast's (the GEMMs are BLAS's). Every loop releases
-the GIL, so DataParallel's shard threads run them side by side. Compiled on first use (a few
-seconds, cached on disk). Importing this module needs Numba; npvit.ops loads it only when a model
-asks for ``kernels="numba"`` (or ``"auto"`` finds Numba installed).
+to 1e-5). The table at the end says what is taken from the reference (the GEMMs are BLAS's) and from
+numpy_fast. Every loop releases the GIL, so DataParallel's shard threads run them side by side.
+Compiled on first use (a few seconds, cached on disk). Importing this module needs Numba; npvit.ops
+loads it only when a model asks for ``kernels="numba"`` (or ``"auto"`` finds Numba installed).
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
-from .numpy_fast import *  # noqa: F401,F403  (what is not fused here is numpy_fast's)
+from . import numpy_fast, reference
+from .contract import GeluCache, KernelSet, LayerNormCache
 from .reference import GELU_COEF, SQRT_2_OVER_PI
-from .reference import gelu_backward as _gelu_backward, gelu_forward as _gelu_forward
 
 # Vectorising a sum needs reassociation, a*b+c may become one FMA, and exp may be approximated; but
 # NaN and inf keep their meaning (no "nnan"/"ninf"), so a diverging run still shows NaN in its loss.
@@ -108,17 +108,17 @@ def _flat(a):
 
 def gelu_forward(x, approximate="tanh"):
     if approximate != "tanh":
-        return _gelu_forward(x, approximate)
+        return reference.gelu_forward(x, approximate)
     T = x.dtype.type
     y, s = np.empty(x.shape, x.dtype), np.empty(x.shape, x.dtype)     # C order, so reshape(-1) is a view
     _gelu_tanh_forward(_flat(x), y.reshape(-1), s.reshape(-1), T(1), T(SQRT_2_OVER_PI), T(GELU_COEF))
-    return y, (x, s)
+    return y, GeluCache(x, s, approximate)
 
 
-def gelu_backward(dy, cache, approximate="tanh"):
-    if approximate != "tanh":
-        return _gelu_backward(dy, cache, approximate)
-    x, s = cache
+def gelu_backward(dy, cache):
+    if cache.approximate != "tanh":
+        return reference.gelu_backward(dy, cache)
+    x, s, _ = cache
     T = x.dtype.type
     dx = np.empty(x.shape, x.dtype)
     _gelu_tanh_backward(_flat(dy), _flat(x), _flat(s), dx.reshape(-1), T(1), T(SQRT_2_OVER_PI), T(GELU_COEF))
@@ -176,7 +176,7 @@ def layernorm_forward(x, w, b, eps=1e-5):
     rstd = np.empty((x2d.shape[0], 1), dtype=x.dtype)            # (M, 1)
     _layernorm_forward(x2d, w, b, y, xhat, rstd, T(eps), T(1 / D), T(0), T(1))
     lead = x.shape[:-1]
-    return y.reshape(x.shape), (xhat.reshape(x.shape), rstd.reshape(*lead, 1))
+    return y.reshape(x.shape), LayerNormCache(xhat.reshape(x.shape), rstd.reshape(*lead, 1))
 
 
 def layernorm_backward(dy, cache, w):
@@ -235,7 +235,7 @@ def _into(a, out):
     return out
 
 
-def softmax_forward(scores, out=None, scale=1.0):
+def softmax_forward(scores, scale=1.0, out=None):
     """softmax(scale * scores) over the last axis, scale > 0; ``out=scores`` works in place."""
     att = _into(scores, out)
     T = att.dtype.type
@@ -243,7 +243,7 @@ def softmax_forward(scores, out=None, scale=1.0):
     return att
 
 
-def softmax_backward(datt, att, out=None, scale=1.0):
+def softmax_backward(datt, att, scale=1.0, out=None):
     """scale * att (datt - sum(datt att)); ``out=datt`` works in place."""
     d = _into(datt, out)
     T = d.dtype.type
@@ -252,31 +252,20 @@ def softmax_backward(datt, att, out=None, scale=1.0):
     return d
 
 
-# -- the attention core, with the scale inside the softmax loops ------------------------------------------
-def attention_forward(qkv, scale, num_queries=None, mask=None):
-    Nq = qkv.shape[3] if num_queries is None else num_queries
-    q, k, v = qkv[0, :, :, :Nq], qkv[1], qkv[2]
-    qk = q @ k.transpose(0, 1, 3, 2)                             # (B, H, Nq, N), unscaled
-    att = softmax_forward(qk, out=qk, scale=scale)               # softmax(q k^T * scale), in place
-    att_d = att if mask is None else att * mask
-    ctx = att_d @ v                                              # (B, H, Nq, hs)
-    return ctx, (qkv, Nq, scale, att, att_d, mask)
-
-
-def attention_backward(dctx, cache):
-    # as the reference: dv = att_d^T dctx, datt = dctx v^T (* mask), dscores = scale * softmax_backward,
-    # dq = dscores k, dk = dscores^T q (the scale is applied once, in the softmax loop)
-    qkv, Nq, scale, att, att_d, mask = cache
-    q, k, v = qkv[0, :, :, :Nq], qkv[1], qkv[2]
-    dctx = np.ascontiguousarray(dctx)
-    dqkv = np.empty_like(qkv)                                    # (3, B, H, N, hs)
-    if Nq < qkv.shape[3]:
-        dqkv[0, :, :, Nq:] = 0                                   # tokens that asked nothing
-    datt = dctx @ v.transpose(0, 1, 3, 2)                        # (B, H, Nq, N)
-    np.matmul(att_d.transpose(0, 1, 3, 2), dctx, out=dqkv[2])   # dv
-    if mask is not None:
-        datt *= mask
-    dscores = softmax_backward(datt, att, out=datt, scale=scale)
-    np.matmul(dscores, k, out=dqkv[0, :, :, :Nq])                # dq
-    np.matmul(dscores.transpose(0, 1, 3, 2), q, out=dqkv[1])    # dk
-    return dqkv
+NUMBA = KernelSet("numba", backends=("numpy",), primitives={
+    "matmul": reference.matmul,                                  # BLAS's GEMM
+    "reduce_sum": reference.reduce_sum,
+    "layernorm_forward": layernorm_forward,
+    "layernorm_backward": layernorm_backward,
+    "gelu_forward": gelu_forward,
+    "gelu_backward": gelu_backward,
+    "softmax_forward": softmax_forward,
+    "softmax_backward": softmax_backward,
+    "log_softmax": reference.log_softmax,
+    "cross_entropy_forward": reference.cross_entropy_forward,
+    "cross_entropy_backward": reference.cross_entropy_backward,
+    "im2col": numpy_fast.im2col,                                 # a reshape for the patch embedding
+    "col2im": numpy_fast.col2im,
+    "adamw_update": reference.adamw_update,
+    "sgd_update": reference.sgd_update,
+})

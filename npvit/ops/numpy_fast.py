@@ -1,46 +1,40 @@
-"""The reference math (npvit/ops/reference.py), rewritten for speed on NumPy's one-core elementwise work.
+"""The fast kernel set: the reference's primitives rewritten for NumPy's one-core elementwise work.
 
 The same signatures and the same results (tested: float64 to 1e-12, float32 to 1e-5); what changes
 is how many passes over memory each takes. The tricks:
-- sums over short rows (65 tokens, 48 features) as a BLAS matrix-vector product (``row_sum``),
-  several times faster than NumPy's reduction over the last axis;
-- in-place updates of temporaries the function itself made (a GEMM's output, a centred copy), instead
-  of a new array per operator;
+- sums over short rows (65 tokens, 48 features) as a BLAS matrix-vector product (``reduce_sum`` over
+  the last axis), faster than NumPy's reduction over the last axis;
+- in-place updates of temporaries the function itself made (a centred copy, the softmax's input when
+  the caller passes it as ``out``), instead of a new array per operator;
 - the tanh GELU as x * sigmoid(2u): exp is cheaper than tanh, and 1 + tanh(u) loses digits to
   cancellation for negative u in float32;
-- attention scales q (Nq x hs) rather than the scores (Nq x N), writes q, k, v gradients straight
-  into one buffer, and takes the softmax backward's row dots with einsum (no (B, H, Nq, N) temporary);
+- the softmax backward's row dots by einsum (no temporary of the scores' size);
 - the patch embedding's im2col is a pure reshape when the windows tile the image.
-Functions not redefined here are the reference's. A fused CuPy set would sit beside this one.
+The table at the end says what is the reference's. Measured speeds: benchmarks/README.md.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import get_array_module
-from .reference import *  # noqa: F401,F403  (what is not faster here is the reference)
-from .reference import GELU_COEF, SQRT_2_OVER_PI, col2im as _col2im, im2col as _im2col
-from .reference import gelu_backward as _gelu_backward, gelu_forward as _gelu_forward
+from . import reference
+from .contract import GeluCache, KernelSet, LayerNormCache
+from .reference import GELU_COEF, SQRT_2_OVER_PI
 
 
-def row_sum(x):
-    """sum over the last axis, keepdims: (..., n) -> (..., 1), as the matrix-vector product x 1."""
+# -- sums -------------------------------------------------------------------------------------------
+def reduce_sum(x, axis, keepdims=False):
+    """Over the last axis as the matrix-vector product x 1 (BLAS); over any other axis, NumPy's sum."""
+    if axis not in (-1, x.ndim - 1):
+        return x.sum(axis=axis, keepdims=keepdims)
     xp = get_array_module(x)
-    return (x @ xp.ones(x.shape[-1], dtype=x.dtype))[..., None]
+    s = x @ xp.ones(x.shape[-1], dtype=x.dtype)                  # (...,)
+    return s[..., None] if keepdims else s
 
 
 def row_mean(x):
-    """mean over the last axis, keepdims: (..., n) -> (..., 1), through row_sum."""
-    return row_sum(x) / x.shape[-1]
-
-
-# -- Linear ------------------------------------------------------------------------------------
-def linear_forward(x, w, b=None):
-    x2d = x.reshape(-1, x.shape[-1])                             # (M, Din)
-    y = x2d @ w.T                                                # (M, Dout): one GEMM, W^T is a view
-    if b is not None:
-        y += b                                                   # in place: y is this function's own
-    return y.reshape(*x.shape[:-1], w.shape[0]), x2d
+    """mean over the last axis, keepdims: (..., n) -> (..., 1)."""
+    return reduce_sum(x, -1, keepdims=True) / x.shape[-1]
 
 
 # -- LayerNorm --------------------------------------------------------------------------------
@@ -53,11 +47,11 @@ def layernorm_forward(x, w, b, eps=1e-5):
     xhat *= rstd                                                 # (..., D)
     y = xhat * w
     y += b
-    return y, (xhat, rstd)
+    return y, LayerNormCache(xhat, rstd)
 
 
 def layernorm_backward(dy, cache, w):
-    # the reference's dvar/dmean form, collected: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+    # the reference's chain, collected: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
     xp = get_array_module(dy)
     xhat, rstd = cache
     D = xhat.shape[-1]
@@ -71,91 +65,64 @@ def layernorm_backward(dy, cache, w):
     return dx, dw, db
 
 
-# -- GELU -----------------------------------------------------------------------------------------
+# -- GELU (tanh) as x * sigmoid(2u); the erf GELU is the reference's -----------------------------------
 def gelu_forward(x, approximate="tanh"):
     if approximate != "tanh":
-        return _gelu_forward(x, approximate)
+        return reference.gelu_forward(x, approximate)
     xp = get_array_module(x)
-    # y = x s,  s = 0.5 (1 + tanh(u)) = sigmoid(2u) = 1 / (1 + exp(-2u)),  u = x (a + b x^2);
+    # y = x gate,  gate = 0.5 (1 + tanh(u)) = sigmoid(2u) = 1 / (1 + exp(-2u)),  u = x (a + b x^2);
     # in one buffer, constants folded; x*x, never x**3 (float32 power is slow).
-    s = x * x
-    s *= -2.0 * SQRT_2_OVER_PI * GELU_COEF                       # -2 b x^2
-    s -= 2.0 * SQRT_2_OVER_PI                                    # -2 (a + b x^2)
-    s *= x                                                       # -2u
-    with np.errstate(over="ignore"):                             # exp(-2u) = inf for x < -10: s = 0, y = -0, exact
-        xp.exp(s, out=s)
-    s += 1.0
-    xp.reciprocal(s, out=s)                                      # s = sigmoid(2u)
-    return x * s, (x, s)
+    gate = x * x
+    gate *= -2.0 * SQRT_2_OVER_PI * GELU_COEF                    # -2 b x^2
+    gate -= 2.0 * SQRT_2_OVER_PI                                 # -2 (a + b x^2)
+    gate *= x                                                    # -2u
+    with np.errstate(over="ignore"):                             # exp(-2u) = inf for x < -10: gate = 0, y = -0, exact
+        xp.exp(gate, out=gate)
+    gate += 1.0
+    xp.reciprocal(gate, out=gate)                                # gate = sigmoid(2u)
+    return x * gate, GeluCache(x, gate, approximate)
 
 
-def gelu_backward(dy, cache, approximate="tanh"):
-    if approximate != "tanh":
-        return _gelu_backward(dy, cache, approximate)
-    # y = x s,  s = sigmoid(2u),  ds/du = 2 s (1 - s):  dy/dx = s + x s (1 - s) 2 du/dx,  du/dx = a + 3 b x^2
-    x, s = cache
+def gelu_backward(dy, cache):
+    if cache.approximate != "tanh":
+        return reference.gelu_backward(dy, cache)
+    # dgate/du = 2 gate (1 - gate):  dy/dx = gate + x gate (1 - gate) 2 du/dx,  du/dx = a + 3 b x^2
+    x, gate, _ = cache
     dudx2 = x * x                                                # 2 du/dx, in place
     dudx2 *= 6.0 * SQRT_2_OVER_PI * GELU_COEF
     dudx2 += 2.0 * SQRT_2_OVER_PI
-    g = 1.0 - s
-    g *= s
+    g = 1.0 - gate
+    g *= gate
     g *= x
     g *= dudx2
-    g += s
+    g += gate
     g *= dy
     return g
 
 
 # -- softmax ------------------------------------------------------------------------------------
-def softmax_forward(scores, out=None):
-    """As the reference; ``out=scores`` works in place."""
+def softmax_forward(scores, scale=1.0, out=None):
+    """As the reference; ``out=scores`` works in place. scale > 0: max(scale s) = scale max(s)."""
     xp = get_array_module(scores)
     e = xp.subtract(scores, scores.max(axis=-1, keepdims=True), out=out)
+    if scale != 1.0:
+        e *= scale
     xp.exp(e, out=e)
-    rsum = row_sum(e)                                            # (..., 1)
+    rsum = reduce_sum(e, -1, keepdims=True)                      # (..., 1)
     xp.reciprocal(rsum, out=rsum)
     e *= rsum                                                    # a multiply: cheaper than a divide
     return e
 
 
-def softmax_backward(datt, att, out=None):
+def softmax_backward(datt, att, scale=1.0, out=None):
     """As the reference; ``out=datt`` works in place."""
     xp = get_array_module(datt)
     dots = xp.einsum("...ij,...ij->...i", datt, att)[..., None]  # row dot products, no temporary of datt's size
     d = xp.subtract(datt, dots, out=out)
     d *= att
+    if scale != 1.0:
+        d *= scale
     return d
-
-
-# -- the attention core -------------------------------------------------------------------------------
-def attention_forward(qkv, scale, num_queries=None, mask=None):
-    Nq = qkv.shape[3] if num_queries is None else num_queries
-    q, k, v = qkv[0, :, :, :Nq], qkv[1], qkv[2]
-    qs = q * scale                           # q' = q / sqrt(hs): scaling q is hs/N the work of scaling the scores
-    scores = qs @ k.transpose(0, 1, 3, 2)                        # (B, H, Nq, N) = q k^T / sqrt(hs)
-    att = softmax_forward(scores, out=scores)
-    att_d = att if mask is None else att * mask
-    ctx = att_d @ v                                              # (B, H, Nq, hs)
-    return ctx, (qkv, qs, Nq, scale, att, att_d, mask)
-
-
-def attention_backward(dctx, cache):
-    xp = get_array_module(dctx)
-    qkv, qs, Nq, scale, att, att_d, mask = cache
-    k, v = qkv[1], qkv[2]
-    dctx = xp.ascontiguousarray(dctx)
-    dqkv = xp.empty_like(qkv)                                    # (3, B, H, N, hs), written in place below
-    dq = dqkv[0, :, :, :Nq]
-    dqkv[0, :, :, Nq:] = 0                                       # tokens that asked nothing: no query gradient
-    datt = dctx @ v.transpose(0, 1, 3, 2)                        # (B, H, Nq, N)
-    xp.matmul(att_d.transpose(0, 1, 3, 2), dctx, out=dqkv[2])   # dv = att_d^T dctx
-    if mask is not None:
-        datt *= mask
-    dscores = softmax_backward(datt, att, out=datt)
-    xp.matmul(dscores, k, out=dq)                                # dq = dscores k * scale
-    dq *= scale
-    xp.matmul(dscores.transpose(0, 1, 3, 2), qs, out=dqkv[1])   # dk = dscores^T q' (q' already scaled)
-    return dqkv
 
 
 # -- im2col / col2im ---------------------------------------------------------------------------------
@@ -167,7 +134,7 @@ def im2col(x, kh, kw, stride=1, padding=0):
     """When the windows tile the image (kernel = stride, no padding: the patch embedding) a pure
     reshape/transpose; otherwise the reference's gather."""
     if not _tiles(x.shape, kh, kw, stride, padding):
-        return _im2col(x, kh, kw, stride, padding)
+        return reference.im2col(x, kh, kw, stride, padding)
     B, C, H, W = x.shape
     p = kh
     return x.reshape(B, C, H // p, p, W // p, p).transpose(0, 2, 4, 1, 3, 5)   # (B, H/p, W/p, C, p, p)
@@ -177,5 +144,24 @@ def col2im(cols, x_shape, stride=1, padding=0):
     """The inverse of the tiling reshape when windows tile the image, else the reference's scatter-add."""
     kh, kw = cols.shape[4:]
     if not _tiles(x_shape, kh, kw, stride, padding):
-        return _col2im(cols, x_shape, stride, padding)
+        return reference.col2im(cols, x_shape, stride, padding)
     return cols.transpose(0, 3, 1, 4, 2, 5).reshape(x_shape)
+
+
+FAST = KernelSet("fast", backends=("numpy", "cupy"), primitives={
+    "matmul": reference.matmul,                                  # the reference's: BLAS's (cuBLAS's) GEMM
+    "reduce_sum": reduce_sum,
+    "layernorm_forward": layernorm_forward,
+    "layernorm_backward": layernorm_backward,
+    "gelu_forward": gelu_forward,
+    "gelu_backward": gelu_backward,
+    "softmax_forward": softmax_forward,
+    "softmax_backward": softmax_backward,
+    "log_softmax": reference.log_softmax,
+    "cross_entropy_forward": reference.cross_entropy_forward,
+    "cross_entropy_backward": reference.cross_entropy_backward,
+    "im2col": im2col,
+    "col2im": col2im,
+    "adamw_update": reference.adamw_update,
+    "sgd_update": reference.sgd_update,
+})

@@ -1,22 +1,23 @@
-"""The math of every layer, written once to be read: forward/backward function pairs.
+"""The reference kernel set: every primitive of the contract (npvit/ops/contract.py) as the plain formula.
 
 In the style of llm.c's ``layernorm_forward`` / ``layernorm_backward``: a forward returns its
-output and a cache (what the backward needs, named as in the formulas); a backward takes the
-output's gradient and the cache and returns the gradient of every input and parameter. Plain
-array expressions, no in-place tricks, the same code for NumPy and CuPy through ``xp``.
+output and a named cache (what the backward needs, named as in the formulas); a backward takes
+the output's gradient and the cache and returns the gradient of every input and parameter.
+Plain array expressions, no in-place tricks, the same code for NumPy and CuPy through ``xp``.
+This is the set a layer built alone runs, and the one to read: docs/backprop.md derives each
+backward next to it. The composites built on these (Linear, the convolution, the attention core)
+are in npvit/ops/composites.py; the other sets implement the same signatures faster and are
+tested equal to these (float64 to 1e-12, float32 to 1e-5), these against finite differences
+and PyTorch.
 
-npvit/ops/numpy_fast.py implements the same signatures faster; the tests hold the two equal
-(float64 to 1e-12, float32 to 1e-5) and check these against finite differences and PyTorch.
-docs/backprop.md derives each backward.
-
-Shapes: B batch, N tokens, Nq tokens that ask (queries), D width, H heads, hs head size,
-M = product of leading dimensions, K classes.
+Shapes: M = product of leading dimensions, D features, K classes.
 """
 from __future__ import annotations
 
 import math
 
 from ..backend import erf, get_array_module
+from .contract import CrossEntropyCache, GeluCache, KernelSet, LayerNormCache
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 GELU_COEF = 0.044715
@@ -24,24 +25,20 @@ INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-# -- Linear: y = x W^T + b ---------------------------------------------------------------
-def linear_forward(x, w, b=None):
-    """x (..., Din), w (Dout, Din), b (Dout,) or None -> y (..., Dout)."""
-    x2d = x.reshape(-1, x.shape[-1])                             # (M, Din)
-    y = x2d @ w.T                                                # (M, Dout): one GEMM
-    if b is not None:
-        y = y + b
-    return y.reshape(*x.shape[:-1], w.shape[0]), x2d
+# -- GEMM and sums -------------------------------------------------------------------------------
+def matmul(a, b, transpose_a=False, transpose_b=False, out=None):
+    """a @ b over the last two axes (batched over the leading ones); a^T / b^T are views, no copy."""
+    xp = get_array_module(a, b)
+    if transpose_a:
+        a = a.swapaxes(-1, -2)
+    if transpose_b:
+        b = b.swapaxes(-1, -2)
+    return xp.matmul(a, b, out=out)
 
 
-def linear_backward(dy, cache, w):
-    """y = x W^T + b  =>  dx = dy W,  dW = dy^T x,  db = sum over rows of dy. Returns (dx, dw, db)."""
-    x2d = cache                                                  # (M, Din)
-    dy2d = dy.reshape(-1, dy.shape[-1])                          # (M, Dout)
-    dw = dy2d.T @ x2d                                            # (Dout, Din)
-    db = dy2d.sum(axis=0)                                        # (Dout,)
-    dx = dy2d @ w                                                # (M, Din)
-    return dx.reshape(*dy.shape[:-1], w.shape[1]), dw, db
+def reduce_sum(x, axis, keepdims=False):
+    """The sum over one axis."""
+    return x.sum(axis=axis, keepdims=keepdims)
 
 
 # -- LayerNorm over the last axis ---------------------------------------------------------
@@ -53,111 +50,79 @@ def layernorm_forward(x, w, b, eps=1e-5):
     rstd = 1.0 / get_array_module(x).sqrt(var + eps)             # (..., 1)
     xhat = xc * rstd                                             # (..., D)
     y = xhat * w + b
-    return y, (xc, xhat, rstd)
+    return y, LayerNormCache(xhat, rstd)
 
 
 def layernorm_backward(dy, cache, w):
-    """Returns (dx, dw, db). With D features per row:
+    """Returns (dx, dw, db), the forward chain reversed, with D features per row:
 
-        dw = sum over rows of dy * xhat,   db = sum over rows of dy,   dxhat = dy * w
-        xhat = xc * rstd, rstd = (var + eps)^(-1/2), var = mean(xc^2), xc = x - mean(x):
-        dvar  = sum(dxhat * xc) * (-1/2) rstd^3
-        dmean = -sum(dxhat) * rstd + dvar * mean(-2 xc)          (the second term is 0)
-        dx    = dxhat * rstd + dvar * 2 xc / D + dmean / D
+        y = xhat w + b            =>  dw = sum over rows of dy xhat,  db = sum over rows of dy,  dxhat = dy w
+        xhat = xc rstd            =>  dxc = dxhat rstd (direct),  drstd = sum(dxhat xc) = sum(dxhat xhat) / rstd
+        rstd = (var + eps)^(-1/2) =>  dvar = drstd (-1/2) rstd^3
+        var = mean(xc^2)          =>  dxc += dvar 2 xc / D
+        xc = x - mean(x)          =>  dx = dxc - mean(dxc)
+    (xc = xhat / rstd: the cache keeps xhat and rstd only.)
     """
-    xc, xhat, rstd = cache
-    D = xc.shape[-1]
+    xhat, rstd = cache
+    D = xhat.shape[-1]
     dw = (dy * xhat).reshape(-1, D).sum(axis=0)                  # (D,)
     db = dy.reshape(-1, D).sum(axis=0)                           # (D,)
     dxhat = dy * w                                               # (..., D)
-    dvar = (dxhat * xc).sum(axis=-1, keepdims=True) * -0.5 * rstd ** 3
-    dmean = -dxhat.sum(axis=-1, keepdims=True) * rstd + dvar * (-2.0 * xc).mean(axis=-1, keepdims=True)
-    dx = dxhat * rstd + dvar * 2.0 * xc / D + dmean / D
+    drstd = (dxhat * xhat).sum(axis=-1, keepdims=True) / rstd   # (..., 1)
+    dvar = drstd * -0.5 * rstd ** 3                              # (..., 1)
+    dxc = dxhat * rstd + dvar * 2.0 * (xhat / rstd) / D          # (..., D)
+    dx = dxc - dxc.mean(axis=-1, keepdims=True)
     return dx, dw, db
 
 
-# -- GELU -------------------------------------------------------------------------------------
+# -- GELU: y = x * gate(x) -------------------------------------------------------------------------
 def gelu_forward(x, approximate="tanh"):
-    """x (...) -> y (...). "tanh": y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)
-    (the article's NewGELUActivation); "none": y = x Phi(x), Phi the normal CDF."""
+    """x (...) -> y (...) = x * gate.  "tanh": gate = 0.5 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3)
+    (the article's NewGELUActivation); "none": gate = Phi(x), the normal CDF (exact, erf)."""
     xp = get_array_module(x)
     if approximate == "tanh":
         u = SQRT_2_OVER_PI * (x + GELU_COEF * x * x * x)
-        t = xp.tanh(u)
-        return 0.5 * x * (1.0 + t), (x, t)
-    phi_cdf = 0.5 * (1.0 + erf(x * INV_SQRT_2))
-    return x * phi_cdf, (x, phi_cdf)
+        gate = 0.5 * (1.0 + xp.tanh(u))
+    else:
+        gate = 0.5 * (1.0 + erf(x * INV_SQRT_2))
+    return x * gate, GeluCache(x, gate, approximate)
 
 
-def gelu_backward(dy, cache, approximate="tanh"):
-    """tanh: dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) du/dx,  du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2).
-    erf:  dy/dx = Phi(x) + x phi(x),  phi(x) = exp(-x^2 / 2) / sqrt(2 pi). Returns dx."""
+def gelu_backward(dy, cache):
+    """y = x gate(x)  =>  dx = dy (gate + x dgate/dx), with
+    tanh: dgate/dx = 0.5 (1 - tanh(u)^2) du/dx = 2 gate (1 - gate) du/dx,  du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2);
+    erf:  dgate/dx = phi(x) = exp(-x^2 / 2) / sqrt(2 pi)."""
     xp = get_array_module(dy)
+    x, gate, approximate = cache
     if approximate == "tanh":
-        x, t = cache
         dudx = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_COEF * x * x)
-        return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dudx)
-    x, phi_cdf = cache
-    pdf = INV_SQRT_2PI * xp.exp(-0.5 * x * x)
-    return dy * (phi_cdf + x * pdf)
+        dgate = 2.0 * gate * (1.0 - gate) * dudx
+    else:
+        dgate = INV_SQRT_2PI * xp.exp(-0.5 * x * x)
+    return dy * (gate + x * dgate)
 
 
-# -- softmax over the last axis --------------------------------------------------------------
-def softmax_forward(scores):
-    """att = exp(scores - max) / sum(exp(scores - max)), row by row (the max keeps exp finite)."""
+# -- softmax over the last axis, with a scale ---------------------------------------------------------
+def softmax_forward(scores, scale=1.0, out=None):
+    """att = exp(z - max) / sum(exp(z - max)), z = scale * scores, row by row (the max keeps exp finite)."""
     xp = get_array_module(scores)
-    e = xp.exp(scores - scores.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    z = scale * scores
+    e = xp.exp(z - z.max(axis=-1, keepdims=True))
+    att = e / e.sum(axis=-1, keepdims=True)
+    if out is None:
+        return att
+    out[...] = att
+    return out
 
 
-def softmax_backward(datt, att):
-    """dscores = att * (datt - sum(datt * att, -1)): the Jacobian diag(att) - att att^T applied per row."""
-    return att * (datt - (datt * att).sum(axis=-1, keepdims=True))
-
-
-# -- the attention core: scores, softmax, context ------------------------------------------------
-def attention_forward(qkv, scale, num_queries=None, mask=None):
-    """qkv (3, B, H, N, hs): every head's queries, keys and values -> ctx (B, H, Nq, hs).
-
-        scores = q k^T * scale      (B, H, Nq, N), scale = 1 / sqrt(hs)
-        att    = softmax(scores)    rows sum to 1
-        att_d  = att * mask         (attention dropout; mask None: att_d = att)
-        ctx    = att_d v            (B, H, Nq, hs)
-
-    Only the first ``num_queries`` tokens ask (the [CLS]-only last block uses 1); every token answers.
-    """
-    Nq = qkv.shape[3] if num_queries is None else num_queries
-    q, k, v = qkv[0, :, :, :Nq], qkv[1], qkv[2]                  # (B, H, Nq, hs), (B, H, N, hs) x 2
-    scores = (q @ k.transpose(0, 1, 3, 2)) * scale               # (B, H, Nq, N)
-    att = softmax_forward(scores)
-    att_d = att if mask is None else att * mask
-    ctx = att_d @ v                                              # (B, H, Nq, hs)
-    return ctx, (qkv, Nq, scale, att, att_d, mask)
-
-
-def attention_backward(dctx, cache):
-    """dctx (B, H, Nq, hs) -> dqkv (3, B, H, N, hs), the forward reversed:
-
-        ctx = att_d v        =>  datt_d = dctx v^T,  dv = att_d^T dctx
-        att_d = att * mask   =>  datt = datt_d * mask
-        att = softmax(s)     =>  dscores = softmax_backward(datt, att)
-        s = q k^T * scale    =>  dq = dscores k * scale,  dk = dscores^T q * scale
-    Tokens that asked nothing (beyond Nq) get no query gradient.
-    """
-    qkv, Nq, scale, att, att_d, mask = cache
-    xp = get_array_module(dctx)
-    q, k, v = qkv[0, :, :, :Nq], qkv[1], qkv[2]
-    datt_d = dctx @ v.transpose(0, 1, 3, 2)                      # (B, H, Nq, N)
-    dv = att_d.transpose(0, 1, 3, 2) @ dctx                      # (B, H, N, hs)
-    datt = datt_d if mask is None else datt_d * mask
-    dscores = softmax_backward(datt, att)                        # (B, H, Nq, N)
-    dq = (dscores @ k) * scale                                   # (B, H, Nq, hs)
-    dk = (dscores.transpose(0, 1, 3, 2) @ q) * scale             # (B, H, N, hs)
-    dqkv = xp.zeros_like(qkv)                                    # (3, B, H, N, hs)
-    dqkv[0, :, :, :Nq] = dq
-    dqkv[1] = dk
-    dqkv[2] = dv
-    return dqkv
+def softmax_backward(datt, att, scale=1.0, out=None):
+    """dz = att * (datt - sum(datt * att, -1)): the Jacobian diag(att) - att att^T applied per row;
+    z = scale * scores, so dscores = scale * dz."""
+    dscores = scale * (att * (datt - (datt * att).sum(axis=-1, keepdims=True)))
+    if out is None:
+        return dscores
+    out[...] = dscores
+    return out
 
 
 # -- softmax cross-entropy with label smoothing --------------------------------------------------
@@ -184,7 +149,7 @@ def cross_entropy_forward(logits, targets, label_smoothing=0.0):
     q = (1.0 - label_smoothing) * q + label_smoothing / K       # (B, K)
     logp = log_softmax(logits)                                   # (B, K)
     loss = -(q * logp).sum(axis=-1).mean()
-    return loss, (logp, q)
+    return loss, CrossEntropyCache(logp, q)
 
 
 def cross_entropy_backward(cache):
@@ -262,7 +227,41 @@ def adamw_update(p, g, m, v, lr, wd, b1, b2, eps, inv_bc1, inv_sqrt_bc2):
     p -= step
 
 
-NAMES = ("linear_forward", "linear_backward", "layernorm_forward", "layernorm_backward", "gelu_forward",
-         "gelu_backward", "softmax_forward", "softmax_backward", "attention_forward", "attention_backward",
-         "cross_entropy_forward", "cross_entropy_backward", "log_softmax", "im2col", "col2im", "adamw_update")
-__all__ = list(NAMES) + ["conv_output_size"]
+# -- SGD over a flat parameter buffer ---------------------------------------------------------
+def sgd_update(p, g, buf, lr, wd, momentum, dampening, nesterov, first):
+    """One SGD step (torch.optim.SGD), in place on p and the momentum buffer buf:
+
+        g = g + wd p                                  (L2 weight decay, coupled)
+        buf = g (first step), else mu buf + (1 - dampening) g
+        g = g + mu buf (Nesterov), else buf
+        p -= lr g
+    """
+    if not isinstance(wd, float) or wd:
+        g = g + wd * p
+    if momentum:
+        if first:
+            buf[...] = g
+        else:
+            buf *= momentum
+            buf += (1.0 - dampening) * g
+        g = g + momentum * buf if nesterov else buf
+    p -= lr * g
+
+
+REFERENCE = KernelSet("reference", backends=("numpy", "cupy"), primitives={
+    "matmul": matmul,
+    "reduce_sum": reduce_sum,
+    "layernorm_forward": layernorm_forward,
+    "layernorm_backward": layernorm_backward,
+    "gelu_forward": gelu_forward,
+    "gelu_backward": gelu_backward,
+    "softmax_forward": softmax_forward,
+    "softmax_backward": softmax_backward,
+    "log_softmax": log_softmax,
+    "cross_entropy_forward": cross_entropy_forward,
+    "cross_entropy_backward": cross_entropy_backward,
+    "im2col": im2col,
+    "col2im": col2im,
+    "adamw_update": adamw_update,
+    "sgd_update": sgd_update,
+})

@@ -5,7 +5,7 @@ import torch
 from npvit.backend import get_xp
 from npvit.gradcheck import check_layer_gradients
 from npvit.layers import MultiHeadSelfAttention
-from tests.conftest import GRADCHECK_TOL
+from tests.tolerances import GRADCHECK_TOL
 from tests.helpers import compare_with_torch, copy_to_torch, prepare, to_device, to_numpy, to_torch
 from tests.reference.article_vit import FasterMultiHeadAttention
 

@@ -4,7 +4,7 @@ import pytest
 from npvit.backend import to_numpy
 from npvit.gradcheck import check_layer_gradients
 from npvit.layers import MLP, Block, Encoder
-from tests.conftest import GRADCHECK_TOL
+from tests.tolerances import GRADCHECK_TOL
 from tests.helpers import compare_with_torch, to_device
 from tests.reference import article_vit as ref
 
@@ -61,7 +61,7 @@ def test_cls_only_is_token_0_of_the_full_block(B, N, D, H, I, xp):
     gradients when the gradient reaches token 0 alone; it passes the gradient check on its own."""
     import copy
 
-    from tests.conftest import rel_err
+    from tests.helpers import rel_err
 
     x = to_device(np.random.default_rng(0).standard_normal((B, N, D)), xp)
     full = randomise_norms(Block(D, H, I, rng=np.random.default_rng(1), **init)).astype(np.float64).to(xp)

@@ -5,7 +5,7 @@ import torch
 from npvit.gradcheck import check_function_gradients, check_layer_gradients
 from npvit.layers import Conv2d, PatchEmbeddings, col2im, im2col
 from npvit.ops import numpy_fast
-from tests.conftest import GRADCHECK_TOL
+from tests.tolerances import GRADCHECK_TOL
 from tests.helpers import compare_with_torch, to_device, to_numpy
 
 CASES = [  # (C, H, W, kernel, stride, padding)

@@ -3,7 +3,7 @@ import pytest
 
 from npvit.gradcheck import check_layer_gradients
 from npvit.layers import Embeddings
-from tests.conftest import GRADCHECK_TOL
+from tests.tolerances import GRADCHECK_TOL
 from tests.helpers import compare_with_torch, to_device
 from tests.reference import article_vit as ref
 

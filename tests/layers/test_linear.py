@@ -4,7 +4,7 @@ import torch
 
 from npvit.gradcheck import check_layer_gradients
 from npvit.layers import Linear
-from tests.conftest import GRADCHECK_TOL
+from tests.tolerances import GRADCHECK_TOL
 from tests.helpers import compare_with_torch, to_device
 
 
