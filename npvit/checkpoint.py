@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,6 +24,15 @@ from .errors import CheckpointError
 from .runfiles import atomic_write
 
 FORMAT_VERSION = 1
+
+
+class Checkpoint(NamedTuple):
+    """What a checkpoint file holds, as host arrays."""
+    config: ViTConfig       # the model's
+    params: dict            # name -> weights, under the article's PyTorch names
+    optim: dict             # the optimiser's state_dict(), or {} (a model-only file)
+    meta: dict              # JSON metadata: dtype, and for a training run its state, history and config
+    averaged: dict          # the moving average of the weights that training evaluated (--ema), or {}
 
 
 def save_checkpoint(path, model, optimizer=None, meta=None, averaged=None):
@@ -39,15 +49,14 @@ def save_checkpoint(path, model, optimizer=None, meta=None, averaged=None):
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def read_checkpoint(path):
-    """Return ``(config, params, optim_state, meta, averaged)`` from a checkpoint file, as host arrays;
-    ``averaged``: the moving average of the weights that training evaluated, or {} (none kept)."""
+def read_checkpoint(path) -> Checkpoint:
+    """The Checkpoint record of a file (.npz written by npvit, or .safetensors), as host arrays."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
     if path.endswith(".safetensors"):
         config, params, meta = read_safetensors(path)
-        return config, params, {}, meta, {}
+        return Checkpoint(config, params, {}, meta, {})
     try:
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
@@ -68,7 +77,7 @@ def read_checkpoint(path):
     params = {k[len("param/"):]: v for k, v in data.items() if k.startswith("param/")}
     optim = {k[len("optim/"):]: v for k, v in data.items() if k.startswith("optim/")}
     averaged = {k[len("ema/"):]: v for k, v in data.items() if k.startswith("ema/")}
-    return config, params, optim, meta, averaged
+    return Checkpoint(config, params, optim, meta, averaged)
 
 
 def evaluated_weights(params, averaged):
@@ -97,15 +106,15 @@ def load_checkpoint(path, backend="numpy", dtype=None, threads=1, averaged=False
     from .model import ViT
     from .parallel import parallelize
 
-    config, params, optim, meta, ema = read_checkpoint(path)
-    params = evaluated_weights(params, ema) if averaged else params
+    ckpt = read_checkpoint(path)
+    params = evaluated_weights(ckpt.params, ckpt.averaged) if averaged else ckpt.params
     check_finite(params, path)
-    model = ViT(config, backend=backend, dtype=dtype or meta.get("dtype", "float32"))
+    model = ViT(ckpt.config, backend=backend, dtype=dtype or ckpt.meta.get("dtype", "float32"))
     try:
         model.load_state_dict(params)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    return parallelize(model, threads), optim, meta
+    return parallelize(model, threads), ckpt.optim, ckpt.meta
 
 
 # -- safetensors -------------------------------------------------------------------------
@@ -122,8 +131,9 @@ def export_safetensors(src, dst, dtype=None):
     """Write the weights of checkpoint ``src`` (.npz) to ``dst`` (.safetensors) under the PyTorch names:
     the ones its run evaluated (the moving average where it kept one, --ema). ``dtype`` (e.g. "float32")
     casts them, else they keep the checkpoint's dtype."""
-    config, params, _, meta, ema = read_checkpoint(src)
-    params = evaluated_weights(params, ema)
+    ckpt = read_checkpoint(src)
+    config, meta = ckpt.config, ckpt.meta
+    params = evaluated_weights(ckpt.params, ckpt.averaged)
     check_finite(params, src)
     st = _safetensors_numpy()
     if dtype is not None:

@@ -111,7 +111,7 @@ class SafeStream:
 
 
 COMMANDS = {
-    "train": ("npvit.train", "train_main", "train a ViT (the article's or your own config) on CIFAR-10 or an image folder"),
+    "train": ("npvit.train_cli", "train_main", "train a ViT (the article's or your own config) on CIFAR-10 or an image folder"),
     "evaluate": ("npvit.commands", "evaluate_main", "test accuracy, per-class accuracy and confusion matrix"),
     "predict": ("npvit.commands", "predict_main", "the top classes of one image"),
     "plot": ("npvit.commands", "plot_main", "training curves from a run's metrics.jsonl"),

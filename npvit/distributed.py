@@ -129,6 +129,14 @@ def get_world():
     return _WORLD
 
 
+def check_replicas(world, flat_params, epoch, step):
+    """Debug (--check-replicas N): every rank must hold the same weights; a checksum compares them."""
+    checksum = float(np.asarray(flat_params, dtype=np.float64).sum())
+    if not world.same(checksum):
+        raise RuntimeError(f"the processes' weights differ after epoch {epoch + 1}, step {step} (checksum "
+                           f"{checksum!r} on rank {world.rank}): their updates were not the same")
+
+
 def shard(n, world):
     """The slice of ``n`` rows that this rank takes (contiguous, sizes differing by at most one)."""
     bounds = np.linspace(0, n, world.size + 1).astype(int)

@@ -148,11 +148,11 @@ def test_log_is_line_buffered_and_progress_is_plain_lines_in_files(data, tmp_pat
 def test_progress_lines_when_not_a_terminal(monkeypatch):
     import io
 
-    from npvit import train
+    from npvit import console
 
-    monkeypatch.setattr(train, "PLAIN_PROGRESS_S", 0)
+    monkeypatch.setattr(console, "PLAIN_PROGRESS_S", 0)
     stream = io.StringIO()
-    bar = train.Progress({"progress": True, "epochs": 3}, steps=20, start=0, epoch=0, stream=stream)
+    bar = console.Progress({"progress": True, "epochs": 3}, steps=20, start=0, epoch=0, stream=stream)
     for i in range(1, 21):
         bar.step()
         if i % 10 == 0:

@@ -14,7 +14,8 @@ from npvit.ema import EMA
 from npvit.gradcheck import small_vit_config
 from npvit.optim import SGD
 from npvit.parallel import DataParallel
-from npvit.train import build_config, ConfigError
+from npvit.errors import ConfigError
+from npvit.options import build_config
 from tests.cifar_fixtures import REPO, write_fake_cifar
 
 TRAIN = [sys.executable, os.path.join(REPO, "scripts", "train.py")]
@@ -116,7 +117,8 @@ def test_a_run_evaluates_and_saves_the_average(ema_run, tmp_path):
     data, out = ema_run
     m = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert all(r["test_loss"] != r["raw_test_loss"] for r in m), m          # two different weights evaluated
-    _, params, _, meta, averaged = read_checkpoint(os.path.join(out, "latest.npz"))
+    ckpt = read_checkpoint(os.path.join(out, "latest.npz"))
+    params, meta, averaged = ckpt.params, ckpt.meta, ckpt.averaged
     assert set(averaged) == set(params) and meta["train"]["ema_updates"] == 10      # 2 epochs x 5 steps
     assert any(not np.array_equal(averaged[k], params[k]) for k in params)
     # evaluate.py uses the average: its accuracy is the run's last test_acc (fake data: 64 test images)
@@ -141,8 +143,9 @@ def test_resume_continues_the_average_exactly(ema_run, tmp_path):
                    cwd=REPO)
     subprocess.run(TRAIN + ["--data-dir", data, "--out-dir", full, "--epochs", "3", "--ema", "0.9", "--eval-raw",
                             "--threads", "2"] + SMALL, check=True, capture_output=True, cwd=REPO)
-    _, _, _, meta, resumed = read_checkpoint(os.path.join(branch, "latest.npz"))
-    _, _, _, _, uninterrupted = read_checkpoint(os.path.join(full, "latest.npz"))
+    branched = read_checkpoint(os.path.join(branch, "latest.npz"))
+    meta, resumed = branched.meta, branched.averaged
+    uninterrupted = read_checkpoint(os.path.join(full, "latest.npz")).averaged
     assert meta["train"]["ema_updates"] == 15
     for k in uninterrupted:
         np.testing.assert_array_equal(resumed[k], uninterrupted[k], err_msg=k)
@@ -150,13 +153,14 @@ def test_resume_continues_the_average_exactly(ema_run, tmp_path):
 
 def test_init_from_and_export_take_the_average(ema_run, tmp_path):
     from npvit.checkpoint import export_safetensors, read_safetensors
-    from npvit.train import init_weights
+    from npvit.config import ViTConfig
+    from npvit.runstate import init_weights
 
     data, out = ema_run
     latest = os.path.join(out, "latest.npz")
-    averaged = read_checkpoint(latest)[4]
+    averaged = read_checkpoint(latest).averaged
     cfg = json.load(open(os.path.join(out, "config.json")))
-    started = init_weights({**cfg, "init_from": latest})
+    started = init_weights(latest, ViTConfig.from_dict({k: cfg[k] for k in ViTConfig.keys()}))
     exported = read_safetensors(export_safetensors(latest, str(tmp_path / "m.safetensors")))[1]
     for k in averaged:
         np.testing.assert_array_equal(started[k], averaged[k], err_msg=k)
@@ -167,11 +171,11 @@ def test_the_average_of_an_init_from_run_starts_at_its_weights(ema_run, tmp_path
     """--init-from X --ema: the average starts at X's weights, not at the random ones they replaced."""
     data, out = ema_run
     latest = os.path.join(out, "latest.npz")
-    start = read_checkpoint(latest)[4]                   # what --init-from takes: the average
+    start = read_checkpoint(latest).averaged                   # what --init-from takes: the average
     init = str(tmp_path / "init")
     subprocess.run(TRAIN + ["--data-dir", data, "--out-dir", init, "--epochs", "1", "--lr", "1e-12",
                             "--weight-decay", "0", "--ema", "0.9", "--init-from", latest] + SMALL, check=True,
                    capture_output=True, cwd=REPO)
-    averaged = read_checkpoint(os.path.join(init, "latest.npz"))[4]
+    averaged = read_checkpoint(os.path.join(init, "latest.npz")).averaged
     for k in start:
         np.testing.assert_allclose(averaged[k], start[k], rtol=0, atol=1e-7, err_msg=k)

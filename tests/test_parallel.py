@@ -12,10 +12,9 @@ import torch
 from npvit import DataParallel, ViT, softmax_cross_entropy
 from npvit.gradcheck import check_model_gradients, small_vit_config
 from npvit.parallel import check_threads, parallelize, threads_arg
-from npvit.train import train_step
+from npvit.step import train_step
 from tests.tolerances import GRADCHECK_TOL
-from tests.helpers import rel_err
-from tests.helpers import assert_close
+from tests.helpers import assert_close, rel_err
 from tests.reference.article_vit import ViTForClassfication
 
 SMALL = small_vit_config().to_dict()     # 8x8 images, patch 4, 5 tokens, 5 classes
@@ -105,7 +104,9 @@ def test_one_thread_training_holds_blas_to_one_thread(tmp_path):
     processes on two cores each ran at a quarter speed), and has its threads back afterwards."""
     from threadpoolctl import threadpool_info
 
-    from npvit.train import build_config, train
+    from npvit.console import Console
+    from npvit.options import build_config
+    from npvit.train import train
     from tests.cifar_fixtures import write_fake_cifar
 
     def blas_threads():
@@ -118,7 +119,7 @@ def test_one_thread_training_holds_blas_to_one_thread(tmp_path):
     cfg = build_config(overrides={"data_dir": str(write_fake_cifar(tmp_path, n_per_batch=16)), "epochs": 1,
                                   "batch_size": 32, "out_dir": str(tmp_path / "run"), "threads": 1,
                                   "progress": False, **SMALL_TRAIN})
-    train(cfg, log=lambda *a: None, callbacks=[lambda trainer, epoch, step: seen.append(blas_threads())])
+    train(cfg, console=Console(log=lambda *a: None), callbacks=[lambda trainer, epoch, step: seen.append(blas_threads())])
     assert seen and all(n == [1] * len(before) for n in seen), seen
     assert blas_threads() == before
 

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from npvit.evaluate import confusion_matrix, topk
+from npvit.inference import confusion_matrix, topk
 from npvit.visualize import attention_rollout, cls_attention
 from tests.cifar_fixtures import REPO, write_fake_cifar
 
@@ -128,7 +128,7 @@ def test_the_console_script_is_declared():
 def test_flip_test_time_augmentation(trained):
     """log of the mean of the probabilities of an image and its mirror; a mirror-symmetric image is unchanged."""
     from npvit import ViT
-    from npvit.evaluate import predict_logits
+    from npvit.inference import predict_logits
     from npvit.gradcheck import small_vit_config
     from npvit.losses import log_softmax
 

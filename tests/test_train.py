@@ -7,7 +7,9 @@ import sys
 
 import pytest
 
-from npvit.train import build_config, lr_at, ConfigError
+from npvit.errors import ConfigError
+from npvit.optim import lr_at
+from npvit.options import build_config
 from tests.cifar_fixtures import REPO, write_fake_cifar
 
 TRAIN = [sys.executable, os.path.join(REPO, "scripts", "train.py")]
@@ -158,7 +160,7 @@ def test_micro_batches_give_the_same_step(micro, soft):
     from npvit import ViT
     from npvit.gradcheck import small_vit_config
     from npvit.optim import SGD
-    from npvit.train import train_step
+    from npvit.step import train_step
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((10, 3, 8, 8))

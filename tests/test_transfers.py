@@ -7,7 +7,9 @@ npvit.backend (npvit.backend.TRANSFERS); the same code on CuPy pays a copy and a
 import pytest
 
 from npvit import backend
-from npvit.train import build_config, train
+from npvit.console import Console
+from npvit.options import build_config
+from npvit.train import train
 from tests.cifar_fixtures import write_fake_cifar
 
 
@@ -17,7 +19,7 @@ def transfers_of_one_epoch(data, out, train_limit, **kw):
         hidden_size=12, num_attention_heads=3, intermediate_size=24, num_hidden_layers=1, progress=False,
         mixup=0.2, cutmix=1.0, grad_clip=1.0, hidden_dropout_prob=0.1, **kw))
     before = backend.TRANSFERS.copy()
-    train(cfg, log=lambda *a: None)
+    train(cfg, console=Console(log=lambda *a: None))
     after = backend.TRANSFERS.copy()
     after.subtract(before)
     return dict(after)
@@ -47,7 +49,8 @@ def test_a_gpu_training_step_never_waits_for_the_device(augment):
     from npvit.augment import normalizer
     from npvit.ema import EMA
     from npvit.optim import AdamW
-    from npvit.train import augment_batch, train_step
+    from npvit.batches import augment_batch
+    from npvit.step import train_step
 
     if not hasattr(cupyx, "allow_synchronize"):
         pytest.skip("this CuPy has no cupyx.allow_synchronize")

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from npvit import runfiles, train
+from npvit import runfiles, train_cli
 
 
 def main():
@@ -53,7 +53,7 @@ def main():
         runfiles._replace = replace
     else:
         assert kind == "none", fault
-    sys.exit(train.main(args, callbacks=callbacks))
+    sys.exit(train_cli.main(args, callbacks=callbacks))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Using a trained checkpoint: test accuracy, per-class accuracy, confusion matrix, top-k prediction."""
+"""Using a trained model: loading a checkpoint for inference, predictions (with mirror averaging), per-class
+accuracy and the confusion matrix, top-k classes. (The `evaluate` command, npvit/commands.py, prints them.)"""
 from __future__ import annotations
 
 import numpy as np

@@ -1,0 +1,125 @@
+"""``scripts/train.py`` and ``npvit train``: the command line of training.
+
+Flags come from the option table (npvit/options.py); settings come from defaults < --recipe <
+--config FILE < flags, or, with --resume, from the resumed run's own settings with the flags on
+top. The run itself is npvit/train.py.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cli import SafeStream, error_line, run_main
+from .config import ViTConfig
+from .console import Console, StopRequest
+from .distributed import get_world
+from .errors import Diverged, StartFailed, UserError
+from .options import ALL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, build_config, default_text
+from .parallel import threads_arg
+from .runstate import read_resume, resume_source
+from .train import train
+
+
+def _flag(key):
+    return "--" + key.replace("_", "-")
+
+
+def make_parser(prog="scripts/train.py"):
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Train the article's Vision Transformer with npvit's hand-written backward passes. "
+                    "Settings: defaults < --recipe < --config FILE < flags.",
+        epilog="Model keys (the article's config) can be set with the flags above or in the --config JSON, e.g. "
+               '{"hidden_size": 64, "epochs": 20}. A run directory holds one run: Ctrl-C saves a checkpoint and '
+               "--resume OUT_DIR continues it.")
+    p.add_argument("--recipe", choices=list(RECIPES), default=argparse.SUPPRESS,
+                   help=f"{OPTIONS['recipe'].help} (default: {TRAIN_DEFAULTS['recipe']})")
+    p.add_argument("--config", metavar="FILE", help="JSON file of config keys (model and training)")
+    p.add_argument("--resume", metavar="PATH", help="continue the run in this directory (or from this checkpoint "
+                   "file), with its own settings unless flags change them; it continues in that directory, "
+                   "or branches into --out-dir if given (which must be empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out-dir (its "
+                   "checkpoints, metrics, config and curves are deleted)")
+    t = p.add_argument_group("training")
+    for key, o in OPTIONS.items():
+        if key == "recipe":
+            continue
+        kw = dict(dest=key, default=argparse.SUPPRESS, help=f"{o.help} ({default_text(key)})")
+        if o.kind == "bool":
+            t.add_argument(_flag(key), action=argparse.BooleanOptionalAction, **kw)
+        elif o.kind in ("betas", "scale"):
+            t.add_argument(_flag(key), nargs=2, type=float, metavar=("A", "B"), **kw)
+        elif o.kind == "choice":
+            t.add_argument(_flag(key), choices=list(o.choices), **kw)
+        elif o.kind == "threads":
+            t.add_argument(_flag(key), type=threads_arg, metavar="N|auto", **kw)
+        elif o.kind.startswith("int") or o.kind == "seed":
+            t.add_argument(_flag(key), type=int, metavar="N", **kw)
+        elif o.kind.startswith("float") or o.kind in ("fraction", "probability"):
+            t.add_argument(_flag(key), type=float, metavar="X", **kw)
+        else:
+            t.add_argument(_flag(key), metavar="PATH", **kw)
+    m = p.add_argument_group("model (the article's config keys)")
+    for key, default in ViTConfig().to_dict().items():
+        kw = dict(dest=key, default=argparse.SUPPRESS, help=f"(default: {default})")
+        if isinstance(default, bool):
+            m.add_argument(_flag(key), action=argparse.BooleanOptionalAction, **kw)
+        else:
+            m.add_argument(_flag(key), type=type(default), **kw)
+    return p
+
+
+def config_from_args(args):
+    """The run's config from the parsed flags: a fresh run's, or a resumed run's own settings with the flags
+    on top (its directory as out_dir unless --out-dir branches it elsewhere). Returns (config, the Resume
+    record of the checkpoint, read here once, or None)."""
+    config_file, resume = args.pop("config"), args.pop("resume")
+    if not resume:
+        return build_config(file=config_file, overrides=args), None
+    _, source_dir = resume_source(resume)
+    record = read_resume(resume)
+    overrides = {**args, "out_dir": args.get("out_dir", source_dir)}
+    if config_file is not None:
+        return build_config(file=config_file, overrides=overrides), record
+    saved = {k: v for k, v in record.checkpoint.meta["train_config"].items() if k in ALL_KEYS and k != "out_dir"}
+    return build_config(overrides={**saved, **overrides}), record
+
+
+def main(argv=None, callbacks=(), prog="scripts/train.py"):
+    """``scripts/train.py`` and ``npvit train``: 0 when done (or stopped and saved), 1 if training diverged
+    or the output was closed, 2 for a usage error."""
+    return run_main(lambda a: train_main(a, callbacks, prog), argv)
+
+
+def train_main(argv=None, callbacks=(), prog="scripts/train.py"):
+    args = vars(make_parser(prog).parse_args(argv))
+    overwrite = args.pop("overwrite")
+    cfg, resume = config_from_args(args)
+    stop = StopRequest()
+    out = SafeStream(sys.stdout, on_broken=lambda: stop.request("output closed"))
+    err = SafeStream(sys.stderr, on_broken=lambda: stop.request("output closed"))
+    world = get_world()
+    console = Console(log=lambda msg: print(msg, file=out), err=err, speaks=world.rank == 0)
+    try:
+        train(cfg, resume, overwrite, console=console, callbacks=callbacks, stop=stop, world=world)
+    except Diverged as e:                   # every rank diverges at the same step: their totals are the same
+        if world.rank == 0:
+            print(f"error: {e}", file=err)
+        return 1
+    except StartFailed as e:                # rank 0 says what went wrong where, each message once
+        if world.rank == 0:
+            by_message = {}
+            for rank, message in enumerate(e.messages):
+                if message is not None:
+                    by_message.setdefault(message, []).append(rank)
+            for message, ranks in by_message.items():
+                where = "every process" if len(ranks) == world.size else "process " + ", ".join(map(str, ranks))
+                print(f"{message} ({where} of {world.size})", file=err)
+        return 2
+    except BaseException as e:              # one rank failed: end them all rather than leave them waiting
+        if world.size > 1:
+            print(f"rank {world.rank}: " + (error_line(e) if isinstance(e, (UserError, OSError)) else
+                                            f"error: {type(e).__name__}: {e}"), file=sys.stderr)
+            world.abort(2 if isinstance(e, (UserError, OSError)) else 1)
+        raise
+    return 1 if out.broken or err.broken else 0
