@@ -18,8 +18,8 @@ from .data import load_dataset, load_image
 from .errors import UserError
 from .inference import check_labels, confusion_matrix, load_trained, predict_proba, topk
 from .parallel import one_blas_thread, threads_arg, threads_warning
-from .runfiles import atomic_write_text, check_writable
-from .visualize import attention_rollout, check_image_path, cls_attention, plot_attention, plot_curves, read_metrics
+from .runfiles import atomic_write_text, check_writable, read_metrics
+from .visualize import attention_rollout, check_image_path, cls_attention, plot_attention, plot_curves
 
 
 def evaluate_main(argv=None, prog=None):

@@ -92,10 +92,10 @@ OPTIONS = {
     "test_limit": Option(None, "use only the first N test images", "int>0|none"),
     "progress": Option(True, "show progress: a bar on a terminal, a line every 30 s otherwise "
                        "(--no-progress: epoch lines only)", "bool"),
-    "recipe": Option("full", "preset: full (the most accurate measured: 80.3%% in 100 epochs over 3 seeds, about "
-                     "an hour on 2 CPU cores), sprint (the article's 75.5%% beaten within 30 minutes on 2 CPU "
-                     "cores), strong (the sprint's optimiser on the article's model for 100 epochs), or article "
-                     "(the article's script)", "choice", ("article", "strong", "sprint", "full")),
+    "recipe": Option("full", "preset: full (the most accurate measured, 100 epochs), sprint (aimed at the article's "
+                     "accuracy within 30 minutes on 2 CPU cores), strong (the sprint's optimiser on the article's "
+                     "model for 100 epochs), or article (the article's script)", "choice",
+                     ("article", "strong", "sprint", "full")),
 }
 
 RECIPES = {
@@ -114,10 +114,10 @@ RECIPES = {
                "ema": 0.0, "trivial_augment": False, "trivial_augment_prob": 1.0, "init": "article",
                "tta_flip": False},
     # The article's accuracy, sooner: strong's optimiser and augmentation for 44 epochs (what 30 minutes on
-    # 2 cores hold with the numba kernels, 37 s per epoch, with a 9% margin), PyTorch's default
+    # 2 cores held with the numba kernels, with a margin), PyTorch's default
     # initialisation, the classifier on the mean of the patch tokens after a final LayerNorm, evaluated every
     # 11 epochs. No moving average: at the end of the cosine schedule the raw weights led it on held-out
-    # images (75.46 against 75.26%). Chosen on held-out training images; measured in docs/experiments.md.
+    # images. Chosen on held-out training images; the measurements are in docs/experiments.md.
     "sprint": {"epochs": 44, "batch_size": 128, "lr": 3e-3, "weight_decay": 0.05, "decay": "matrices",
                "warmup_epochs": 3.0, "schedule": "cosine", "label_smoothing": 0.1, "augment": "crop_flip",
                "crop_padding": 4, "normalize": "dataset", "mixup": 0.0, "cutmix": 0.0, "grad_clip": 0.0,
@@ -125,9 +125,8 @@ RECIPES = {
                "tta_flip": False, "eval_every": 11, "pooling": "mean", "final_layernorm": True},
 }
 # 80% within 100 epochs: the sprint's model and optimiser for 100 epochs, with a moving average of the weights
-# (0.999) and TrivialAugment on half the images. Chosen on held-out images (docs/experiments.md): without
-# TrivialAugment the model overfits (78.68%), with it on every image it underfits (79.40%); on half of them it
-# passed 80% from epoch 78 and ended at 80.24%. On the test set: 80.48 / 79.90 / 80.54% (seeds 42 / 43 / 44).
+# (0.999) and TrivialAugment on half the images. Chosen on held-out images: without TrivialAugment the model
+# overfits, with it on every image it underfits. Results per seed: README.md and docs/experiments.md.
 RECIPES["full"] = {**RECIPES["sprint"], "epochs": 100, "ema": 0.999, "trivial_augment": True,
                    "trivial_augment_prob": 0.5, "eval_every": 5}
 assert set(RECIPES) == set(OPTIONS["recipe"].choices)

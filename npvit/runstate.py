@@ -12,6 +12,7 @@ a checkpoint must be of the run's model, and in which directory a resumed run ma
 from __future__ import annotations
 
 import os
+from collections import namedtuple
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
@@ -23,20 +24,15 @@ from .errors import CheckpointError, Diverged, RunDirError
 from .runfiles import contents, strict_json
 
 
-@dataclass
-class EpochTotals:
+class EpochTotals(namedtuple("EpochTotals", "loss_sum correct seen seconds", defaults=(0.0, 0, 0, 0.0))):
     """The running totals of an epoch: summed loss, correct answers, images seen, seconds of training."""
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
-    seconds: float = 0.0
 
     def plus(self, loss_sum, correct, seen, seconds):
         return EpochTotals(self.loss_sum + loss_sum, self.correct + int(correct), self.seen + seen,
                            self.seconds + seconds)
 
     def to_json(self):
-        return {"loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen, "seconds": self.seconds}
+        return dict(self._asdict())
 
 
 @dataclass

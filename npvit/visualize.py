@@ -14,7 +14,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .errors import UserError
-from .runfiles import atomic_write, read_metrics  # noqa: F401  (read_metrics: the reader of what training wrote)
+from .runfiles import atomic_write
 
 IMAGE_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 

@@ -3,7 +3,8 @@ from .activation import GELU
 from .attention import MultiHeadSelfAttention
 from .base import Layer
 from .block import MLP, Block, Encoder
-from .conv import Conv2d, PatchEmbeddings, col2im, im2col
+from ..ops.reference import col2im, im2col
+from .conv import Conv2d, PatchEmbeddings
 from .dropout import DropPath, Dropout
 from .embedding import Embeddings
 from .linear import Linear

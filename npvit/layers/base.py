@@ -39,6 +39,12 @@ class Layer:
         self.params[name] = value
         self.grads[name] = get_array_module(value).zeros_like(value)
 
+    def accumulate(self, **grads):
+        """Add each parameter gradient into ``grads`` (None: the layer has no such parameter)."""
+        for name, g in grads.items():
+            if g is not None:
+                self.grads[name] += g
+
     # -- tree walking -------------------------------------------------------
     def children(self):
         """(name, layer) for each direct sub-layer, in definition order."""

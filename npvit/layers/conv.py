@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ops.reference import col2im, conv_output_size, im2col  # noqa: F401  (the reference, re-exported)
+from ..ops.reference import conv_output_size
 from .base import Layer, normal
 
 
@@ -38,9 +38,7 @@ class Conv2d(Layer):
     def backward(self, dy):
         # y = cols W^T + b  =>  dW = dy^T cols, db = sum(dy), dcols = dy W, dx = col2im(dcols)
         dx, dw, db = self.kernels.conv2d_backward(dy, self.cache, self.params["weight"])
-        self.grads["weight"] += dw
-        if db is not None:
-            self.grads["bias"] += db
+        self.accumulate(weight=dw, bias=db)
         return dx
 
 

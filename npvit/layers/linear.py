@@ -26,7 +26,5 @@ class Linear(Layer):
     def backward(self, dy):
         # y = x W^T + b  =>  dx = dy W,  dW = dy^T x,  db = sum over rows of dy
         dx, dw, db = self.kernels.linear_backward(dy, self.cache, self.params["weight"])
-        self.grads["weight"] += dw
-        if db is not None:
-            self.grads["bias"] += db
+        self.accumulate(weight=dw, bias=db)
         return dx

@@ -25,6 +25,5 @@ class LayerNorm(Layer):
         # y = xhat * w + b:  dw = sum(dy * xhat), db = sum(dy),
         # dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),  dxhat = dy * w
         dx, dw, db = self.kernels.layernorm_backward(dy, self.cache, self.params["weight"])
-        self.grads["weight"] += dw
-        self.grads["bias"] += db
+        self.accumulate(weight=dw, bias=db)
         return dx

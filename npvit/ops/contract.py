@@ -137,6 +137,16 @@ COMPOSITE_NAMES = ("linear_forward", "linear_backward", "conv2d_forward", "conv2
                    "attention_backward")
 
 
+def own(*functions) -> dict:
+    """The primitives a set's file defines itself, by their names: ``own(layernorm_forward, ...)``."""
+    return {f.__name__: f for f in functions}
+
+
+def taken(kernel_set, *names) -> dict:
+    """The primitives a set takes from another set, by name: ``taken(REFERENCE, "matmul", ...)``."""
+    return {name: getattr(kernel_set, name) for name in names}
+
+
 def signature_of(fn):
     """A function's parameters as (name, kind, default) triples: what two signatures must share."""
     return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]

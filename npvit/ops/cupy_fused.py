@@ -25,7 +25,7 @@ import cupy as cp
 import numpy as np
 
 from . import numpy_fast, reference
-from .contract import GeluCache, KernelSet, LayerNormCache
+from .contract import GeluCache, KernelSet, LayerNormCache, own, taken
 from .reference import GELU_COEF, SQRT_2_OVER_PI
 
 WARP = 32
@@ -239,19 +239,9 @@ def adamw_update(p, g, m, v, lr, wd, b1, b2, eps, inv_bc1, inv_sqrt_bc2):
 
 
 FUSED = KernelSet("fused", backends=("cupy",), primitives={
-    "matmul": reference.matmul,                                  # cuBLAS's GEMM
-    "reduce_sum": reduce_sum,
-    "layernorm_forward": layernorm_forward,
-    "layernorm_backward": layernorm_backward,
-    "gelu_forward": gelu_forward,
-    "gelu_backward": gelu_backward,
-    "softmax_forward": softmax_forward,
-    "softmax_backward": softmax_backward,
-    "log_softmax": reference.log_softmax,
-    "cross_entropy_forward": reference.cross_entropy_forward,
-    "cross_entropy_backward": reference.cross_entropy_backward,
-    "im2col": numpy_fast.im2col,                                 # a reshape for the patch embedding
-    "col2im": numpy_fast.col2im,
-    "adamw_update": adamw_update,
-    "sgd_update": reference.sgd_update,
+    **own(reduce_sum, layernorm_forward, layernorm_backward, gelu_forward, gelu_backward, softmax_forward,
+          softmax_backward, adamw_update),
+    **taken(reference.REFERENCE, "matmul", "log_softmax", "cross_entropy_forward", "cross_entropy_backward",
+            "sgd_update"),                                           # the GEMM is cuBLAS's
+    **taken(numpy_fast.FAST, "im2col", "col2im"),                    # a reshape for the patch embedding
 })

@@ -30,7 +30,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from . import numpy_fast, reference
-from .contract import GeluCache, KernelSet, LayerNormCache
+from .contract import GeluCache, KernelSet, LayerNormCache, own, taken
 from .reference import GELU_COEF, SQRT_2_OVER_PI
 
 # Vectorising a sum needs reassociation, a*b+c may become one FMA, and exp may be approximated; but
@@ -192,7 +192,7 @@ def layernorm_backward(dy, cache, w):
 
 # -- softmax with a scale, row by row over (R, n), in place ----------------------------------------------
 # In place on purpose: LLVM vectorises a loop only after checking at run time that its input and output
-# do not overlap, and an output that IS its input fails that check (the loop then runs scalar, 4x slower).
+# do not overlap, and an output that IS its input fails that check (the loop then runs scalar, several times slower).
 #
 # att = exp(scale (s - max)) / sum(exp(scale (s - max))): softmax(scale * s), for scale > 0
 @njit(**JIT)
@@ -253,19 +253,8 @@ def softmax_backward(datt, att, scale=1.0, out=None):
 
 
 NUMBA = KernelSet("numba", backends=("numpy",), primitives={
-    "matmul": reference.matmul,                                  # BLAS's GEMM
-    "reduce_sum": reference.reduce_sum,
-    "layernorm_forward": layernorm_forward,
-    "layernorm_backward": layernorm_backward,
-    "gelu_forward": gelu_forward,
-    "gelu_backward": gelu_backward,
-    "softmax_forward": softmax_forward,
-    "softmax_backward": softmax_backward,
-    "log_softmax": reference.log_softmax,
-    "cross_entropy_forward": reference.cross_entropy_forward,
-    "cross_entropy_backward": reference.cross_entropy_backward,
-    "im2col": numpy_fast.im2col,                                 # a reshape for the patch embedding
-    "col2im": numpy_fast.col2im,
-    "adamw_update": reference.adamw_update,
-    "sgd_update": reference.sgd_update,
+    **own(layernorm_forward, layernorm_backward, gelu_forward, gelu_backward, softmax_forward, softmax_backward),
+    **taken(reference.REFERENCE, "matmul", "reduce_sum", "log_softmax", "cross_entropy_forward",
+            "cross_entropy_backward", "adamw_update", "sgd_update"),   # the GEMM is BLAS's
+    **taken(numpy_fast.FAST, "im2col", "col2im"),                    # a reshape for the patch embedding
 })

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..backend import get_array_module
 from . import reference
-from .contract import GeluCache, KernelSet, LayerNormCache
+from .contract import GeluCache, KernelSet, LayerNormCache, own, taken
 from .reference import GELU_COEF, SQRT_2_OVER_PI
 
 
@@ -149,19 +149,8 @@ def col2im(cols, x_shape, stride=1, padding=0):
 
 
 FAST = KernelSet("fast", backends=("numpy", "cupy"), primitives={
-    "matmul": reference.matmul,                                  # the reference's: BLAS's (cuBLAS's) GEMM
-    "reduce_sum": reduce_sum,
-    "layernorm_forward": layernorm_forward,
-    "layernorm_backward": layernorm_backward,
-    "gelu_forward": gelu_forward,
-    "gelu_backward": gelu_backward,
-    "softmax_forward": softmax_forward,
-    "softmax_backward": softmax_backward,
-    "log_softmax": reference.log_softmax,
-    "cross_entropy_forward": reference.cross_entropy_forward,
-    "cross_entropy_backward": reference.cross_entropy_backward,
-    "im2col": im2col,
-    "col2im": col2im,
-    "adamw_update": reference.adamw_update,
-    "sgd_update": reference.sgd_update,
+    **own(reduce_sum, layernorm_forward, layernorm_backward, gelu_forward, gelu_backward, softmax_forward,
+          softmax_backward, im2col, col2im),
+    **taken(reference.REFERENCE, "matmul", "log_softmax", "cross_entropy_forward", "cross_entropy_backward",
+            "adamw_update", "sgd_update"),                        # the GEMM is BLAS's (cuBLAS's)
 })

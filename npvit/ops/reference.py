@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 
 from ..backend import erf, get_array_module
-from .contract import CrossEntropyCache, GeluCache, KernelSet, LayerNormCache
+from .contract import CrossEntropyCache, GeluCache, KernelSet, LayerNormCache, own
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 GELU_COEF = 0.044715
@@ -248,20 +248,7 @@ def sgd_update(p, g, buf, lr, wd, momentum, dampening, nesterov, first):
     p -= lr * g
 
 
-REFERENCE = KernelSet("reference", backends=("numpy", "cupy"), primitives={
-    "matmul": matmul,
-    "reduce_sum": reduce_sum,
-    "layernorm_forward": layernorm_forward,
-    "layernorm_backward": layernorm_backward,
-    "gelu_forward": gelu_forward,
-    "gelu_backward": gelu_backward,
-    "softmax_forward": softmax_forward,
-    "softmax_backward": softmax_backward,
-    "log_softmax": log_softmax,
-    "cross_entropy_forward": cross_entropy_forward,
-    "cross_entropy_backward": cross_entropy_backward,
-    "im2col": im2col,
-    "col2im": col2im,
-    "adamw_update": adamw_update,
-    "sgd_update": sgd_update,
-})
+REFERENCE = KernelSet("reference", backends=("numpy", "cupy"), primitives=own(
+    matmul, reduce_sum, layernorm_forward, layernorm_backward, gelu_forward, gelu_backward, softmax_forward,
+    softmax_backward, log_softmax, cross_entropy_forward, cross_entropy_backward, im2col, col2im, adamw_update,
+    sgd_update))
