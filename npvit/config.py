@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 INT_KEYS = ("patch_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
             "image_size", "num_classes", "num_channels")
-PROB_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate")
+PROB_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate", "patch_dropout")
 
 
 @dataclass
@@ -37,6 +37,8 @@ class ViTConfig:
                                             # or "mean" (the average of the patch tokens, global average pooling)
     drop_path_rate: float = 0.0             # stochastic depth: the last block's chance of skipping a branch per
                                             # image, rising linearly from 0 in the first block
+    patch_dropout: float = 0.0              # in training, the share of each image's patch tokens left out (at
+                                            # random) after the embeddings; all of them at evaluation
 
     def __post_init__(self):
         for key in INT_KEYS:

@@ -17,7 +17,7 @@ import numpy as np
 
 from .backend import check_dtype, get_array_module, get_xp, to_device, to_numpy
 from .config import ViTConfig
-from .layers import Conv2d, Embeddings, Encoder, LayerNorm, Linear
+from .layers import Conv2d, Embeddings, Encoder, LayerNorm, Linear, PatchDropout
 from .layers.base import Layer
 
 PER_HEAD_KEY = re.compile(r"^encoder\.blocks\.(\d+)\.attention\.heads\.(\d+)\.(query|key|value)\.(weight|bias)$")
@@ -62,6 +62,8 @@ class ViT(Layer):
                                c.gelu_approximate, rng=rng, std=std, drop_path_rate=c.drop_path_rate)
         self.layernorm = LayerNorm(c.hidden_size) if c.final_layernorm else None
         self.classifier = Linear(c.hidden_size, c.num_classes, rng=rng, std=std)
+        # Only when asked for, and last: a model without it keeps its layers (and their dropout seeds) as they were.
+        self.patch_dropout = PatchDropout(c.patch_dropout) if c.patch_dropout > 0 else None
         if init == "torch":
             torch_default_init(self, rng)
         elif init != "article":
@@ -110,6 +112,8 @@ class ViT(Layer):
         blocks = self.encoder.blocks
         cls_only = self.config.pooling == "cls" and not return_attention
         h = self.embedding.forward(x)                            # (B, N, D): patches, [CLS], + positions
+        if self.patch_dropout is not None:
+            h = self.patch_dropout.forward(h)                    # (B, 1 + K, D) in training: K random patches
         for i, block in enumerate(blocks):
             h = block.forward(h, cls_only=cls_only and i == len(blocks) - 1)    # (B, N or 1, D)
         if self.layernorm is not None:
@@ -152,6 +156,8 @@ class ViT(Layer):
             dh = self.layernorm.backward(dh)
         for block in reversed(self.encoder.blocks):
             dh = block.backward(dh)                              # (B, N, D)
+        if self.patch_dropout is not None:
+            dh = self.patch_dropout.backward(dh)                 # the dropped patches get 0
         return self.embedding.backward(dh)                       # (B, C, H, W)
 
     def astype(self, dtype):

@@ -1,6 +1,7 @@
-"""Inverted dropout (Srivastava et al. 2014): scale kept units by 1/(1-p) at train time; and its
+"""Inverted dropout (Srivastava et al. 2014): scale kept units by 1/(1-p) at train time; its
 per-sample form, DropPath (stochastic depth, Huang et al. 2016), which keeps or drops a whole
-residual branch for each image.
+residual branch for each image; and PatchDropout (Liu et al. 2023), which trains each image on a
+random share of its patch tokens.
 
 Its random stream is set by the tree that owns it (``Layer.reseed``): one owner for all
 of a model's dropout randomness."""
@@ -23,14 +24,18 @@ class Dropout(Layer):
         self.seed = 0      # set by reseed()
         self.rng = None    # made from seed on the input's device at the next forward
 
+    def generator(self, xp):
+        """This layer's random stream on ``xp``'s device (made from ``seed`` at first use)."""
+        if self.rng is None:
+            self.rng = default_rng(xp, self.seed)
+        return self.rng
+
     def draw_mask(self, shape, dtype, xp):
         """The next mask keep / (1 - p) of ``shape`` in ``dtype`` (float32 stays float32), or None in eval
         mode or when p == 0 (for layers that apply it inside their own math, as attention does)."""
         if not self.training or self.p == 0.0:
             return None
-        if self.rng is None:
-            self.rng = default_rng(xp, self.seed)
-        mask = (self.rng.random(shape, dtype=dtype) >= self.p).astype(dtype)
+        mask = (self.generator(xp).random(shape, dtype=dtype) >= self.p).astype(dtype)
         mask *= 1.0 / (1.0 - self.p)
         return mask
 
@@ -54,3 +59,30 @@ class DropPath(Dropout):
         return x if self.mask is None else x * self.mask
 
     # backward is Dropout's: y = x * mask  =>  dx = dy * mask (the mask broadcast over each sample)
+
+
+class PatchDropout(Dropout):
+    """x (B, N, D), token 0 the [CLS] token -> (B, 1 + K, D): in training, each image keeps its [CLS] token
+    and K = round((1 - p) (N - 1)) of its patch tokens, a random choice per image (their positions are
+    already in them); the rest of the model runs on fewer tokens, so a step costs less. Identity in eval
+    mode or when p == 0 (timm's PatchDropout, num_prefix_tokens=1)."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self.rows = None
+            return x
+        xp = get_array_module(x)
+        B, N, _ = x.shape
+        K = max(1, round((1.0 - self.p) * (N - 1)))
+        kept = xp.argsort(self.generator(xp).random((B, N - 1)), axis=1)[:, :K] + 1   # (B, K) random patches
+        self.rows = (xp.arange(B)[:, None], xp.concatenate([xp.zeros((B, 1), kept.dtype), kept], axis=1))
+        self.x_shape = x.shape
+        return x[self.rows]                                      # (B, 1 + K, D): [CLS] and the kept patches
+
+    def backward(self, dy):
+        # y = x[b, kept_b]  =>  dx[b, kept_b] = dy, and 0 for the tokens dropped (each kept token once)
+        if self.rows is None:
+            return dy
+        dx = get_array_module(dy).zeros(self.x_shape, dtype=dy.dtype)
+        dx[self.rows] = dy
+        return dx
