@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import ViTConfig
 from .errors import CheckpointError
-from .runfiles import atomic_write
+from .runfiles import atomic_write, half_replaced
 
 FORMAT_VERSION = 1
 
@@ -46,16 +46,26 @@ def save_checkpoint(path, model, optimizer=None, meta=None, averaged=None):
     arrays["config.json"] = np.array(json.dumps(model.config.to_dict()))
     arrays["meta.json"] = np.array(json.dumps({"format_version": FORMAT_VERSION, "dtype": model.dtype.name,
                                                **(meta or {})}))
-    return atomic_write(path, lambda f: np.savez(f, **arrays))
+    return atomic_write(path, lambda f: np.savez(f, **arrays), size=sum(a.nbytes for a in arrays.values()))
 
 
-def read_checkpoint(path) -> Checkpoint:
-    """The Checkpoint record of a file (.npz written by npvit, or .safetensors), as host arrays."""
+def read_checkpoint(path, config=None) -> Checkpoint:
+    """The Checkpoint record of a file (.npz written by npvit, or .safetensors), as host arrays. ``config``
+    (a ViTConfig or dict): the model of a .safetensors that carries none (a PyTorch state dict)."""
     path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if half_replaced(folder):
+        raise CheckpointError(f"{path} is what is left of a run that an interrupted --overwrite was deleting, not "
+                              f"a finished run's checkpoint: start that run again with --overwrite, or use another "
+                              f"checkpoint")
     if not os.path.isfile(path):
+        if os.path.basename(path) == "best.npz" and os.path.isfile(os.path.join(folder, "latest.npz")):
+            raise CheckpointError(f"no checkpoint at {path} yet: a run writes best.npz at its first evaluation "
+                                  f"(--eval-every; every 5 epochs in --recipe full); use "
+                                  f"{os.path.join(os.path.dirname(path), 'latest.npz')} meanwhile")
         raise CheckpointError(f"no checkpoint at {path}")
     if path.endswith(".safetensors"):
-        config, params, meta = read_safetensors(path)
+        config, params, meta = read_safetensors(path, config)
         return Checkpoint(config, params, {}, meta, {})
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -63,7 +73,9 @@ def read_checkpoint(path) -> Checkpoint:
     except PermissionError:
         raise CheckpointError(f"cannot read checkpoint {path}: permission denied") from None
     except Exception as e:   # truncated or foreign files fail in zipfile, zlib or NumPy's reader
-        # allow_pickle=False makes np.load refuse object arrays with a ValueError: no code runs.
+        if "allow_pickle" in str(e):   # allow_pickle=False refuses object arrays with a ValueError: no code ran
+            raise CheckpointError(f"{path} is not a readable npvit checkpoint: not an .npz of plain arrays (NumPy "
+                                  f"could read it only as a pickle, which npvit never loads)") from None
         raise CheckpointError(f"{path} is not a readable npvit checkpoint ({type(e).__name__}: {e})") from None
     if "config.json" not in data or "meta.json" not in data:
         raise CheckpointError(f"{path} is not an npvit checkpoint (no config.json/meta.json entries)")
@@ -95,18 +107,18 @@ def check_finite(params, path):
                               f"diverged, use an earlier checkpoint")
 
 
-def load_checkpoint(path, backend="numpy", dtype=None, threads=1, averaged=False):
+def load_checkpoint(path, backend="numpy", dtype=None, threads=1, averaged=False, config=None):
     """Rebuild the model saved at ``path`` (.npz or .safetensors): returns ``(model, optim_state, meta)``.
 
     ``dtype`` defaults to the saved one; ``threads`` > 1 (or "auto") wraps the model in DataParallel;
     pass ``optim_state`` to an optimiser's ``load_state_dict`` to resume. ``averaged``: take the moving
     average of the weights where the checkpoint keeps one (the weights a run with --ema evaluated).
-    Non-finite weights are refused.
+    Non-finite weights are refused. ``config``: the model of a .safetensors that carries none.
     """
     from .model import ViT
     from .parallel import parallelize
 
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, config)
     params = evaluated_weights(ckpt.params, ckpt.averaged) if averaged else ckpt.params
     check_finite(params, path)
     model = ViT(ckpt.config, backend=backend, dtype=dtype or ckpt.meta.get("dtype", "float32"))
@@ -127,14 +139,20 @@ def _safetensors_numpy():
     return safetensors.numpy
 
 
-def export_safetensors(src, dst, dtype=None):
+def export_safetensors(src, dst, dtype=None, config=None):
     """Write the weights of checkpoint ``src`` (.npz) to ``dst`` (.safetensors) under the PyTorch names:
     the ones its run evaluated (the moving average where it kept one, --ema). ``dtype`` (e.g. "float32")
     casts them, else they keep the checkpoint's dtype."""
-    ckpt = read_checkpoint(src)
+    from .model import ViT
+
+    ckpt = read_checkpoint(src, config)
     config, meta = ckpt.config, ckpt.meta
     params = evaluated_weights(ckpt.params, ckpt.averaged)
     check_finite(params, src)
+    try:                        # the arrays must be the model's, each of its shape, before anything is written
+        ViT(config, kernels="reference").load_state_dict(params)
+    except ValueError as e:
+        raise CheckpointError(f"{src}: {e}") from None
     st = _safetensors_numpy()
     if dtype is not None:
         params = {k: v.astype(dtype) for k, v in params.items()}
@@ -161,16 +179,22 @@ def read_safetensors(path, config=None):
     except Exception as e:   # the safetensors parser raises its own error types
         raise CheckpointError(f"{path} is not a readable .safetensors file ({type(e).__name__}: {e})") from None
     try:
-        if config is None:
-            if "npvit_config" not in metadata:
-                raise CheckpointError(f"{path} carries no npvit config in its metadata: pass the model's config "
-                                      f"(e.g. load_safetensors(path, config=ViTConfig(...)))")
-            config = ViTConfig.from_dict(json.loads(metadata["npvit_config"]))
-        elif isinstance(config, dict):
-            config = ViTConfig.from_dict(config)
+        own = ViTConfig.from_dict(json.loads(metadata["npvit_config"])) if "npvit_config" in metadata else None
         meta = json.loads(metadata.get("npvit_meta", "{}"))
+        if not isinstance(meta, dict):
+            raise ValueError("npvit_meta is not a JSON object")
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has a damaged npvit config in its metadata ({e})") from None
+    if isinstance(config, dict):
+        config = ViTConfig.from_dict(config)
+    if own is not None and config is not None and own != config:
+        diff = {k: (v, getattr(config, k)) for k, v in own.to_dict().items() if getattr(config, k) != v}
+        raise CheckpointError(f"{path} is for another model than the config given: (file, given) differ in {diff}")
+    config = own or config
+    if config is None:
+        raise CheckpointError(f"{path} carries no model config (it was saved outside npvit, e.g. by "
+                              f"safetensors.torch.save_file): give it with --config FILE or the model flags "
+                              f"(--hidden-size ...), or load_safetensors(path, config=...) in Python")
     meta["dtype"] = str(next(iter(params.values())).dtype) if params else "float32"
     if meta["dtype"] not in ("float32", "float64"):
         meta["dtype"] = "float32"

@@ -16,10 +16,27 @@ from .checkpoint import export_safetensors
 from .cli import positive_int
 from .data import load_dataset, load_image
 from .errors import UserError
-from .inference import check_labels, confusion_matrix, load_trained, predict_proba, topk
+from .inference import assumed_note, check_labels, confusion_matrix, load_trained, predict_proba, topk
+from .options import add_model_args, model_config_from
 from .parallel import one_blas_thread, threads_arg, threads_warning
 from .runfiles import atomic_write_text, check_writable, read_metrics
-from .visualize import attention_rollout, check_image_path, cls_attention, plot_attention, plot_curves
+from .visualize import attention_maps, check_image_path, plot_attention, plot_curves
+
+
+def add_foreign_args(p):
+    """--config and the model flags: the model of a .safetensors saved outside npvit (by PyTorch)."""
+    p.add_argument("--config", metavar="FILE", help="JSON file of the model's config keys (a run's config.json "
+                   "will do), for a .safetensors saved outside npvit, which carries none")
+    add_model_args(p, note=lambda key: "for weights that carry no config")
+
+
+def trained(args, **kw):
+    """The model and metadata ``args.checkpoint`` holds (load_trained), with the config the flags give for a
+    file that carries none; a note on stderr says what was assumed about such a file."""
+    model, meta = load_trained(args.checkpoint, config=model_config_from(vars(args), args.config), **kw)
+    if assumed_note(args.checkpoint, meta):
+        print(assumed_note(args.checkpoint, meta), file=sys.stderr)
+    return model, meta
 
 
 def evaluate_main(argv=None, prog=None):
@@ -36,14 +53,16 @@ def evaluate_main(argv=None, prog=None):
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--tta-flip", action="store_true", help="average each image's probabilities with its mirror "
                    "image's (test-time augmentation)")
+    add_foreign_args(p)
     args = p.parse_args(argv)
     if args.json:
         check_writable(args.json)            # fail now, not after the evaluation
     if threads_warning(args.threads):
         print(threads_warning(args.threads), file=sys.stderr)
-    model, meta = load_trained(args.checkpoint, args.backend, args.threads)
+    model, meta = trained(args, backend=args.backend, threads=args.threads)
     c = model.config
-    data = load_dataset(args.dataset, args.data_dir, c.image_size, c.num_channels).limit(test=args.test_limit)
+    data = load_dataset(args.dataset, args.data_dir, c.image_size, c.num_channels, splits=("test",))
+    data = data.limit(test=args.test_limit)
     classes = meta["classes"]
     check_labels(data.y_test, classes, f"the test data in {args.data_dir}")
     with one_blas_thread(model):            # --threads 1: one core
@@ -74,8 +93,9 @@ def predict_main(argv=None, prog=None):
     p.add_argument("checkpoint", help="a .npz written by scripts/train.py, or a .safetensors exported from one")
     p.add_argument("image", help="an image file (png, jpg, ...); resized to the model's image size")
     p.add_argument("-k", type=positive_int, default=5, help="how many classes to show (all, if fewer)")
+    add_foreign_args(p)
     args = p.parse_args(argv)
-    model, meta = load_trained(args.checkpoint)
+    model, meta = trained(args)
     x = load_image(args.image, model.config.image_size, model.config.num_channels)
     probs = predict_proba(model, x, meta["mean"], meta["std"])[0]
     for name, prob in topk(probs, meta["classes"], args.k):
@@ -85,8 +105,10 @@ def predict_main(argv=None, prog=None):
 
 
 def attention_main(argv=None, prog=None):
-    """Attention maps of a trained checkpoint over test images: the [CLS] token's attention averaged over
-layers and heads (the article's figure) and attention rollout, overlaid on each image."""
+    """Attention maps of a trained checkpoint over test images, overlaid on each image: for a model that
+classifies from [CLS] (the article's), that token's attention to each patch averaged over layers and heads
+(the article's figure) and its attention rollout; for one that classifies from the mean of the patch tokens,
+the attention each patch receives from them, and their rollout."""
     p = argparse.ArgumentParser(prog=prog, description=attention_main.__doc__)
     p.add_argument("checkpoint", help="a .npz written by scripts/train.py, or a .safetensors exported from one")
     p.add_argument("--data-dir", default="./data", help="folder holding cifar-10-batches-py/ (or the image folder)")
@@ -94,21 +116,22 @@ layers and heads (the article's figure) and attention rollout, overlaid on each 
     p.add_argument("-n", type=positive_int, default=10, help="how many test images")
     p.add_argument("--seed", type=int, default=0, help="which test images (random choice)")
     p.add_argument("-o", "--out", default="attention.png", help="picture to write (.png, .pdf, .svg, .jpg)")
+    add_foreign_args(p)
     args = p.parse_args(argv)
     check_image_path(args.out)
     check_writable(args.out)
     if args.seed < 0:
         p.error(f"argument --seed: expected an integer >= 0, got {args.seed}")
-    model, meta = load_trained(args.checkpoint)
+    model, meta = trained(args)
     c = model.config
-    data = load_dataset(args.dataset, args.data_dir, c.image_size, c.num_channels)
+    data = load_dataset(args.dataset, args.data_dir, c.image_size, c.num_channels, splits=("test",))
     check_labels(data.y_test, meta["classes"], f"the test data in {args.data_dir}")
     idx = np.random.default_rng(args.seed).choice(len(data.y_test), size=min(args.n, len(data.y_test)), replace=False)
     images, labels = data.x_test[idx], data.y_test[idx]
     x = normalize(to_device(images, model.xp), meta["mean"], meta["std"], model.dtype)
     logits, atts = model(x, return_attention=True)
     preds = to_numpy(logits).argmax(-1)
-    maps = {"CLS attention": cls_attention(atts), "rollout": attention_rollout(atts)}
+    maps = attention_maps(atts, c.pooling)
     plot_attention(images, maps, labels, preds, meta["classes"], args.out)
     print(f"wrote {args.out}")
     return 0
@@ -144,11 +167,12 @@ def export_main(argv=None, prog=None):
     p.add_argument("checkpoint", help="a .npz written by scripts/train.py")
     p.add_argument("out", help="the .safetensors file to write")
     p.add_argument("--dtype", choices=["float32", "float64"], help="cast the weights (default: as saved)")
+    add_foreign_args(p)
     args = p.parse_args(argv)
     if not args.out.endswith(".safetensors"):
         raise UserError(f"{args.out}: the output must end in .safetensors")
     check_writable(args.out)
-    export_safetensors(args.checkpoint, args.out, dtype=args.dtype)
+    export_safetensors(args.checkpoint, args.out, dtype=args.dtype, config=model_config_from(vars(args), args.config))
     print(f"wrote {args.out}")
     return 0
 

@@ -99,7 +99,8 @@ def start_line(cfg, net, train_images, eval_images, steps, world_size, out_dir):
     from .ops import kernels_name
 
     split = "held-out (val)" if cfg["val_split"] else "test"
-    threads = f", {getattr(net, 'threads', 1)} threads" if cfg["backend"] == "numpy" else ""
+    n = getattr(net, "threads", 1)
+    threads = f", {n} thread{'s' if n != 1 else ''}" if cfg["backend"] == "numpy" else ""
     processes = f", {world_size} processes" if world_size > 1 else ""
     return (f"npvit: {net.num_parameters():,} parameters, {train_images} train / {eval_images} {split} images, "
             f"{steps} steps of {cfg['batch_size']} per epoch, recipe {cfg['recipe']}, {cfg['backend']} "

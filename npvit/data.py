@@ -12,6 +12,7 @@ crafted file cannot run code.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -30,7 +31,7 @@ CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR10_TEST = "test_batch"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
 
@@ -88,9 +89,11 @@ def safe_unpickle(f):
     return SafeUnpickler(f, encoding="latin1").load()
 
 
-def _read_batch(path, root):
+def _read_batch(path, root, recorded=None):
     try:
         with open(path, "rb") as f:
+            if recorded:
+                check_recorded(f, path, recorded, root)
             d = safe_unpickle(f)
         data = np.asarray(d["data"], dtype=np.uint8)
         labels = np.asarray(d["labels"], dtype=np.int64)
@@ -128,9 +131,10 @@ def cifar10_present(root) -> bool:
     return all(os.path.isfile(os.path.join(folder, f)) for f in CIFAR10_TRAIN + [CIFAR10_TEST])
 
 
-def load_cifar10(root, download=False, url=CIFAR10_URL, md5=CIFAR10_MD5) -> Dataset:
+def load_cifar10(root, download=False, url=CIFAR10_URL, md5=CIFAR10_MD5, splits=("train", "test")) -> Dataset:
     """Read CIFAR-10 from ``root/cifar-10-batches-py`` (``root`` may be that folder itself); download it
-    first if absent and ``download``."""
+    first if absent and ``download``. Only the batches of ``splits`` are read (a split not asked for is
+    empty), each checked against the checksum recorded when npvit extracted it, where it did."""
     root = cifar10_root(root)
     if not cifar10_present(root):
         if not download:
@@ -139,16 +143,23 @@ def load_cifar10(root, download=False, url=CIFAR10_URL, md5=CIFAR10_MD5) -> Data
                             f"that contains {CIFAR10_DIR}/")
         download_cifar10(root, url=url, md5=md5)
     folder = os.path.join(root, CIFAR10_DIR)
-    train = [_read_batch(os.path.join(folder, f), root) for f in CIFAR10_TRAIN]
-    x_test, y_test = _read_batch(os.path.join(folder, CIFAR10_TEST), root)
+    recorded = read_checksums(folder)
+    empty = (np.zeros((0, 3, 32, 32), np.uint8), np.zeros(0, np.int64))
+    train = [_read_batch(os.path.join(folder, f), root, recorded) for f in CIFAR10_TRAIN] if "train" in splits \
+        else [empty]
+    x_test, y_test = _read_batch(os.path.join(folder, CIFAR10_TEST), root, recorded) if "test" in splits else empty
     classes = CIFAR10_CLASSES
     meta = os.path.join(folder, "batches.meta")
     if os.path.isfile(meta):
         try:
             with open(meta, "rb") as f:
+                if recorded:
+                    check_recorded(f, meta, recorded, root)
                 classes = tuple(safe_unpickle(f)["label_names"])
         except PermissionError:
             raise DataError(f"cannot read CIFAR-10 file {meta}: permission denied") from None
+        except DataError:
+            raise
         except Exception as e:
             raise DataError(f"CIFAR-10 file {meta} is corrupt ({e}); {_fix_hint(root)}") from None
     return Dataset(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_test, y_test,
@@ -177,10 +188,54 @@ def download_cifar10(root, url=CIFAR10_URL, md5=CIFAR10_MD5):
         safe_extract(archive, extracted)
         if not cifar10_present(extracted):
             raise DataError(f"the archive from {url} does not contain {CIFAR10_DIR}/ with the CIFAR-10 batches")
+        record_checksums(os.path.join(extracted, CIFAR10_DIR))     # so that later damage is named
         target = os.path.join(root, CIFAR10_DIR)
         if os.path.exists(target):
             shutil.rmtree(target)       # an incomplete copy: replaced whole
         os.replace(os.path.join(extracted, CIFAR10_DIR), target)
+
+
+CHECKSUMS = "npvit-sha256.json"     # beside the batches: their SHA-256, recorded when npvit extracted them
+
+
+def record_checksums(folder):
+    """Write the SHA-256 of every CIFAR-10 batch in ``folder`` into ``folder/npvit-sha256.json``."""
+    from .runfiles import atomic_write_text
+
+    sums = {}
+    for name in CIFAR10_TRAIN + [CIFAR10_TEST, "batches.meta"]:
+        with open(os.path.join(folder, name), "rb") as f:
+            sums[name] = hashlib.file_digest(f, "sha256").hexdigest() if hasattr(hashlib, "file_digest") \
+                else hashlib.sha256(f.read()).hexdigest()
+    atomic_write_text(os.path.join(folder, CHECKSUMS), json.dumps(sums, indent=1) + "\n")
+
+
+def read_checksums(folder):
+    """The recorded SHA-256 of each batch ({} where npvit did not extract them)."""
+    path = os.path.join(folder, CHECKSUMS)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            sums = json.load(f)
+        if not isinstance(sums, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}, the checksums recorded when npvit extracted CIFAR-10, is damaged ({e}); "
+                        f"delete it to read the batches unchecked, or {_fix_hint(os.path.dirname(folder))}") from None
+    return sums
+
+
+def check_recorded(f, path, recorded, root):
+    """Refuse a batch file whose bytes are not those recorded at extraction, naming it."""
+    name = os.path.basename(path)
+    if name not in recorded:
+        return
+    digest = hashlib.sha256(f.read()).hexdigest()
+    f.seek(0)
+    if digest != recorded[name]:
+        raise DataError(f"CIFAR-10 file {path} has changed since npvit extracted it (its SHA-256 is not the one "
+                        f"recorded in {CHECKSUMS}): it is damaged; {_fix_hint(root)}")
 
 
 def _md5(path):
@@ -202,43 +257,111 @@ def safe_extract(archive, dest):
         tar.extractall(dest, **kwargs)
 
 
-def load_dataset(kind, root, image_size=32, num_channels=3, download=False) -> Dataset:
-    """``kind`` "cifar10" (``root/cifar-10-batches-py``) or "folder" (``root/train|test/<class>/``)."""
+def load_dataset(kind, root, image_size=32, num_channels=3, download=False, splits=("train", "test")) -> Dataset:
+    """``kind`` "cifar10" (``root/cifar-10-batches-py``) or "folder" (``root/train|test/<class>/``); only the
+    ``splits`` asked for are read (evaluation reads the test images alone)."""
     if kind == "cifar10":
-        return load_cifar10(root, download=download)
+        return load_cifar10(root, download=download, splits=splits)
     if kind == "folder":
-        return load_image_folder(root, image_size, num_channels)
+        return load_image_folder(root, image_size, num_channels, splits)
     raise ValueError(f"unknown dataset {kind!r}; choose 'cifar10' or 'folder'")
 
 
 # -- image folders ----------------------------------------------------------------
-def load_image_folder(root, image_size, num_channels=3) -> Dataset:
-    """``root/train/<class>/*.png|jpg`` and ``root/test/<class>/...``: classes are the sorted
-    folder names of train/; every image is converted to RGB (or L for 1 channel) and resized to
-    ``image_size`` x ``image_size`` (bilinear). Needs Pillow."""
+def _pillow(what):
     try:
         from PIL import Image
     except ImportError as e:
-        raise DataError("reading image folders needs Pillow: pip install pillow") from e
+        raise DataError(f"{what} needs Pillow: pip install pillow") from e
+    return Image
+
+
+def read_image(path, image_size, num_channels=3):
+    """One image file as uint8 (C, S, S), S = ``image_size``, read as the picture it is: 8-bit images as
+    they are; 16-bit (I;16) and 32-bit integer (I) ones scaled by 257 (0..65535 -> 0..255); float (F) ones
+    in [0, 1] scaled by 255 (in [0, 255] as they are); palette, CMYK, YCbCr, ... converted by Pillow; then
+    RGB (or L for 1 channel), resized bilinearly. Refused, each with one line: an animated image (which
+    frame?), one over Pillow's decompression-bomb limit, and integer or float values it cannot place."""
+    import warnings
+
+    Image = _pillow("reading images")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")           # Pillow's other remarks never reach the console raw
+            warnings.simplefilter("error", Image.DecompressionBombWarning)   # (checked first: added last)
+            with Image.open(path) as im:
+                if getattr(im, "n_frames", 1) > 1:
+                    raise DataError(f"image {path} is animated ({im.n_frames} frames): npvit reads still images; "
+                                    f"save the frame you want as a PNG")
+                im = _eight_bit(im, path)
+                im = im.convert("RGB" if num_channels == 3 else "L")
+                if im.size != (image_size, image_size):
+                    im = im.resize((image_size, image_size), Image.BILINEAR)
+                a = np.asarray(im, dtype=np.uint8)
+    except DataError:
+        raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+        raise DataError(f"image {path} is too large to read safely ({e}); resize it first") from None
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no image at {path}") from None
+    except Exception as e:
+        raise DataError(f"cannot read image {path} ({type(e).__name__}: {e})") from None
+    return a.reshape(image_size, image_size, -1).transpose(2, 0, 1)
+
+
+def _eight_bit(im, path):
+    """``im`` with 8-bit channels: the modes Pillow's convert would clip (16-bit, 32-bit integer, float) are
+    scaled here; every other mode is left to convert()."""
+    from PIL import Image
+
+    if not (im.mode.startswith("I") or im.mode == "F"):
+        return im
+    a = np.asarray(im).astype(np.float64)
+    if im.mode == "F":
+        if not np.isfinite(a).all():
+            raise DataError(f"image {path} holds NaN or infinite values")
+        lo, hi = a.min(), a.max()
+        if lo >= 0 and hi <= 1:
+            a = a * 255.0
+        elif not (lo >= 0 and hi <= 255):
+            raise DataError(f"image {path} is a float image with values from {lo:g} to {hi:g}: npvit reads float "
+                            f"images in [0, 1] (or [0, 255]); rescale it first")
+    else:                                            # I;16, I;16B, I;16L, I;16N, I: 16-bit values
+        lo, hi = a.min(), a.max()
+        if lo < 0 or hi > 65535:
+            raise DataError(f"image {path} is a {im.mode} integer image with values from {lo:g} to {hi:g}: npvit "
+                            f"reads 16-bit images (0..65535); convert it to 8 or 16 bits first")
+        a = a / 257.0
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L")
+
+
+def load_image_folder(root, image_size, num_channels=3, splits=("train", "test")) -> Dataset:
+    """``root/train/<class>/*.png|jpg`` and ``root/test/<class>/...``: classes are the sorted folder names of
+    train/; every image is read as :func:`read_image` does. Only the ``splits`` asked for are read (the
+    class names come from train/ always). Needs Pillow."""
+    _pillow("reading image folders")
     root = os.fspath(root)
-    splits = {s: os.path.join(root, s) for s in ("train", "test")}
-    missing = [p for p in splits.values() if not os.path.isdir(p)]
+    folders = {s: os.path.join(root, s) for s in ("train", "test")}
+    missing = [p for p in folders.values() if not os.path.isdir(p)]
     if missing:
         raise DataError(f"image folder dataset needs {root}/train/<class>/ and {root}/test/<class>/; "
                         f"missing {missing}")
+
     def class_dirs(folder):
         return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
 
-    classes = tuple(class_dirs(splits["train"]))
+    classes = tuple(class_dirs(folders["train"]))
     if not classes:
-        raise DataError(f"no class folders in {splits['train']}")
-    unknown = sorted(set(class_dirs(splits["test"])) - set(classes))
+        raise DataError(f"no class folders in {folders['train']}")
+    unknown = sorted(set(class_dirs(folders["test"])) - set(classes))
     if unknown:
-        raise DataError(f"{splits['test']} has class folders that {splits['train']} lacks: {unknown}; every "
+        raise DataError(f"{folders['test']} has class folders that {folders['train']} lacks: {unknown}; every "
                         f"test class must have training images")
-    mode = "RGB" if num_channels == 3 else "L"
     out = []
-    for split, folder in splits.items():
+    for split, folder in folders.items():
+        if split not in splits:
+            out += [np.zeros((0, num_channels, image_size, image_size), np.uint8), np.zeros(0, np.int64)]
+            continue
         xs, ys = [], []
         for label, name in enumerate(classes):
             cdir = os.path.join(folder, name)
@@ -246,19 +369,9 @@ def load_image_folder(root, image_size, num_channels=3) -> Dataset:
                 continue
             n_before = len(xs)
             for fname in sorted(os.listdir(cdir)):
-                if not fname.lower().endswith(IMAGE_EXTENSIONS):
-                    continue
-                path = os.path.join(cdir, fname)
-                try:
-                    with Image.open(path) as im:
-                        im = im.convert(mode)
-                        if im.size != (image_size, image_size):
-                            im = im.resize((image_size, image_size), Image.BILINEAR)
-                        a = np.asarray(im, dtype=np.uint8)
-                except Exception as e:
-                    raise DataError(f"cannot read image {path} ({e})") from None
-                xs.append(a.reshape(image_size, image_size, -1).transpose(2, 0, 1))
-                ys.append(label)
+                if fname.lower().endswith(IMAGE_EXTENSIONS):
+                    xs.append(read_image(os.path.join(cdir, fname), image_size, num_channels))
+                    ys.append(label)
             if split == "train" and len(xs) == n_before:
                 raise DataError(f"class folder {cdir} holds no images ({', '.join(IMAGE_EXTENSIONS)}): "
                                 f"add images or remove the folder")
@@ -269,17 +382,7 @@ def load_image_folder(root, image_size, num_channels=3) -> Dataset:
 
 
 def load_image(path, image_size, num_channels=3):
-    """One image file as uint8 (1, C, S, S), resized as the folder dataset does."""
-    try:
-        from PIL import Image
-    except ImportError as e:
-        raise DataError("reading images needs Pillow: pip install pillow") from e
+    """One image file as uint8 (1, C, S, S), read as the folder dataset reads its images."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no image at {path}")
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB" if num_channels == 3 else "L").resize((image_size, image_size), Image.BILINEAR)
-            a = np.asarray(im, dtype=np.uint8)
-    except Exception as e:
-        raise DataError(f"cannot read image {path} ({e})") from None
-    return a.reshape(image_size, image_size, -1).transpose(2, 0, 1)[None]
+    return read_image(path, image_size, num_channels)[None]

@@ -26,6 +26,18 @@ class RunDirError(UserError, RuntimeError):
     """A run directory that holds another run or is in use by another process."""
 
 
+class WriteError(UserError, OSError):
+    """The system refused a write (disk full, quota, read-only file system, permission, a folder that
+    vanished): the message names the file and the cause; the file's previous version is intact."""
+
+    def __init__(self, message, errno=None):
+        UserError.__init__(self, message)
+        self.errno = errno
+
+    def __str__(self):
+        return self.args[0]
+
+
 class StartFailed(UserError):
     """Some processes of a multi-process run could not start; ``messages[r]`` is rank r's error line
     (None where it started), known on rank 0."""

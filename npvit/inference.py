@@ -2,28 +2,46 @@
 accuracy and the confusion matrix, top-k classes. (The `evaluate` command, npvit/commands.py, prints them.)"""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .augment import normalize
 from .backend import get_xp, to_device, to_numpy
 from .checkpoint import load_checkpoint
+from .data import CIFAR10_CLASSES
 from .errors import CheckpointError, ConfigError, DataError
 from .losses import log_softmax
 
 
-def load_trained(path, backend="numpy", threads=1):
-    """A checkpoint written by training, in eval mode, with the class names and normalisation it used, and
-    the weights its run evaluated (their moving average if it kept one, --ema). Refuses checkpoints with
-    non-finite weights (a diverged run's), naming the arrays."""
+def load_trained(path, backend="numpy", threads=1, config=None):
+    """A trained model in eval mode, with the class names and normalisation it used, and the weights its run
+    evaluated (their moving average if it kept one, --ema). Refuses checkpoints with non-finite weights (a
+    diverged run's), naming the arrays. ``config``: the model of a .safetensors saved outside npvit (by
+    PyTorch), which carries none; such a file gets the article's normalisation ((x - 0.5) / 0.5) and, with
+    10 classes, CIFAR-10's class names, listed in ``meta["assumed"]``."""
     try:
         get_xp(backend)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    model, _, meta = load_checkpoint(path, backend=backend, threads=threads, averaged=True)
-    for key in ("classes", "mean", "std"):
-        if key not in meta:
-            raise CheckpointError(f"checkpoint {path} has no {key!r}: it was not written by npvit training")
+    model, _, meta = load_checkpoint(path, backend=backend, threads=threads, averaged=True, config=config)
+    missing = [key for key in ("classes", "mean", "std") if key not in meta]
+    if missing and not os.fspath(path).endswith(".safetensors"):
+        raise CheckpointError(f"checkpoint {path} has no {missing[0]!r}: it was not written by npvit training")
+    if missing:
+        c = model.config
+        meta = {**meta, "mean": [0.5] * c.num_channels, "std": [0.5] * c.num_channels, "assumed": missing,
+                "classes": list(CIFAR10_CLASSES) if c.num_classes == 10 else [f"class {i}" for i in range(c.num_classes)]}
     return model.eval(), meta
+
+
+def assumed_note(path, meta):
+    """The line that says what was assumed about weights saved outside npvit, or None."""
+    if not meta.get("assumed"):
+        return None
+    names = "CIFAR-10's class names" if meta["classes"][0] == CIFAR10_CLASSES[0] else "classes numbered 0.."
+    return (f"note: {path} carries no class names or normalisation (saved outside npvit): using the article's "
+            f"normalisation (x - 0.5) / 0.5 and {names}")
 
 
 def check_labels(labels, classes, where):

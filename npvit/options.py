@@ -6,6 +6,7 @@ from defaults < recipe < JSON config file < command-line flags (:func:`build_con
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from dataclasses import dataclass
@@ -90,6 +91,8 @@ OPTIONS = {
     "eval_batch_size": Option(500, "batch size for evaluation", "int>0"),
     "train_limit": Option(None, "use only the first N training images", "int>0|none"),
     "test_limit": Option(None, "use only the first N test images", "int>0|none"),
+    "memory_check": Option(True, "before allocating anything, estimate the memory the run needs and refuse one "
+                           "that cannot fit (--no-memory-check: try anyway)", "bool"),
     "progress": Option(True, "show progress: a bar on a terminal, a line every 30 s otherwise "
                        "(--no-progress: epoch lines only)", "bool"),
     "recipe": Option("full", "preset: full (the most accurate measured, 100 epochs), sprint (aimed at the article's "
@@ -97,6 +100,68 @@ OPTIONS = {
                      "model for 100 epochs), or article (the article's script)", "choice",
                      ("article", "strong", "sprint", "full")),
 }
+
+# The model's keys (the article's config, ViTConfig): what each means and, where it is a choice, its choices.
+MODEL_OPTIONS = {
+    "patch_size": ("P, the side of the square patches each image is cut into", ()),
+    "hidden_size": ("D, the width of every token", ()),
+    "num_hidden_layers": ("L, the number of transformer blocks", ()),
+    "num_attention_heads": ("H, the attention heads of a block (hidden_size must divide by it)", ()),
+    "intermediate_size": ("I, the hidden width of each block's MLP", ()),
+    "hidden_dropout_prob": ("dropout after the embeddings, each attention output and each MLP, in [0, 1)", ()),
+    "attention_probs_dropout_prob": ("dropout on the attention probabilities, in [0, 1)", ()),
+    "initializer_range": ("std of the article's N(0, std) initialisation of the weight matrices", ()),
+    "image_size": ("the side of the square input images, in pixels", ()),
+    "num_classes": ("K, the number of classes", ()),
+    "num_channels": ("C, the channels of the input images (3: RGB, 1: grey)", ()),
+    "qkv_bias": ("biases in the query, key and value projections", ()),
+    "use_faster_attention": ("the article's flag; npvit always computes the fused form, the same function", ()),
+    "gelu_approximate": ("GELU: tanh (the article's) or none (exact, erf)", ("tanh", "none")),
+    "final_layernorm": ("a LayerNorm on the encoder's output before the classifier", ()),
+    "pooling": ("what the classifier reads: cls (the [CLS] token, the article's) or mean (the mean of the patch "
+                "tokens)", ("cls", "mean")),
+    "drop_path_rate": ("stochastic depth: the last block's chance, per image, of skipping a branch (rising from 0 "
+                       "in the first block), in [0, 1)", ()),
+    "patch_dropout": ("in training, the share of each image's patch tokens left out at random, in [0, 1)", ()),
+}
+assert list(MODEL_OPTIONS) == ViTConfig.keys()
+
+
+def add_model_args(parser, note=None):
+    """A flag for every model key (``--hidden-size``, ``--pooling``, ...) in its own argument group, each with
+    its help, its choices and ``note(key)`` (the default to show); values land in ``args`` under the key."""
+    group = parser.add_argument_group("model (the article's config keys)")
+    for key, default in ViTConfig().to_dict().items():
+        text, choices = MODEL_OPTIONS[key]
+        kw = dict(dest=key, default=argparse.SUPPRESS, help=f"{text} ({note(key) if note else f'default: {default}'})")
+        flag = "--" + key.replace("_", "-")
+        if isinstance(default, bool):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif choices:
+            group.add_argument(flag, choices=list(choices), **kw)
+        else:
+            group.add_argument(flag, type=type(default), metavar="X" if isinstance(default, float) else "N", **kw)
+    return group
+
+
+def model_config_from(args: dict, config_file=None):
+    """The ViTConfig that ``--config FILE`` (its model keys; the training keys of a run's config.json are
+    passed over) and the model flags in ``args`` give, or None when neither gives any."""
+    given = {k: args[k] for k in MODEL_KEYS if k in args}
+    from_file = {}
+    if config_file is not None:
+        data = read_config_file(config_file)
+        unknown = sorted(set(data) - ALL_KEYS)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown} in {config_file}")
+        from_file = {k: v for k, v in data.items() if k in MODEL_KEYS}
+    if not given and not from_file:
+        return None
+    try:
+        return ViTConfig.from_dict({**from_file, **given})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model config: {e}") from None
+
 
 RECIPES = {
     # The article's training script: AdamW lr 1e-2 (weight decay 1e-2 on everything), batch 256,
@@ -234,15 +299,17 @@ def build_config(recipe=None, file=None, overrides=None) -> dict:
 
 
 def default_text(key):
-    """What ``--help`` says about a key's default: the default recipe's value, and the others' where they differ."""
+    """What ``--help`` says about a key's default (a training or a model key): the default recipe's value,
+    which is what a run without flags uses, and the other recipes' where they differ."""
+    base = TRAIN_DEFAULTS if key in TRAIN_DEFAULTS else ViTConfig().to_dict()
     default_recipe = TRAIN_DEFAULTS["recipe"]
-    value = RECIPES[default_recipe].get(key, TRAIN_DEFAULTS[key])
+    value = RECIPES[default_recipe].get(key, base[key])
     text = f"default: {_show(value)}"
     if key in RECIPES[default_recipe]:
         text += f" in recipe {default_recipe}"
     for name, recipe in RECIPES.items():
-        if name != default_recipe and recipe.get(key, TRAIN_DEFAULTS[key]) != value:
-            text += f"; {_show(recipe.get(key, TRAIN_DEFAULTS[key]))} in {name}"
+        if name != default_recipe and recipe.get(key, base[key]) != value:
+            text += f"; {_show(recipe.get(key, base[key]))} in {name}"
     return text
 
 

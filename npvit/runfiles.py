@@ -13,19 +13,29 @@ refuses to start a fresh run in a directory that already holds files.
 """
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import math
 import os
+import shutil
 import socket
 import tempfile
 
-from .errors import RunDirError, UserError
+from .errors import RunDirError, UserError, WriteError
 
 # What a training run writes into its directory; --overwrite removes exactly these.
 RUN_FILES = ("latest.npz", "best.npz", "metrics.jsonl", "config.json", "curves.png")
 LOCK_FILE = ".lock"
 TMP_PREFIX = ".tmp-"
+# Present while --overwrite deletes the run that was in a directory: a directory that holds it was left
+# half-cleared by an interrupted --overwrite, and what is left there is not a run.
+REPLACING = ".replacing"
+
+
+def half_replaced(folder):
+    """True where an --overwrite was interrupted while it deleted the run in ``folder``."""
+    return os.path.isfile(os.path.join(folder, REPLACING))
 
 
 def _umask():
@@ -37,13 +47,34 @@ def _umask():
 FILE_MODE = 0o666 & ~_umask()     # what open() would give a new file; mkstemp's own is 0600
 
 
-def atomic_write(path, write):
-    """Create or replace ``path`` with what ``write(f)`` writes to a binary file object; all or nothing."""
+def os_cause(e, folder):
+    """What the operating system's refusal ``e`` means, in words, for a file in ``folder``."""
+    causes = {errno.ENOSPC: f"the disk holding {folder} is full",
+              errno.EDQUOT: f"the disk quota for {folder} is used up",
+              errno.EROFS: f"{folder} is on a read-only file system",
+              errno.EACCES: f"permission denied in {folder}",
+              errno.EPERM: f"permission denied in {folder}",
+              errno.ENOENT: f"the folder {folder} does not exist (any more)",
+              errno.ENOTDIR: f"{folder} is not a folder",
+              errno.EIO: f"the disk holding {folder} reported an input/output error"}
+    return causes.get(e.errno, (e.strerror or str(e)).lower())
+
+
+def _mib(n):
+    return f"{n / 2 ** 20:.1f} MiB"
+
+
+def atomic_write(path, write, size=None):
+    """Create or replace ``path`` with what ``write(f)`` writes to a binary file object; all or nothing.
+    A refusal of the system (disk full, read-only, ...) is a WriteError naming the file and the cause, and
+    for a full disk how much the file needed (``size``, bytes, where known) and how much is free; the old
+    file, if any, is untouched and no temporary file is left."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=suffix)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=suffix)
         if hasattr(os, "fchmod"):
             os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
@@ -51,12 +82,36 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         _replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and not isinstance(e, WriteError) and e.errno in WRITE_REFUSALS:
+            raise write_error(e, path, size) from None
         raise
     _fsync_dir(folder)
     return path
+
+
+WRITE_REFUSALS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR,
+                  errno.EIO)
+
+
+def write_error(e, path, size=None):
+    """The WriteError that says why the system refused to write ``path`` (OSError ``e``)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    text = f"cannot write {path}: {os_cause(e, folder)}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            free = None
+        need = f"it needs about {_mib(size)}" if size else ""
+        have = f"{_mib(free)} free" if free is not None else ""
+        if need or have:
+            text += f" ({', '.join(x for x in (need, have) if x)})"
+    if os.path.exists(path):
+        text += f"; the previous {os.path.basename(path)} is intact"
+    return WriteError(text, e.errno)
 
 
 def _replace(tmp, path):
@@ -155,14 +210,19 @@ class RunDir:
         self.fd = None
 
     def __enter__(self):
+        if os.path.islink(self.path) and not os.path.exists(self.path):
+            raise RunDirError(f"output directory {self.path} is a symbolic link to {os.readlink(self.path)}, which "
+                              f"does not exist: make that folder, or choose another --out-dir")
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise RunDirError(f"output directory {self.path} is a file, not a folder: choose another --out-dir")
         try:
             os.makedirs(self.path, exist_ok=True)
             self._lock()
             remove_stale_temps(self.path)
         except OSError as e:
             self._unlock()
-            what = "permission denied" if isinstance(e, PermissionError) else (e.strerror or str(e)).lower()
-            raise RunDirError(f"cannot write to output directory {self.path}: {what}") from None
+            where = self.path if os.path.isdir(self.path) else os.path.dirname(os.path.abspath(self.path))
+            raise RunDirError(f"cannot write to output directory {self.path}: {os_cause(e, where)}") from None
         return self
 
     def __exit__(self, *exc):
@@ -206,6 +266,11 @@ class RunDir:
         """May a fresh run start here? Refused if the directory holds anything, unless ``overwrite``
         (then call :meth:`clear` once the new run is ready to write). True if there is something to clear."""
         found = contents(self.path)
+        if half_replaced(self.path) and not overwrite:
+            left = [f for f in found if f != REPLACING]
+            raise RunDirError(f"{self.path} holds what is left of a run that --overwrite was deleting when it was "
+                              f"interrupted ({', '.join(left) or 'nothing else'}): run again with --overwrite to "
+                              f"finish replacing it, or choose another --out-dir")
         if found and not overwrite:
             raise RunDirError(
                 f"{self.path} already holds files ({', '.join(found[:5])}{', ...' if len(found) > 5 else ''}): "
@@ -214,11 +279,16 @@ class RunDir:
         return bool(found)
 
     def clear(self):
-        """Remove the files of the run that was here (--overwrite); other files are left alone."""
-        for name in RUN_FILES:
+        """Remove the files of the run that was here (--overwrite); other files are left alone. A marker
+        (REPLACING) stands in the directory until the last is gone, so an interruption is recognised."""
+        atomic_write_text(self.file(REPLACING), f"npvit --overwrite is deleting the run that was here "
+                                                f"(pid {os.getpid()})\n")
+        for name in RUN_FILES:              # latest.npz first: what is left can never be resumed by mistake
             p = os.path.join(self.path, name)
             if os.path.isfile(p):
                 os.remove(p)
+        os.remove(self.file(REPLACING))
+        _fsync_dir(self.path)
 
     def file(self, name):
         return os.path.join(self.path, name)

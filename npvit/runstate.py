@@ -20,8 +20,8 @@ import time
 
 from .backend import to_host_scalar
 from .checkpoint import Checkpoint, check_finite, evaluated_weights, read_checkpoint, save_checkpoint
-from .errors import CheckpointError, Diverged, RunDirError
-from .runfiles import contents, strict_json
+from .errors import CheckpointError, Diverged, RunDirError, WriteError
+from .runfiles import contents, half_replaced, strict_json
 
 
 class EpochTotals(namedtuple("EpochTotals", "loss_sum correct seen seconds", defaults=(0.0, 0, 0, 0.0))):
@@ -113,13 +113,25 @@ class RunCheckpoints:
         if self.writer:
             meta = {**self.data_meta, "train": state.train_meta(), "history": state.history,
                     "train_config": self.cfg}
-            save_checkpoint(self.run.file(name), self.net, self.opt, meta=strict_json(meta),
-                            averaged=self.ema.averaged_params() if self.ema is not None else None)
+            try:
+                save_checkpoint(self.run.file(name), self.net, self.opt, meta=strict_json(meta),
+                                averaged=self.ema.averaged_params() if self.ema is not None else None)
+            except WriteError as e:
+                kept = f" ({self.saved})" if name == "latest.npz" and "intact" in str(e) else ""
+                raise WriteError(f"{e}{kept}; once the cause is fixed, continue with "
+                                 f"{resume_command(self.run.path, state.processes)}", e.errno) from None
         if name == "latest.npz":
             self.saved = state.describe_saved()
 
     def kept(self):
         return f"{self.run.file('latest.npz')} keeps the last finite state ({self.saved})"
+
+
+def resume_command(path, processes=1):
+    """How to continue the run in ``path``: --resume, on as many MPI processes as wrote it."""
+    if processes > 1:
+        return f"mpiexec -n {processes} ... --resume {path} (the same {processes} processes)"
+    return f"--resume {path}"
 
 
 # -- resuming and starting from weights -----------------------------------------------------------------
@@ -134,6 +146,10 @@ class Resume(NamedTuple):
 def resume_source(path):
     """``--resume PATH``: a run directory (its latest.npz) or a checkpoint file -> (checkpoint, its directory)."""
     path = os.fspath(path)
+    folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    if half_replaced(folder):
+        raise CheckpointError(f"{folder} was being replaced by --overwrite when that was interrupted: what is left "
+                              f"there is not a run to continue; start the new run again with --overwrite")
     if os.path.isdir(path):
         latest = os.path.join(path, "latest.npz")
         if not os.path.isfile(latest):
@@ -175,7 +191,7 @@ def check_resumable(resume: Resume, config, processes):
 def init_weights(path, config):
     """The weights of --init-from, which must be of the model ``config``: the ones its run evaluated (their
     moving average where it kept one, --ema)."""
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, config)          # a .safetensors saved outside npvit: the run's model
     check_model(ckpt, config, path, f"--init-from {path}")
     return evaluated_weights(ckpt.params, ckpt.averaged)
 

@@ -29,14 +29,15 @@ from .config import ViTConfig
 from .console import Console, Progress, StopRequest, epoch_line, start_line
 from .distributed import SingleProcess, check_replicas
 from .ema import EMA
-from .errors import ConfigError, Diverged, StartFailed, UserError
+from .errors import CheckpointError, ConfigError, Diverged, StartFailed, UserError
 from .model import ViT
 from .optim import AdamW, lr_at, weight_decay_groups
 from .options import MODEL_KEYS, validate
 from .parallel import default_threads, one_blas_thread, parallelize, threads_warning
+from .resources import check_fits, folder_image_count
 from .runfiles import RunDir, atomic_write_text, strict_json, write_metrics
 from .runstate import (DeviceTotals, EpochTotals, Resume, RunCheckpoints, RunState, check_resumable, claim_for_resume,
-                       init_weights, read_resume)
+                       init_weights, read_resume, resume_command)
 from .step import Evaluation, train_step
 
 LOG_EVERY = 10          # steps between reads of the running loss: progress display and divergence check
@@ -64,10 +65,11 @@ def train(cfg, resume=None, overwrite=False, console=None, callbacks=(), stop=No
 
             raise StartFailed(world.gather(error_line(failed) if failed is not None else None))
         trainer.callbacks, trainer.stop = list(callbacks), stop or StopRequest()
-        if clear:
-            trainer.run.clear()         # --overwrite: the old run goes only once the new one can start
-        trainer.begin()
-        return trainer.fit()
+        with trainer.stop:              # from the first write on, Ctrl-C and SIGTERM finish it and save
+            if clear:
+                trainer.run.clear()     # --overwrite: the old run goes only once the new one can start
+            trainer.begin()
+            return trainer.fit()
 
 
 def start(cfg, resume, overwrite, console, world, stack):
@@ -82,6 +84,8 @@ def start(cfg, resume, overwrite, console, world, stack):
     if world.size > 1 and cfg["backend"] != "numpy":
         raise ConfigError("training on several processes runs on the numpy backend (GPUs would need NCCL)")
     config = ViTConfig.from_dict({k: cfg[k] for k in MODEL_KEYS})       # the model's config, once
+    if cfg["memory_check"]:                                             # before anything is allocated
+        check_memory(cfg, config, world)
     if resume is not None and not isinstance(resume, Resume):
         resume = read_resume(resume)
     if resume is not None:
@@ -99,6 +103,43 @@ def start(cfg, resume, overwrite, console, world, stack):
     return build(cfg, config, resume, run, console, world), clear    # nothing written yet
 
 
+def check_memory(cfg, config, world):
+    """Refuse, in one line, a run whose estimated memory exceeds what this machine (or GPU) has."""
+    threads = cfg["threads"]
+    if threads == "auto":
+        threads = max(1, default_threads() // world.local_size) if cfg["backend"] == "numpy" else 1
+    counts = (50_000, 10_000) if cfg["dataset"] == "cifar10" else folder_image_count(cfg["data_dir"])
+    refusal = check_fits(cfg, config, threads, *counts)
+    if refusal:
+        raise ConfigError(refusal)
+
+
+@contextlib.contextmanager
+def naming(what):
+    """Weights that do not fit the model (a shape, a missing or an extra array) as one line naming ``what``."""
+    try:
+        yield
+    except ValueError as e:
+        raise CheckpointError(f"{what}: {e}") from None
+
+
+def resume_into(resume, model, opt, ema):
+    """Load a resumed run's weights, optimiser state and moving average (a run that kept none, or --ema added
+    on resume, starts the average here); its RunState."""
+    ckpt = resume.checkpoint
+    with naming(f"checkpoint {resume.path}"):
+        model.load_state_dict(ckpt.params)
+        opt.load_state_dict(ckpt.optim)
+        state = RunState.from_meta(ckpt.meta)
+        if ema is not None:
+            ema.average[...] = model.flat.params
+            if ckpt.averaged:
+                ema.load(ckpt.averaged, state.ema_updates or 0)
+    if not resume.same_dir:             # best.npz stays with the run it came from
+        state.best_acc = -1.0
+    return state
+
+
 def build(cfg, config, resume, run, console, world):
     """The parts of a run, in reading order: data, model, optimiser, state (resumed or new), moving average,
     the batch stream and the evaluation set on the model's device, the model on its CPU threads."""
@@ -110,20 +151,14 @@ def build(cfg, config, resume, run, console, world):
     groups = (weight_decay_groups(model.parameters(), cfg["weight_decay"]) if cfg["decay"] == "matrices" else None)
     opt = AdamW(model, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"], param_groups=groups)
     state = RunState(processes=world.size)
+    ema = EMA(model, cfg["ema"]) if cfg["ema"] else None      # the moving average of the weights, if kept
     if resume is not None:
-        ckpt = resume.checkpoint
-        model.load_state_dict(ckpt.params)
-        opt.load_state_dict(ckpt.optim)
-        state = RunState.from_meta(ckpt.meta)
-        if not resume.same_dir:             # best.npz stays with the run it came from
-            state.best_acc = -1.0
+        state = resume_into(resume, model, opt, ema)
     elif cfg["init_from"]:
-        model.load_state_dict(init_weights(cfg["init_from"], config))
-    # The moving average of the weights, evaluated in place of them: it starts at the weights as they are now,
-    # or goes on from the checkpoint's (a run that kept none, or --ema added on resume, starts here).
-    ema = EMA(model, cfg["ema"]) if cfg["ema"] else None
-    if ema is not None and resume is not None and resume.checkpoint.averaged:
-        ema.load(resume.checkpoint.averaged, state.ema_updates or 0)
+        with naming(f"--init-from {cfg['init_from']}"):
+            model.load_state_dict(init_weights(cfg["init_from"], config))
+        if ema is not None:
+            ema.average[...] = model.flat.params      # it starts at the weights the run starts from
     state.ema_updates = None if ema is None else ema.updates
     # The data goes to the device once; batches are gathered, normalised and augmented there.
     norm = aug.normalizer(xp, mean, std, model.dtype)
@@ -188,7 +223,7 @@ class Trainer:
         self.net.train()
         self.stop.note = self.console.err
         # A diverging run overflows; the loop reports that itself (diverged), so NumPy's warnings would be noise.
-        with self.stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"), one_blas_thread(self.net):
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"), one_blas_thread(self.net):
             for epoch in range(state.epoch, cfg["epochs"]):
                 finished, totals, lr = self.train_epoch(epoch)
                 if finished:
@@ -198,8 +233,8 @@ class Trainer:
                         state.partial = totals
                         self.checkpoints.save("latest.npz")
                     where = f"at epoch {epoch + 1} step {state.step}" if not finished else f"after epoch {epoch + 1}"
-                    self.console.log(f"saved {self.run.file('latest.npz')} {where}; resume with --resume "
-                                     f"{self.run.path}")
+                    self.console.log(f"saved {self.run.file('latest.npz')} {where}; resume with "
+                                     f"{resume_command(self.run.path, self.world.size)}")
                     break
         return state.history
 
@@ -253,8 +288,10 @@ class Trainer:
                       lr)
 
     def end_of_epoch(self, epoch, totals, lr):
-        """Evaluate, record the epoch in metrics.jsonl, then save best.npz and latest.npz, in that order:
-        a crash between any two of these writes resumes from latest.npz and rewrites the rest identically."""
+        """Evaluate, save best.npz and latest.npz, then record the epoch in metrics.jsonl, in that order: a
+        crash between any two of these writes resumes from latest.npz and rewrites the rest identically, and
+        metrics.jsonl never lists an epoch that latest.npz does not hold (but with --save-every N > 1, whose
+        epochs between saves are done again on resume)."""
         cfg, state = self.cfg, self.state
         record = {"epoch": epoch + 1, "train_loss": totals.loss_sum / totals.seen,
                   "train_acc": totals.correct / totals.seen, "lr": lr, "seconds": totals.seconds,
@@ -262,9 +299,6 @@ class Trainer:
         if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]:
             record.update(self.score_epoch())
         state.history.append(strict_json(record))
-        if self.writer:
-            write_metrics(self.run.file("metrics.jsonl"), state.history)
-        self.console.log(epoch_line(record, cfg["epochs"]))
         state.epoch, state.step, state.partial = epoch + 1, 0, None
         acc = record.get("val_acc", record.get("test_acc", -1.0))
         if acc > state.best_acc:
@@ -272,6 +306,9 @@ class Trainer:
             self.checkpoints.save("best.npz")
         if (epoch + 1) % cfg["save_every"] == 0 or epoch + 1 == cfg["epochs"] or self.stop.requested:
             self.checkpoints.save("latest.npz")
+        if self.writer:                     # after the checkpoint that holds the epoch (with --save-every 1)
+            write_metrics(self.run.file("metrics.jsonl"), state.history)
+        self.console.log(epoch_line(record, cfg["epochs"]))
 
     def score_epoch(self):
         """The evaluation of an epoch: loss and accuracy on the held-out or test images (of the moving

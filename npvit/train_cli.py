@@ -10,11 +10,10 @@ import argparse
 import sys
 
 from .cli import SafeStream, error_line, run_main
-from .config import ViTConfig
 from .console import Console, StopRequest
 from .distributed import get_world
 from .errors import Diverged, StartFailed, UserError
-from .options import ALL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, build_config, default_text
+from .options import ALL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, add_model_args, build_config, default_text
 from .parallel import threads_arg
 from .runstate import read_resume, resume_source
 from .train import train
@@ -59,13 +58,7 @@ def make_parser(prog="scripts/train.py"):
             t.add_argument(_flag(key), type=float, metavar="X", **kw)
         else:
             t.add_argument(_flag(key), metavar="PATH", **kw)
-    m = p.add_argument_group("model (the article's config keys)")
-    for key, default in ViTConfig().to_dict().items():
-        kw = dict(dest=key, default=argparse.SUPPRESS, help=f"(default: {default})")
-        if isinstance(default, bool):
-            m.add_argument(_flag(key), action=argparse.BooleanOptionalAction, **kw)
-        else:
-            m.add_argument(_flag(key), type=type(default), **kw)
+    add_model_args(p, note=default_text)
     return p
 
 

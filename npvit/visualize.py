@@ -88,15 +88,30 @@ def cls_attention(atts):
     return _grid(a[:, :, :, 0, 1:].mean(axis=(1, 2)))
 
 
-def attention_rollout(atts):
-    """atts: L arrays (B, H, N, N) -> (B, G, G): rolled-out [CLS] attention to each patch."""
+def patch_attention(atts):
+    """atts: L arrays (B, H, N, N) -> (B, G, G): the attention each patch receives from the patch tokens (the
+    ones a mean-pooling classifier reads), mean over layers, heads and those queries."""
+    a = np.stack([to_numpy(x).astype(np.float64) for x in atts], axis=1)   # (B, L, H, N, N)
+    return _grid(a[:, :, :, 1:, 1:].mean(axis=(1, 2, 3)))
+
+
+def attention_rollout(atts, pooling="cls"):
+    """atts: L arrays (B, H, N, N) -> (B, G, G): rolled-out attention to each patch, of the [CLS] token
+    (pooling "cls") or averaged over the patch tokens (pooling "mean")."""
     rollout = None
     for att in atts:
         a = to_numpy(att).astype(np.float64).mean(axis=1)                 # (B, N, N)
         a = 0.5 * a + 0.5 * np.eye(a.shape[-1])                           # the residual path
         a /= a.sum(axis=-1, keepdims=True)
         rollout = a if rollout is None else a @ rollout
-    return _grid(rollout[:, 0, 1:])
+    return _grid(rollout[:, 0, 1:] if pooling == "cls" else rollout[:, 1:, 1:].mean(axis=1))
+
+
+def attention_maps(atts, pooling):
+    """The named maps of the attention figure for a model that classifies from ``pooling``."""
+    if pooling == "cls":
+        return {"CLS attention": cls_attention(atts), "rollout": attention_rollout(atts)}
+    return {"patch attention": patch_attention(atts), "rollout": attention_rollout(atts, "mean")}
 
 
 def upsample(maps, size):

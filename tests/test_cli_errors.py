@@ -287,3 +287,36 @@ def test_data_dir_may_name_the_batches_folder_itself(trained, data):
 def test_an_empty_batch_is_a_clear_error():
     with pytest.raises(ValueError, match="empty batch"):
         ViT()(np.zeros((0, 3, 32, 32), np.float32))
+
+
+def test_best_npz_before_the_first_evaluation_says_when_it_comes(trained, data, tmp_path):
+    run = tmp_path / "early"
+    run.mkdir()
+    (run / "latest.npz").write_bytes((trained / "latest.npz").read_bytes())
+    one_error_line(script("evaluate.py", run / "best.npz", "--data-dir", data), "no checkpoint at",
+                   "best.npz yet", "first evaluation", "latest.npz meanwhile")
+
+
+def test_a_pickle_in_an_npz_is_refused_without_numpys_advice(tmp_path):
+    path = tmp_path / "obj.npz"
+    np.savez(path, x=np.array([{"a": 1}], dtype=object))
+    p = script("evaluate.py", path)
+    one_error_line(p, "not a readable npvit checkpoint", "never loads")
+    assert "allow_pickle" not in p.stderr
+
+
+def test_the_attention_figure_says_what_the_model_reads(trained, data, tmp_path):
+    """A mean-pooling model (the default recipe's) gets patch attention, not [CLS] attention."""
+    from npvit.checkpoint import load_checkpoint
+    from npvit.visualize import attention_maps
+
+    model = load_checkpoint(trained / "best.npz")[0]
+    assert model.config.pooling == "mean"
+    _, atts = model(np.zeros((2, 3, 32, 32), np.float32), return_attention=True)
+    maps = attention_maps(atts, "mean")
+    assert list(maps) == ["patch attention", "rollout"] and maps["rollout"].shape == (2, 8, 8)
+    total = maps["rollout"].sum(axis=(1, 2))                 # the patches' share of the rolled-out attention
+    assert ((0.5 < total) & (total <= 1 + 1e-9)).all(), total
+    assert list(attention_maps(atts, "cls")) == ["CLS attention", "rollout"]
+    p = script("attention.py", trained / "best.npz", "--data-dir", data, "-n", "2", "-o", tmp_path / "a.png")
+    assert p.returncode == 0, p.stderr

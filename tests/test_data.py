@@ -207,3 +207,125 @@ def test_image_folders_with_an_empty_or_unknown_class_are_errors(tmp_path):
     _folders(tmp_path / "b", {"train": {"cat": 2}, "test": {"cat": 1, "cow": 1}})
     with pytest.raises(DataError, match=r"test has class folders that .*train lacks: \['cow'\]"):
         load_image_folder(tmp_path / "b", image_size=8)
+
+
+# -- data you can trust -------------------------------------------------------------------------------------
+def test_batches_npvit_extracted_are_checked_against_their_recorded_checksums(server, tmp_path):
+    archive = fake_cifar_archive(server.folder / "cifar-10-python.tar.gz")
+    root = tmp_path / "data"
+    load_cifar10(root, download=True, url=f"{server.url}/cifar-10-python.tar.gz", md5=md5(archive))
+    folder = root / "cifar-10-batches-py"
+    assert (folder / "npvit-sha256.json").is_file()
+    batch = folder / "data_batch_3"
+    blob = bytearray(batch.read_bytes())
+    blob[-2000:-1000] = np.random.default_rng(0).integers(0, 256, 1000, dtype=np.uint8).tobytes()  # pixels, not the pickle
+    batch.write_bytes(bytes(blob))
+    with pytest.raises(DataError, match=r"data_batch_3 has changed since npvit extracted it"):
+        load_cifar10(root)
+    test_only = load_cifar10(root, splits=("test",))          # what evaluation reads is intact
+    assert len(test_only.y_test) == 20 and len(test_only.y_train) == 0
+    (folder / "npvit-sha256.json").write_text("{broken")
+    with pytest.raises(DataError, match="npvit-sha256.json, the checksums recorded .* is damaged"):
+        load_cifar10(root, splits=("test",))
+
+
+def test_evaluate_reads_only_the_test_batch(tmp_path):
+    """A damaged training batch does not stop evaluate.py, which never reads it."""
+    import subprocess
+    import sys
+
+    from tests.cifar_fixtures import REPO
+    data = write_fake_cifar(tmp_path / "data", n_per_batch=64)
+    small = ["--hidden-size", "24", "--num-attention-heads", "3", "--intermediate-size", "48", "--num-hidden-layers",
+             "2", "--no-progress", "--threads", "1", "--batch-size", "64", "--epochs", "1"]
+    subprocess.run([sys.executable, os.path.join(REPO, "scripts", "train.py"), "--data-dir", str(data), "--out-dir",
+                    str(tmp_path / "run"), *small], check=True, capture_output=True)
+    (data / "cifar-10-batches-py" / "data_batch_2").write_bytes(b"garbage")
+    p = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), str(tmp_path / "run" / "best.npz"),
+                        "--data-dir", str(data)], capture_output=True, text=True)
+    assert p.returncode == 0 and "test accuracy" in p.stdout, p.stderr
+
+
+# -- every image read as the picture it is ---------------------------------------------------------------------
+@pytest.fixture
+def grey(tmp_path):
+    """An 8-bit grey picture saved as PNG, and its twins: 16-bit (I;16) PNG, float (F) TIFF in [0, 1], float in
+    [0, 255]; all must read as the 8-bit one does."""
+    from PIL import Image
+
+    g8 = np.random.default_rng(0).integers(0, 256, (40, 40)).astype(np.uint8)
+    paths = {"8-bit": tmp_path / "g8.png", "16-bit": tmp_path / "g16.png", "float": tmp_path / "gf.tif",
+             "float255": tmp_path / "gf255.tif"}
+    Image.fromarray(g8).save(paths["8-bit"])
+    Image.fromarray(g8.astype(np.uint16) * 257).save(paths["16-bit"])
+    Image.fromarray(g8.astype(np.float32) / 255).save(paths["float"])
+    Image.fromarray(g8.astype(np.float32)).save(paths["float255"])
+    assert Image.open(paths["16-bit"]).mode == "I;16" and Image.open(paths["float"]).mode == "F"
+    return paths
+
+
+@pytest.mark.parametrize("twin", ["16-bit", "float", "float255"])
+@pytest.mark.parametrize("channels", [3, 1])
+def test_16_bit_and_float_images_read_as_their_8_bit_twin(grey, twin, channels):
+    from PIL import Image
+
+    expected = load_image(grey["8-bit"], 32, channels)
+    np.testing.assert_array_equal(load_image(grey[twin], 32, channels), expected)
+    assert abs(float(expected.mean()) - 127) < 10                         # not almost white, as Pillow alone reads it
+    assert np.asarray(Image.open(grey["16-bit"]).convert("L")).mean() > 250   # (what Pillow's own convert gives)
+
+
+def test_palette_cmyk_and_transparent_images_read_as_rgb(tmp_path):
+    from PIL import Image
+
+    rgb = np.random.default_rng(1).integers(0, 256, (40, 40, 3)).astype(np.uint8)
+    p = Image.fromarray(rgb).quantize(64)
+    p.save(tmp_path / "p.png")
+    p.convert("RGB").save(tmp_path / "twin.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "p.png", 32), load_image(tmp_path / "twin.png", 32))
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.jpg", quality=100)
+    assert load_image(tmp_path / "c.jpg", 32).shape == (1, 3, 32, 32)
+    t = Image.fromarray(rgb).quantize(64)
+    t.info["transparency"] = 0
+    t.save(tmp_path / "t.png", transparency=0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                      # Pillow's remarks never surface
+        assert load_image(tmp_path / "t.png", 32).shape == (1, 3, 32, 32)
+
+
+def test_animated_huge_and_unplaceable_images_are_refused_in_one_line(tmp_path, monkeypatch):
+    from PIL import Image
+
+    frames = [Image.fromarray(np.full((20, 20), v, np.uint8)) for v in (0, 128, 255)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(DataError, match=r"a.gif is animated \(3 frames\): npvit reads still images"):
+        load_image(tmp_path / "a.gif", 32)
+    frames[0].save(tmp_path / "still.gif")
+    assert load_image(tmp_path / "still.gif", 32).shape == (1, 3, 32, 32)
+    Image.fromarray(np.zeros((60, 60), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)                  # 3600 pixels: a "bomb" past the limit
+    with pytest.raises(DataError, match="big.png is too large to read safely"):
+        load_image(tmp_path / "big.png", 32)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)                  # and far past it (Pillow's error)
+    with pytest.raises(DataError, match="big.png is too large to read safely"):
+        load_image(tmp_path / "big.png", 32)
+    monkeypatch.undo()
+    Image.fromarray(np.full((8, 8), 3.5, np.float32)).save(tmp_path / "f.tif")
+    Image.fromarray(np.full((8, 8), 300.0, np.float32)).save(tmp_path / "f300.tif")
+    assert load_image(tmp_path / "f.tif", 8).max() == 4                   # in [0, 255]: as it is (rounded)
+    with pytest.raises(DataError, match=r"float image with values from 300 to 300"):
+        load_image(tmp_path / "f300.tif", 8)
+
+
+def test_an_image_folder_with_16_bit_images_trains_on_the_right_pixels(tmp_path, grey):
+    import shutil
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            d = tmp_path / "ds" / split / cls
+            d.mkdir(parents=True)
+            shutil.copy(grey["16-bit"], d / "x.png")
+    ds = load_image_folder(tmp_path / "ds", 32)
+    np.testing.assert_array_equal(ds.x_train[0], load_image(grey["8-bit"], 32)[0])
+    only_test = load_image_folder(tmp_path / "ds", 32, splits=("test",))
+    assert len(only_test.x_train) == 0 and len(only_test.x_test) == 2

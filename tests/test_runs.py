@@ -213,3 +213,118 @@ def test_metrics_are_strict_json(tmp_path):
 
     rows = [json.loads(line, parse_constant=refuse) for line in open(path)]
     assert rows == [{"epoch": 1, "train_loss": None, "test_loss": None, "train_acc": 0.1}]
+
+
+# -- the machine says no: a full disk, a quota, a read-only file system, a vanished folder --------------------
+def one_line(p, *needles):
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 2, f"exit {p.returncode}\n{p.stdout}\n{p.stderr}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def latest_epoch(out):
+    from npvit.checkpoint import read_checkpoint
+    return read_checkpoint(os.path.join(out, "latest.npz")).meta["train"]["epoch"]
+
+
+# Writes of a 3-epoch run (save every epoch): 1 latest (initial), 2 config.json, then per epoch best, latest,
+# metrics.jsonl. The 7th is epoch 2's latest.npz.
+@pytest.mark.parametrize("code,cause", [("ENOSPC", "is full"), ("EDQUOT", "quota"), ("EROFS", "read-only file system"),
+                                        ("EIO", "input/output error")])
+def test_a_refused_checkpoint_write_is_one_line_and_loses_nothing(data, reference_3, tmp_path, code, cause):
+    out = str(tmp_path / "run")
+    fresh = ["--data-dir", data, "--out-dir", out, "--epochs", "3"] + SMALL
+    p = run(["--", *fresh], cmd=DRIVER + [f"oserror:7:{code}"], check=False)
+    line = one_line(p, f"cannot write {os.path.join(out, 'latest.npz')}", cause, "the previous latest.npz is intact",
+                    f"--resume {out}")
+    if code in ("ENOSPC", "EDQUOT"):
+        assert "free" in line and "needs about" in line, line
+    assert sorted(os.listdir(out)) == ["best.npz", "config.json", "latest.npz", "metrics.jsonl"], os.listdir(out)
+    assert latest_epoch(out) == 1                        # the last good state
+    assert [r["epoch"] for r in read_metrics(os.path.join(out, "metrics.jsonl"))] == [1], \
+        "metrics.jsonl lists an epoch that latest.npz does not hold"
+    run(["--resume", out])                               # the cause fixed: it continues exactly
+    same_metrics(read_metrics(os.path.join(reference_3, "metrics.jsonl")), read_metrics(os.path.join(out,
+                                                                                                    "metrics.jsonl")))
+    ref, got = weights(os.path.join(reference_3, "latest.npz")), weights(os.path.join(out, "latest.npz"))
+    assert all(np.array_equal(ref[k], got[k]) for k in ref)
+
+
+@pytest.fixture(scope="module")
+def reference_3(data, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("reference3") / "run")
+    run(["--data-dir", data, "--out-dir", out, "--epochs", "3"] + SMALL)
+    return out
+
+
+def test_a_run_directory_that_vanishes_is_one_line(data, tmp_path):
+    out = str(tmp_path / "gone")
+    p = run(["--", "--data-dir", data, "--out-dir", out, "--epochs", "2"] + SMALL, cmd=DRIVER + ["rmtree:3"],
+            check=False)
+    one_line(p, "cannot write", "does not exist (any more)")
+
+
+def test_a_full_disk_for_real(data, tmp_path):
+    """A 1 MiB tmpfs (where this machine lets the test mount one): the first checkpoint does not fit."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (not root, or no mount in this container)")
+    try:
+        p = run(["--data-dir", data, "--out-dir", str(mnt / "run"), "--epochs", "1", "--hidden-size", "96",
+                 "--num-attention-heads", "3", "--intermediate-size", "384", "--num-hidden-layers", "2",
+                 "--no-progress", "--threads", "1", "--batch-size", "64"], check=False)
+        one_line(p, "cannot write", "latest.npz", "is full", "needs about", "free")
+        assert sorted(os.listdir(mnt / "run")) == [], "a temporary file or a half checkpoint was left"
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
+def test_unwritable_output_directories_say_why(data, tmp_path):
+    dangling = tmp_path / "link"
+    dangling.symlink_to(tmp_path / "nowhere")
+    one_line(run(["--data-dir", data, "--out-dir", str(dangling), "--epochs", "1"] + SMALL, check=False),
+             "is a symbolic link to", "which does not exist")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    one_line(run(["--data-dir", data, "--out-dir", str(a_file), "--epochs", "1"] + SMALL, check=False),
+             "is a file, not a folder")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True).returncode:
+        return
+    try:
+        one_line(run(["--data-dir", data, "--out-dir", str(ro / "run"), "--epochs", "1"] + SMALL, check=False),
+                 "read-only file system")
+    finally:
+        subprocess.run(["umount", str(ro)])
+
+
+def test_ctrl_c_during_the_first_checkpoint_saves_and_stops(data, tmp_path):
+    out = str(tmp_path / "run")
+    p = run(["--", "--data-dir", data, "--out-dir", out, "--epochs", "2"] + SMALL, cmd=DRIVER + ["sigint-write:1"],
+            check=False)
+    assert p.returncode == 0 and "resume with --resume" in p.stdout, p.stdout + p.stderr
+    run(["--resume", out])
+    assert [r["epoch"] for r in read_metrics(os.path.join(out, "metrics.jsonl"))] == [1, 2]
+
+
+# -- an interrupted --overwrite ---------------------------------------------------------------------------------
+def test_an_interrupted_overwrite_is_recognised_and_says_how_to_go_on(data, tmp_path):
+    out = str(tmp_path / "run")
+    run(["--data-dir", data, "--out-dir", out, "--epochs", "1"] + SMALL)
+    p = run(["--", "--data-dir", data, "--out-dir", out, "--epochs", "1", "--overwrite"] + SMALL,
+            cmd=DRIVER + ["kill-clear"], check=False)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    assert ".replacing" in os.listdir(out) and "best.npz" in os.listdir(out) and "latest.npz" not in os.listdir(out)
+    one_line(run(["--data-dir", data, "--out-dir", out, "--epochs", "1"] + SMALL, check=False),
+             "what is left of a run that --overwrite was deleting", "run again with --overwrite")
+    one_line(run(["--resume", out], check=False), "was being replaced by --overwrite", "again with --overwrite")
+    evaluate = [sys.executable, os.path.join(REPO, "scripts", "evaluate.py")]
+    one_line(run([os.path.join(out, "best.npz"), "--data-dir", data], cmd=evaluate, check=False),
+             "what is left of a run that an interrupted --overwrite was deleting")
+    run(["--data-dir", data, "--out-dir", out, "--epochs", "1", "--overwrite"] + SMALL)
+    assert sorted(os.listdir(out)) == ["best.npz", "config.json", "latest.npz", "metrics.jsonl"]

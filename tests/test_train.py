@@ -204,3 +204,19 @@ def test_val_split_evaluates_on_held_out_training_images(fake_data, tmp_path):
     assert json.load(open(os.path.join(out, "config.json")))["init"] == "torch"
     p = run(["--data-dir", fake_data, "--out-dir", str(tmp_path / "o"), "--val-split", "320"] + SMALL, check=False)
     assert p.returncode == 2 and "val_split 320 leaves no training images" in p.stderr
+
+
+def test_help_shows_the_defaults_of_the_recipe_that_runs():
+    """The model flags have help texts and choices, and their defaults are the default recipe's (full: mean
+    pooling, a final LayerNorm), not the library's."""
+    out = " ".join(run(["--help"]).stdout.split())
+    assert "--pooling {cls,mean}" in out and "--gelu-approximate {tanh,none}" in out
+    assert "(default: mean in recipe full; cls in article; cls in strong)" in out
+    assert "(default: True in recipe full; False in article; False in strong)" in out
+    assert "the mean of the patch tokens" in out and "--patch-dropout X" in out
+
+
+def test_the_resume_hint_of_a_multi_process_run_names_the_launcher():
+    from npvit.runstate import resume_command
+    assert resume_command("runs/vit") == "--resume runs/vit"
+    assert resume_command("runs/vit", 4).startswith("mpiexec -n 4 ... --resume runs/vit")

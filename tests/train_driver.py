@@ -7,8 +7,13 @@ FAULT is one of
   write:N           SIGKILL in the middle of the N-th file write: half its bytes are written, nothing replaced
   replace:N         SIGKILL right after the N-th file write became visible, before anything else happens
   raise:N:R         raise an error in MPI rank R after global step N (a bug in one process)
-The faults come from outside the loop: a callback, and a wrapper of npvit.runfiles._replace.
+  oserror:N:ERRNO   the N-th file write fails as the system would (ENOSPC: disk full, EROFS, EDQUOT, EIO, ...)
+  sigint-write:N    Ctrl-C (SIGINT) arrives in the middle of the N-th file write
+  kill-clear        SIGKILL while --overwrite deletes the old run, after its first file is gone
+  rmtree:N          the run directory is deleted (by someone else) after global step N
+The faults come from outside the loop: a callback, and wrappers of npvit.runfiles' functions.
 """
+import errno
 import os
 import signal
 import sys
@@ -51,6 +56,46 @@ def main():
                 os.kill(os.getpid(), signal.SIGKILL)
 
         runfiles._replace = replace
+    elif kind == "oserror":
+        target, code, count, real_fsync = int(spec[0]), getattr(errno, spec[1]), [0], runfiles.os.fsync
+
+        def fsync(fd):                      # atomic_write flushes every file it writes: fail the N-th
+            import stat
+            if stat.S_ISREG(os.fstat(fd).st_mode):          # (not the directory's own fsync after a rename)
+                count[0] += 1
+                if count[0] == target:
+                    raise OSError(code, os.strerror(code))
+            real_fsync(fd)
+
+        runfiles.os.fsync = fsync
+    elif kind == "sigint-write":
+        target, count, real = int(spec[0]), [0], runfiles._replace
+
+        def replace(tmp, path):
+            count[0] += 1
+            if count[0] == target:
+                os.kill(os.getpid(), signal.SIGINT)
+            real(tmp, path)
+
+        runfiles._replace = replace
+    elif kind == "rmtree":
+        import shutil
+        at = int(spec[0])
+
+        def vanish(trainer, epoch, steps_done):
+            if epoch * trainer.steps + steps_done == at:
+                shutil.rmtree(trainer.run.path)
+
+        callbacks.append(vanish)
+    elif kind == "kill-clear":
+        real_remove = runfiles.os.remove
+
+        def remove(path):
+            real_remove(path)
+            if os.path.basename(path) in runfiles.RUN_FILES:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+        runfiles.os.remove = remove
     else:
         assert kind == "none", fault
     sys.exit(train_cli.main(args, callbacks=callbacks))

@@ -1,0 +1,129 @@
+"""What a training run will need in memory, and what the machine has: the guard that refuses a run that cannot
+fit before anything is allocated.
+
+The estimate counts, in bytes: the parameters and their gradients (one gradient buffer per CPU shard
+besides the model's), AdamW's two moments and its per-group vectors, the moving average, the
+activations every layer keeps for its backward for one batch (all shards together) plus the
+backward's temporaries, one evaluation batch, the augmented batch, and the dataset itself (uint8 on
+the host; on a GPU a copy on the device too). Counted from the config alone, by arithmetic: a
+config of a billion parameters is refused in microseconds. tests/test_resources.py holds the
+estimate against the measured peak memory of real runs.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+# What the interpreter, NumPy, Numba and npvit's modules take before a run allocates anything; added to
+# every CPU estimate.
+BASELINE_BYTES = 100 * 2 ** 20
+
+
+def num_parameters(c) -> int:
+    """The parameter count of the ViT that ViTConfig ``c`` describes (as ViT(c).num_parameters())."""
+    D, I, L, K, C, P = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_classes, c.num_channels, c.patch_size
+    N = c.num_tokens
+    block = (3 * D * D + (3 * D if c.qkv_bias else 0)) + (D * D + D) + 2 * (2 * D) + (I * D + I) + (D * I + D)
+    return (D * C * P * P + D) + D + N * D + L * block + (2 * D if c.final_layernorm else 0) + (K * D + K)
+
+
+def activation_bytes_per_image(c, itemsize, training=True):
+    """What one image's forward keeps for its backward, plus the backward's temporaries (training), or what
+    one image's forward holds (evaluation)."""
+    D, I, H, L = c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_hidden_layers
+    N = c.num_tokens
+    if training and c.patch_dropout > 0:
+        N = 1 + max(1, round((1.0 - c.patch_dropout) * (N - 1)))
+    dropout = c.attention_probs_dropout_prob > 0
+    att = H * N * N * (3 if dropout else 1)                  # probabilities (and mask, dropped copy)
+    block = 16 * N * D + 3 * N * I + att                     # layer norms, qkv (two layouts), context, residuals, MLP
+    embed = 3 * c.num_channels * c.image_size ** 2 + 3 * N * D
+    per_image = L * block + embed
+    if training:
+        per_image += 6 * N * D + 2 * N * I + 2 * H * N * N      # the backward's temporaries at its peak
+    return per_image * itemsize
+
+
+def estimate(cfg, config, threads=1, train_images=50_000, test_images=10_000) -> dict:
+    """The bytes a run of ``cfg`` (its training options) on model ``config`` will need, by part. The dataset is
+    counted whole: --train-limit and --test-limit take their images from it once it is read."""
+    itemsize = np.dtype(cfg["dtype"]).itemsize
+    P = num_parameters(config)
+    shards = threads if cfg["backend"] == "numpy" else 1
+    image = config.num_channels * config.image_size ** 2
+    parts = {
+        "parameters and gradients": P * itemsize * (2 + (shards if shards > 1 else 0)),
+        "optimiser state": P * itemsize * (2 + (1 if cfg["decay"] == "matrices" else 0)),
+        "moving average": P * itemsize if cfg["ema"] else 0,
+        # a training step's (its augmented batch too) or an evaluation batch's, whichever is larger: both run
+        # through the same layers (and shards), whose caches the next forward replaces
+        "activations": max(min(cfg["micro_batch"] or cfg["batch_size"], cfg["batch_size"])
+                           * activation_bytes_per_image(config, itemsize)
+                           + cfg["batch_size"] * image * itemsize * (8 if cfg["trivial_augment"] else 4),
+                           cfg["eval_batch_size"] * activation_bytes_per_image(config, itemsize, training=False)
+                           * (2 if cfg["tta_flip"] else 1)),
+        "dataset": (train_images + test_images) * image * (2 if cfg["backend"] == "cupy" else 1),
+    }
+    return parts
+
+
+def available_bytes(backend="numpy"):
+    """The memory a new allocation can count on: on the CPU the smaller of the kernel's MemAvailable and what
+    this process's cgroup still allows; on a GPU the device's free memory. None where it cannot be read."""
+    if backend == "cupy":
+        try:
+            import cupy
+            return int(cupy.cuda.runtime.memGetInfo()[0])
+        except Exception:
+            return None
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit) as f, open(usage) as g:
+                text = f.read().strip()
+                if text != "max" and int(text) < 2 ** 60:
+                    found.append(int(text) - int(g.read().strip()))
+        except (OSError, ValueError):
+            continue
+    return min(found) if found else None
+
+
+def gib(n):
+    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 28 else f"{n / 2 ** 20:.0f} MiB"
+
+
+def check_fits(cfg, config, threads, train_images=50_000, test_images=10_000, available=None):
+    """None if the run fits (or nothing can be said), else the one line that says it does not: the estimate,
+    its largest parts, and what is available."""
+    parts = estimate(cfg, config, threads, train_images, test_images)
+    need = sum(parts.values()) + (BASELINE_BYTES if cfg["backend"] == "numpy" else 0)
+    have = available_bytes(cfg["backend"]) if available is None else available
+    if have is None or need <= have:
+        return None
+    where = "the GPU" if cfg["backend"] == "cupy" else "this machine"
+    largest = ", ".join(f"{name} {gib(n)}" for name, n in sorted(parts.items(), key=lambda kv: -kv[1])[:3] if n)
+    return (f"this run would need about {gib(need)} of memory ({largest}; {num_parameters(config):,} parameters), "
+            f"more than the {gib(have)} available on {where}: make the model or --batch-size smaller (or use "
+            f"--micro-batch), or pass --no-memory-check to try anyway")
+
+
+def folder_image_count(root):
+    """How many images an image-folder dataset holds (file names only: nothing is read)."""
+    from .data import IMAGE_EXTENSIONS
+
+    counts = []
+    for split in ("train", "test"):
+        total = 0
+        for dirpath, _, files in os.walk(os.path.join(root, split)):
+            total += sum(f.lower().endswith(IMAGE_EXTENSIONS) for f in files)
+        counts.append(total)
+    return counts
