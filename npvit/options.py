@@ -101,29 +101,30 @@ OPTIONS = {
                      ("article", "strong", "sprint", "full")),
 }
 
-# The model's keys (the article's config, ViTConfig): what each means and, where it is a choice, its choices.
-MODEL_OPTIONS = {
-    "patch_size": ("P, the side of the square patches each image is cut into", ()),
-    "hidden_size": ("D, the width of every token", ()),
-    "num_hidden_layers": ("L, the number of transformer blocks", ()),
-    "num_attention_heads": ("H, the attention heads of a block (hidden_size must divide by it)", ()),
-    "intermediate_size": ("I, the hidden width of each block's MLP", ()),
-    "hidden_dropout_prob": ("dropout after the embeddings, each attention output and each MLP, in [0, 1)", ()),
-    "attention_probs_dropout_prob": ("dropout on the attention probabilities, in [0, 1)", ()),
-    "initializer_range": ("std of the article's N(0, std) initialisation of the weight matrices", ()),
-    "image_size": ("the side of the square input images, in pixels", ()),
-    "num_classes": ("K, the number of classes", ()),
-    "num_channels": ("C, the channels of the input images (3: RGB, 1: grey)", ()),
-    "qkv_bias": ("biases in the query, key and value projections", ()),
-    "use_faster_attention": ("the article's flag; npvit always computes the fused form, the same function", ()),
-    "gelu_approximate": ("GELU: tanh (the article's) or none (exact, erf)", ("tanh", "none")),
-    "final_layernorm": ("a LayerNorm on the encoder's output before the classifier", ()),
-    "pooling": ("what the classifier reads: cls (the [CLS] token, the article's) or mean (the mean of the patch "
-                "tokens)", ("cls", "mean")),
-    "drop_path_rate": ("stochastic depth: the last block's chance, per image, of skipping a branch (rising from 0 "
-                       "in the first block), in [0, 1)", ()),
-    "patch_dropout": ("in training, the share of each image's patch tokens left out at random, in [0, 1)", ()),
-}
+# The model's keys (the article's config, ViTConfig): what each means (and the choices of the two that are).
+MODEL_HELP = dict(
+    patch_size="P, the side of the square patches each image is cut into",
+    hidden_size="D, the width of every token",
+    num_hidden_layers="L, the number of transformer blocks",
+    num_attention_heads="H, the attention heads of a block (hidden_size must divide by it)",
+    intermediate_size="I, the hidden width of each block's MLP",
+    hidden_dropout_prob="dropout after the embeddings, each attention output and each MLP, in [0, 1)",
+    attention_probs_dropout_prob="dropout on the attention probabilities, in [0, 1)",
+    initializer_range="std of the article's N(0, std) initialisation of the weight matrices",
+    image_size="the side of the square input images, in pixels",
+    num_classes="K, the number of classes",
+    num_channels="C, the channels of the input images (3: RGB, 1: grey)",
+    qkv_bias="biases in the query, key and value projections",
+    use_faster_attention="the article's flag; npvit always computes the fused form, the same function",
+    gelu_approximate="GELU: tanh (the article's) or none (exact, erf)",
+    final_layernorm="a LayerNorm on the encoder's output before the classifier",
+    pooling="what the classifier reads: cls (the [CLS] token, the article's) or mean (the mean of the patch tokens)",
+    drop_path_rate="stochastic depth: the last block's chance, per image, of skipping a branch (rising from 0 in "
+                   "the first block), in [0, 1)",
+    patch_dropout="in training, the share of each image's patch tokens left out at random, in [0, 1)",
+)
+MODEL_CHOICES = {"gelu_approximate": ("tanh", "none"), "pooling": ("cls", "mean")}
+MODEL_OPTIONS = {key: (text, MODEL_CHOICES.get(key, ())) for key, text in MODEL_HELP.items()}
 assert list(MODEL_OPTIONS) == ViTConfig.keys()
 
 
