@@ -194,14 +194,19 @@ def layernorm_backward(dy, cache, w):
 # In place on purpose: LLVM vectorises a loop only after checking at run time that its input and output
 # do not overlap, and an output that IS its input fails that check (the loop then runs scalar, several times slower).
 #
-# att = exp(scale (s - max)) / sum(exp(scale (s - max))): softmax(scale * s), for scale > 0
+# att = exp(scale (s - max)) / sum(exp(scale (s - max))): softmax(scale * s), for scale > 0. Every row's max
+# first, in a loop of its own: with the max inside the row loop LLVM left the exp loop unvectorised.
 @njit(**JIT)
 def _softmax_forward_inplace(s, scale, zero, one):
     R, n = s.shape
+    tops = np.empty(R, s.dtype)
     for r in range(R):
         top = s[r, 0]
         for j in range(1, n):
             top = max(top, s[r, j])
+        tops[r] = top
+    for r in range(R):
+        top = tops[r]
         total = zero
         for j in range(n):
             e = _exp(scale * (s[r, j] - top))
