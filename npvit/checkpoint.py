@@ -156,8 +156,13 @@ def export_safetensors(src, dst, dtype=None, config=None):
     st = _safetensors_numpy()
     if dtype is not None:
         params = {k: v.astype(dtype) for k, v in params.items()}
-    metadata = {"format": "pt", "npvit_config": json.dumps(config.to_dict()),
-                "npvit_meta": json.dumps({k: meta[k] for k in ("classes", "mean", "std") if k in meta})}
+    card = {k: meta[k] for k in ("classes", "mean", "std") if k in meta}
+    trained = meta.get("train_config") or {}
+    card.update({k: trained[k] for k in ("recipe", "seed") if k in trained})
+    evaluated = [r for r in meta.get("history", []) if "test_acc" in r]
+    if evaluated:                      # what its run measured on the test set, at the epoch these weights are from
+        card.update(test_acc=evaluated[-1]["test_acc"], epoch=evaluated[-1]["epoch"])
+    metadata = {"format": "pt", "npvit_config": json.dumps(config.to_dict()), "npvit_meta": json.dumps(card)}
     # safetensors wants contiguous arrays; its save writes bytes we then place atomically.
     tensors = {k: np.ascontiguousarray(v) for k, v in params.items()}
     atomic_write(dst, lambda f: f.write(st.save(tensors, metadata=metadata)))

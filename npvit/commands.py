@@ -16,7 +16,7 @@ from .checkpoint import export_safetensors
 from .cli import positive_int
 from .data import load_dataset, load_image
 from .errors import UserError
-from .inference import assumed_note, check_labels, confusion_matrix, load_trained, predict_proba, topk
+from .inference import PRETRAINED, assumed_note, check_labels, confusion_matrix, load_trained, predict_proba, topk
 from .options import add_model_args, model_config_from
 from .parallel import one_blas_thread, threads_arg, threads_warning
 from .runfiles import atomic_write_text, check_writable, read_metrics
@@ -32,7 +32,16 @@ def add_foreign_args(p):
 
 def trained(args, **kw):
     """The model and metadata ``args.checkpoint`` holds (load_trained), with the config the flags give for a
-    file that carries none; a note on stderr says what was assumed about such a file."""
+    file that carries none; a note on stderr says what was assumed about such a file. No checkpoint: the
+    weights that ship with npvit, and a note that says so."""
+    if args.checkpoint is None:
+        args.checkpoint = PRETRAINED
+        model, meta = load_trained(PRETRAINED, **kw)
+        card = ", ".join(f"{k} {meta[k]}" for k in ("recipe", "seed") if k in meta)
+        acc = f", {100 * meta['test_acc']:.2f}% on CIFAR-10's test set" if "test_acc" in meta else ""
+        print(f"no checkpoint given: using the weights that ship with npvit ({card}{acc}): {PRETRAINED}",
+              file=sys.stderr)
+        return model, meta
     model, meta = load_trained(args.checkpoint, config=model_config_from(vars(args), args.config), **kw)
     if assumed_note(args.checkpoint, meta):
         print(assumed_note(args.checkpoint, meta), file=sys.stderr)
@@ -90,11 +99,15 @@ def evaluate_main(argv=None, prog=None):
 def predict_main(argv=None, prog=None):
     """Classify one image file with a trained checkpoint: the top-5 classes and their probabilities."""
     p = argparse.ArgumentParser(prog=prog, description=predict_main.__doc__)
-    p.add_argument("checkpoint", help="a .npz written by scripts/train.py, or a .safetensors exported from one")
-    p.add_argument("image", help="an image file (png, jpg, ...); resized to the model's image size")
+    p.add_argument("paths", nargs="+", metavar="[CHECKPOINT] IMAGE",
+                   help="a .npz written by scripts/train.py or a .safetensors (without it: the weights that ship "
+                        "with npvit), then an image file (png, jpg, ...), resized to the model's image size")
     p.add_argument("-k", type=positive_int, default=5, help="how many classes to show (all, if fewer)")
     add_foreign_args(p)
     args = p.parse_args(argv)
+    if len(args.paths) > 2:
+        p.error(f"expected [CHECKPOINT] IMAGE, got {len(args.paths)} paths")
+    args.checkpoint, args.image = (None, *args.paths) if len(args.paths) == 1 else args.paths
     model, meta = trained(args)
     x = load_image(args.image, model.config.image_size, model.config.num_channels)
     probs = predict_proba(model, x, meta["mean"], meta["std"])[0]
@@ -110,7 +123,8 @@ classifies from [CLS] (the article's), that token's attention to each patch aver
 (the article's figure) and its attention rollout; for one that classifies from the mean of the patch tokens,
 the attention each patch receives from them, and their rollout."""
     p = argparse.ArgumentParser(prog=prog, description=attention_main.__doc__)
-    p.add_argument("checkpoint", help="a .npz written by scripts/train.py, or a .safetensors exported from one")
+    p.add_argument("checkpoint", nargs="?", help="a .npz written by scripts/train.py, or a .safetensors (default: "
+                   "the weights that ship with npvit)")
     p.add_argument("--data-dir", default="./data", help="folder holding cifar-10-batches-py/ (or the image folder)")
     p.add_argument("--dataset", choices=["cifar10", "folder"], default="cifar10")
     p.add_argument("-n", type=positive_int, default=10, help="how many test images")

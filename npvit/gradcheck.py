@@ -10,8 +10,19 @@ random unit directions u and compare the directional derivative two ways:
                 (the fourth-order central difference, float64)
     rel error = |analytic - numeric| / max(|analytic|, |numeric|, atol)
 
-and report the worst relative error per parameter. Run ``python -m npvit.gradcheck``
-to see every layer of a small ViT verified in one table.
+and report the worst relative error per parameter. Run ``npvit gradcheck`` to see every
+layer of a small ViT verified in one table.
+
+To check a pair of one's own (a backward you wrote, a new layer), the public API:
+
+    check_pair(forward, backward, {"x": x, "w": w})   forward(**inputs) -> (y, cache),
+                                                       backward(dy, cache) -> one gradient per input
+    check_layer_gradients(layer, x)                   any Layer (forward/backward, parameters, gradients)
+
+Each returns a report (``print(report)`` shows the table, ``report.passed()``, ``report.hint()``
+names the wrong array); the common mistakes (float32 inputs, a backward returning the wrong
+number or shape of gradients, a forward that is not deterministic or changes its input) are a
+GradcheckError with one line that says what is wrong.
 """
 from __future__ import annotations
 
@@ -21,6 +32,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .backend import get_array_module
+
+
+class GradcheckError(ValueError):
+    """A pair that cannot be checked as given; the message says what is wrong and how to fix it."""
 
 
 @dataclass
@@ -50,10 +65,32 @@ class GradcheckReport:
         if not self.passed(tol):
             raise AssertionError(f"gradient check failed (tolerance {tol:g}):\n{self}")
 
+    def failing(self, tol=1e-6):
+        return [r for r in self.rows if not r.rel_error < tol]
+
+    def hint(self, tol=1e-6):
+        """One line: which gradients are wrong, and by how much, or that all pass."""
+        bad = self.failing(tol)
+        if not bad:
+            what = "the gradient matches" if len(self.rows) == 1 else f"all {len(self.rows)} gradients match"
+            return f"{what} finite differences (worst relative error {self.worst:.1e})"
+        worst = max(bad, key=lambda r: r.rel_error)
+        ok = [r.name for r in self.rows if r not in bad]
+        return (f"the gradient of {', '.join(r.name for r in bad)} {'is' if len(bad) == 1 else 'are'} wrong: along a "
+                f"random direction, d{worst.name} gives {worst.analytic:.6g} where finite differences give "
+                f"{worst.numeric:.6g} (relative error {worst.rel_error:.2g})"
+                + (f"; {', '.join(ok)} pass" if ok else ""))
+
+    def summary(self, tol=1e-6):
+        return f"{'PASS' if self.passed(tol) else 'FAIL'}  {self.title}: {self.hint(tol)}"
+
     def __str__(self):
-        lines = [f"{self.title}", f"  {'array':<52} {'shape':<16} {'rel error':>10} {'analytic':>13} {'numeric':>13}"]
+        w = max([len("array")] + [len(r.name) for r in self.rows])
+        s = max([len("shape")] + [len(str(r.shape)) for r in self.rows])
+        lines = [f"{self.title}", f"  {'array':<{w}}  {'shape':<{s}} {'rel error':>10} {'analytic':>13} {'numeric':>13}"]
         for r in self.rows:
-            lines.append(f"  {r.name:<52} {str(r.shape):<16} {r.rel_error:>10.2e} {r.analytic:>13.6e} {r.numeric:>13.6e}")
+            lines.append(f"  {r.name:<{w}}  {str(r.shape):<{s}} {r.rel_error:>10.2e} {r.analytic:>13.6e} "
+                         f"{r.numeric:>13.6e}")
         return "\n".join(lines)
 
 
@@ -168,6 +205,69 @@ def check_function_gradients(fn, inputs: dict, grads: dict, *, eps=1e-3, n_direc
     rng = np.random.default_rng(seed)
     return _directional_check(fn, 1.0, inputs, grads, list(inputs), eps, n_directions, atol, rng,
                               title)
+
+
+def check_pair(forward, backward, inputs: dict, *, eps=1e-3, n_directions=3, atol=1e-9, seed=0,
+               title="forward/backward") -> GradcheckReport:
+    """Check ``backward`` against central differences of ``forward``, the way a learner writes a layer:
+
+        y, cache = forward(**inputs)            (a forward returning y alone is fine: cache is then None)
+        grads = backward(dy, cache)             one gradient per input, in the order of ``inputs``
+
+    ``inputs``: name -> float64 array; they are copied, never changed. L = sum(r * y) for a random r, and
+    each gradient is compared with the finite differences of L along random directions. The common
+    mistakes are a GradcheckError with one line saying what is wrong."""
+    names = list(inputs)
+    for name, a in inputs.items():
+        if not hasattr(a, "dtype") or not hasattr(a, "shape"):
+            raise GradcheckError(f"input {name!r} is a {type(a).__name__}, not an array")
+        if a.dtype != np.float64:
+            raise GradcheckError(f"input {name!r} is {a.dtype}: a gradient check needs float64 (float32's 7 digits are "
+                                 f"too few for finite differences); pass {name}.astype(np.float64)")
+    arrays = {k: v.copy() for k, v in inputs.items()}
+    kept = {k: v.copy() for k, v in inputs.items()}
+
+    def run():
+        out = forward(**arrays)
+        return out if isinstance(out, tuple) and len(out) == 2 else (out, None)
+
+    import inspect
+    try:
+        inspect.signature(forward).bind(**arrays)
+    except TypeError as e:
+        raise GradcheckError(f"forward is called as forward({', '.join(f'{k}=...' for k in names)}), one keyword per "
+                             f"input: its parameters must have the inputs' names ({e})") from None
+    except ValueError:           # a callable without a signature: call it and see
+        pass
+    y, cache = run()
+    if not hasattr(y, "shape"):
+        raise GradcheckError(f"forward must return its output array (or (output, cache)), got a {type(y).__name__}")
+    changed = [k for k in names if not np.array_equal(arrays[k], kept[k])]
+    if changed:
+        raise GradcheckError(f"forward changed its input {changed[0]!r} in place: work on a copy")
+    again = run()[0]
+    if again.shape != y.shape or not np.array_equal(again, y):
+        diff = float(np.max(np.abs(again - y))) if again.shape == y.shape else "a shape"
+        raise GradcheckError(f"forward is not deterministic: two calls with the same inputs differ (by {diff}); "
+                             f"a random draw inside it? fix its seed or switch dropout off")
+    xp = get_array_module(y)
+    rng = np.random.default_rng(seed)
+    r = xp.asarray(rng.standard_normal(y.shape))
+    grads = backward(r, cache)
+    grads = grads if isinstance(grads, (tuple, list)) else (grads,)
+    if len(grads) != len(names):
+        raise GradcheckError(f"backward returned {len(grads)} gradient{'s' if len(grads) != 1 else ''} for the "
+                             f"{len(names)} inputs ({', '.join(names)}): one per input, in that order")
+    for name, g in zip(names, grads):
+        if g is None:
+            raise GradcheckError(f"backward returned no gradient (None) for {name!r}")
+        if not hasattr(g, "shape"):
+            raise GradcheckError(f"backward's gradient for {name!r} is a {type(g).__name__}, not an array")
+        if tuple(g.shape) != tuple(inputs[name].shape):
+            raise GradcheckError(f"backward's gradient for {name!r} has shape {tuple(g.shape)}, but {name!r} has shape "
+                                 f"{tuple(inputs[name].shape)}: a gradient has its variable's shape")
+    grads = {name: xp.asarray(g, dtype=np.float64) for name, g in zip(names, grads)}
+    return _directional_check(lambda: r * run()[0], 1.0, arrays, grads, names, eps, n_directions, atol, rng, title)
 
 
 def check_reference_ops(seed=0):

@@ -14,6 +14,11 @@ from .errors import CheckpointError, ConfigError, DataError
 from .losses import log_softmax
 
 
+# The weights that ship with npvit (a --recipe full run; its model card is in README.md): what predict and
+# attention use when no checkpoint is given.
+PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "vit-cifar10.safetensors")
+
+
 def load_trained(path, backend="numpy", threads=1, config=None):
     """A trained model in eval mode, with the class names and normalisation it used, and the weights its run
     evaluated (their moving average if it kept one, --ema). Refuses checkpoints with non-finite weights (a
