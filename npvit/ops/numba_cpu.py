@@ -259,7 +259,7 @@ def softmax_backward(datt, att, scale=1.0, out=None):
 
 NUMBA = KernelSet("numba", backends=("numpy",), primitives={
     **own(layernorm_forward, layernorm_backward, gelu_forward, gelu_backward, softmax_forward, softmax_backward),
-    **taken(reference.REFERENCE, "matmul", "reduce_sum", "log_softmax", "cross_entropy_forward",
-            "cross_entropy_backward", "adamw_update", "sgd_update"),   # the GEMM is BLAS's
-    **taken(numpy_fast.FAST, "im2col", "col2im"),                    # a reshape for the patch embedding
+    **taken(reference.REFERENCE, "matmul", "log_softmax", "cross_entropy_forward", "cross_entropy_backward",
+            "adamw_update", "sgd_update"),                           # the GEMM is BLAS's
+    **taken(numpy_fast.FAST, "reduce_sum", "im2col", "col2im"),      # sums as BLAS gemv; im2col a reshape
 })
