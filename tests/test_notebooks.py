@@ -1,0 +1,36 @@
+"""The notebooks (notebooks/*.ipynb) run top to bottom without an error, as a learner runs them; the ones in the
+repository carry their outputs and figures, so they render on GitHub."""
+import os
+
+import pytest
+
+from tests.cifar_fixtures import REPO
+
+nbformat = pytest.importorskip("nbformat", reason="the notebooks need nbformat, nbclient and ipykernel ([test] extra)")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+NOTEBOOKS = ["01_tour.ipynb", "02_backprop.ipynb", "03_exercises.ipynb"]
+FOLDER = os.path.join(REPO, "notebooks")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_a_notebook_runs_top_to_bottom(name, monkeypatch):
+    monkeypatch.delenv("NPVIT_CIFAR10_DIR", raising=False)      # the tour's shipped sample suffices
+    nb = nbformat.read(os.path.join(FOLDER, name), as_version=4)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": FOLDER}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert not errors, [f"{o.ename}: {o.evalue}" for o in errors]
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    expected = {"01_tour.ipynb": "accuracy on", "02_backprop.ipynb": "PASS  ViT", "03_exercises.ipynb": "not written yet"}
+    assert expected[name] in text
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_the_notebooks_in_the_repository_carry_their_outputs(name):
+    nb = nbformat.read(os.path.join(FOLDER, name), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count for c in code), "run notebooks/build.py to execute and save it"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    if name == "01_tour.ipynb":
+        assert sum("image/png" in o.get("data", {}) for c in code for o in c.outputs) >= 5, "its figures"
