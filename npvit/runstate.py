@@ -118,8 +118,9 @@ class RunCheckpoints:
                                 averaged=self.ema.averaged_params() if self.ema is not None else None)
             except WriteError as e:
                 kept = f" ({self.saved})" if name == "latest.npz" and "intact" in str(e) else ""
-                raise WriteError(f"{e}{kept}; once the cause is fixed, continue with "
-                                 f"{resume_command(self.run.path, state.processes)}", e.errno) from None
+                then = (f"continue with {resume_command(self.run.path, state.processes)}"
+                        if os.path.isfile(self.run.file("latest.npz")) else "start the run again (nothing was saved yet)")
+                raise WriteError(f"{e}{kept}; once the cause is fixed, {then}", e.errno) from None
         if name == "latest.npz":
             self.saved = state.describe_saved()
 

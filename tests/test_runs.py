@@ -277,7 +277,7 @@ def test_a_full_disk_for_real(data, tmp_path):
         p = run(["--data-dir", data, "--out-dir", str(mnt / "run"), "--epochs", "1", "--hidden-size", "96",
                  "--num-attention-heads", "3", "--intermediate-size", "384", "--num-hidden-layers", "2",
                  "--no-progress", "--threads", "1", "--batch-size", "64"], check=False)
-        one_line(p, "cannot write", "latest.npz", "is full", "needs about", "free")
+        one_line(p, "cannot write", "latest.npz", "is full", "needs about", "free", "start the run again")
         assert sorted(os.listdir(mnt / "run")) == [], "a temporary file or a half checkpoint was left"
     finally:
         subprocess.run(["umount", str(mnt)])
