@@ -30,6 +30,7 @@ import numpy as np
 ROOT = os.path.abspath("..") if os.path.basename(os.getcwd()) == "notebooks" else os.getcwd()
 sys.path.insert(0, ROOT)                     # npvit from this checkout, and tests/reference/article_vit.py
 import npvit
+import npvit.data
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 %matplotlib inline
 ''')

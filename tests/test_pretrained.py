@@ -1,0 +1,48 @@
+"""The weights that ship with npvit (npvit/weights/vit-cifar10.safetensors): predict and attention use them when
+no checkpoint is given, and say so; evaluate on them gives the test accuracy their metadata (and the README's
+model card) states, on the real test images where they are available."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from npvit.inference import PRETRAINED, load_trained
+from tests.cifar_fixtures import REPO
+
+
+def script(name, *args):
+    return subprocess.run([sys.executable, os.path.join(REPO, "scripts", name), *map(str, args)], capture_output=True,
+                          text=True, cwd=REPO)
+
+
+def test_the_shipped_weights_are_in_the_package_with_their_card():
+    assert os.path.isfile(PRETRAINED), PRETRAINED
+    assert os.path.getsize(PRETRAINED) < 2 ** 20
+    model, meta = load_trained(PRETRAINED)
+    assert model.num_parameters() < 125_000
+    assert meta["recipe"] == "full" and isinstance(meta["seed"], int) and 0.79 < meta["test_acc"] < 0.9
+    assert meta["classes"][0] == "airplane" and len(meta["mean"]) == 3
+
+
+def test_predict_and_attention_use_them_when_no_checkpoint_is_given(tmp_path):
+    from PIL import Image
+
+    sample = np.load(os.path.join(REPO, "notebooks", "cifar10_sample.npz"))
+    Image.fromarray(sample["x"][0].transpose(1, 2, 0)).save(tmp_path / "img.png")
+    p = script("predict.py", tmp_path / "img.png", "-k", "3")
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 3, p.stderr
+    assert "no checkpoint given: using the weights that ship with npvit (recipe full, seed" in p.stderr
+    assert PRETRAINED in p.stderr
+    p = script("predict.py", "a.npz", "b.png", "c.png")
+    assert p.returncode == 2 and "expected [CHECKPOINT] IMAGE, got 3 paths" in p.stderr
+
+
+def test_evaluate_on_them_gives_the_stated_accuracy(real_data):
+    meta = load_trained(PRETRAINED)[1]
+    p = script("evaluate.py", PRETRAINED, "--data-dir", real_data, "--json", os.path.join(real_data, "..", "r.json"))
+    assert p.returncode == 0, p.stderr
+    got = json.load(open(os.path.join(real_data, "..", "r.json")))["accuracy"]
+    assert got == pytest.approx(meta["test_acc"], abs=5e-4), (got, meta["test_acc"])
