@@ -233,6 +233,7 @@ def latest_epoch(out):
 # Writes of a 3-epoch run (save every epoch): 1 latest (initial), 2 config.json, then per epoch best, latest,
 # metrics.jsonl. The 7th is epoch 2's latest.npz.
 @pytest.mark.parametrize("code,cause", [("ENOSPC", "is full"), ("EDQUOT", "quota"), ("EROFS", "read-only file system"),
+                                        ("EACCES", "permission denied"),
                                         ("EIO", "input/output error")])
 def test_a_refused_checkpoint_write_is_one_line_and_loses_nothing(data, reference_3, tmp_path, code, cause):
     out = str(tmp_path / "run")
