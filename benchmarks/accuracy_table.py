@@ -6,6 +6,7 @@ then, per recipe, the seeds and the mean and spread of their final accuracies.
     python benchmarks/accuracy_table.py runs/article-s42 runs/sprint-s1 ...
     python benchmarks/accuracy_table.py runs/* --thresholds 0.70 0.755 --json results/accuracy.json
     python benchmarks/accuracy_table.py runs/a runs/b --plot docs/accuracy.png   # the curves, per epoch and minute
+    python benchmarks/accuracy_table.py runs/new --include results/accuracy.json  # with earlier sessions' rows
 
 A run evaluated on held-out training images (--val-split) is reported on those ("val"); the
 others on the test set. Times are the run's own (metrics.jsonl's seconds and eval_seconds):
@@ -146,15 +147,31 @@ def plot(rows, path):
     plt.close(fig)
 
 
+def included(path, replaced):
+    """The rows of the JSON at ``path`` (written by --json), but those of the runs named in ``replaced``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            rows = json.load(f)["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} holds no rows written by --json ({e})") from None
+    return [r for r in rows if os.path.basename(os.path.normpath(r["run"])) not in replaced]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", help="run directories (each with metrics.jsonl and config.json)")
+    p.add_argument("runs", nargs="*", help="run directories (each with metrics.jsonl and config.json)")
+    p.add_argument("--include", metavar="FILE", help="rows of runs no longer at hand, from a JSON an earlier "
+                   "--json wrote (a run given as a directory replaces its row of the same name)")
     p.add_argument("--thresholds", nargs="+", type=float, default=[0.70, 0.75, 0.755, 0.80],
                    help="accuracies (fractions) to time (default: 0.70 0.75 0.755 0.80)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     p.add_argument("--plot", metavar="PNG", help="also draw the runs' accuracy against epochs and minutes")
     args = p.parse_args(argv)
     rows = [summarise(run, args.thresholds) for run in args.runs]
+    if args.include:
+        rows = included(args.include, {os.path.basename(os.path.normpath(r["run"])) for r in rows}) + rows
+    if not rows:
+        p.error("give run directories, or --include FILE")
     recipes = spread(rows)
     print(markdown(rows, args.thresholds))
     print()

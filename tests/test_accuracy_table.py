@@ -75,3 +75,17 @@ def test_main_writes_json_and_names_bad_runs(table, tmp_path, capsys):
     empty = fake_run(tmp_path, "empty", 1, [])
     with pytest.raises(UserError, match="no evaluated epoch"):
         table.main([empty])
+
+
+def test_include_brings_back_the_rows_of_runs_no_longer_at_hand(table, tmp_path, capsys):
+    first = fake_run(tmp_path, "a-s1", 1, [0.5, 0.6])
+    second = fake_run(tmp_path, "b-s2", 2, [0.55, 0.65])
+    out = tmp_path / "rows.json"
+    assert table.main([first, second, "--json", str(out)]) == 0
+    capsys.readouterr()
+    assert table.main([second, "--include", str(out), "--json", str(tmp_path / "again.json")]) == 0
+    text = capsys.readouterr().out
+    assert "a-s1" in text and text.count("| b-s2 |") == 1        # the directory's row replaces the included one
+    assert len(json.load(open(tmp_path / "again.json"))["runs"]) == 2
+    with pytest.raises(UserError, match="holds no rows written by --json"):
+        table.main(["--include", first + "/config.json"])
