@@ -97,11 +97,14 @@ def markdown(rows, thresholds):
 def spread(rows):
     """Per recipe (recipe, its flags, the split it was measured on, and the backend: a seed rerun on a GPU
     is not another seed), the seeds and their final accuracies: mean, lowest and highest. Rows still
-    running (epochs short of the recipe's) are left out."""
+    running (epochs short of the recipe's) are left out, and so is a rerun of a seed already counted (on
+    another machine or commit: the first row of each seed counts, a rerun is not another seed)."""
     groups = {}
     for r in rows:
         if r["finished"]:
-            groups.setdefault((r["recipe"], r["flags"], r["split"], r["backend"]), []).append(r)
+            runs = groups.setdefault((r["recipe"], r["flags"], r["split"], r["backend"]), [])
+            if r["seed"] not in {other["seed"] for other in runs}:
+                runs.append(r)
     out = []
     for (recipe, flag, split, backend), runs in groups.items():
         finals = [r["final"] for r in runs]

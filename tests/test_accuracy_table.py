@@ -54,6 +54,7 @@ def test_spread_groups_seeds_of_a_recipe(table, tmp_path):
     rows.append(table.summarise(fake_run(tmp_path, "other", 42, [0.5, 0.9], ema=0.5), [0.7]))   # other flags
     rows.append(table.summarise(fake_run(tmp_path, "running", 44, [0.5, 0.1], epochs=10), [0.7]))  # not done
     rows.append(table.summarise(fake_run(tmp_path, "gpu", 42, [0.5, 0.7], backend="cupy"), [0.7]))  # not a seed
+    rows.append(table.summarise(fake_run(tmp_path, "s43-rerun", 43, [0.5, 0.99]), [0.7]))  # nor is a rerun
     groups = table.spread(rows)
     assert len(groups) == 3 and groups[2]["backend"] == "cupy"
     g = groups[0]
