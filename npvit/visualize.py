@@ -79,7 +79,10 @@ def _number(v):
 def _grid(maps):
     B, Np = maps.shape
     g = int(round(Np ** 0.5))
-    return maps.reshape(B, g, g)
+    if g * g != Np:
+        raise ValueError(f"attention over {Np} patch tokens is no square grid of patches: was it recorded in "
+                         "training mode, with patch dropout leaving tokens out? Call model.eval() first")
+    return maps.reshape(B, g, g)                                             # (B, G, G)
 
 
 def cls_attention(atts):

@@ -311,8 +311,12 @@ def test_the_attention_figure_says_what_the_model_reads(trained, data, tmp_path)
     from npvit.visualize import attention_maps
 
     model = load_checkpoint(trained / "best.npz")[0]
-    assert model.config.pooling == "mean"
-    _, atts = model(np.zeros((2, 3, 32, 32), np.float32), return_attention=True)
+    assert model.config.pooling == "mean" and model.config.patch_dropout == 0.25     # recipe fast80
+    x = np.zeros((2, 3, 32, 32), np.float32)
+    _, atts = model(x, return_attention=True)                # in training mode: 48 of the 64 patches
+    with pytest.raises(ValueError, match="48 patch tokens is no square grid.*model.eval"):
+        attention_maps(atts, "mean")
+    _, atts = model.eval()(x, return_attention=True)
     maps = attention_maps(atts, "mean")
     assert list(maps) == ["patch attention", "rollout"] and maps["rollout"].shape == (2, 8, 8)
     total = maps["rollout"].sum(axis=(1, 2))                 # the patches' share of the rolled-out attention
