@@ -7,6 +7,7 @@ then, per recipe, the seeds and the mean and spread of their final accuracies.
     python benchmarks/accuracy_table.py runs/* --thresholds 0.70 0.755 --json results/accuracy.json
     python benchmarks/accuracy_table.py runs/a runs/b --plot docs/accuracy.png   # the curves, per epoch and minute
     python benchmarks/accuracy_table.py runs/new --include results/accuracy.json  # with earlier sessions' rows
+    python benchmarks/accuracy_table.py runs/* --plot curves.png --plot-only 'fast80-s*'  # the table of all, some curves
 
 A run evaluated on held-out training images (--val-split) is reported on those ("val"); the
 others on the test set. Times are the run's own (metrics.jsonl's seconds and eval_seconds):
@@ -15,6 +16,7 @@ comparable only between runs that had the same cores to themselves.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import sys
@@ -144,6 +146,7 @@ def plot(rows, path):
         ax.set_xlabel(x), ax.set_ylabel("accuracy (%)"), ax.grid(alpha=0.3)
         for level in (75.5, 80.0):
             ax.axhline(level, color="grey", lw=0.8, ls=":")
+    b.axvline(30, color="grey", lw=0.8, ls=":")     # the 30 minutes the sprint and fast80 aim within
     a.legend(fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
@@ -169,6 +172,8 @@ def main(argv=None):
                    help="accuracies (fractions) to time (default: 0.70 0.75 0.755 0.80)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     p.add_argument("--plot", metavar="PNG", help="also draw the runs' accuracy against epochs and minutes")
+    p.add_argument("--plot-only", nargs="+", metavar="PATTERN", help="draw only the runs whose names match one of "
+                   "these shell patterns (fast80-s* full-s4?), not every row of the table")
     args = p.parse_args(argv)
     rows = [summarise(run, args.thresholds) for run in args.runs]
     if args.include:
@@ -180,7 +185,11 @@ def main(argv=None):
     print()
     print(spread_markdown(recipes))
     if args.plot:
-        plot(rows, args.plot)
+        drawn = [r for r in rows if not args.plot_only or any(
+            fnmatch.fnmatchcase(os.path.basename(os.path.normpath(r["run"])), pattern) for pattern in args.plot_only)]
+        if not drawn:
+            raise UserError(f"no run's name matches --plot-only {' '.join(args.plot_only)}")
+        plot(drawn, args.plot)
     if args.json:
         from npvit.runfiles import atomic_write_text
 

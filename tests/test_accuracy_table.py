@@ -90,3 +90,14 @@ def test_include_brings_back_the_rows_of_runs_no_longer_at_hand(table, tmp_path,
     assert len(json.load(open(tmp_path / "again.json"))["runs"]) == 2
     with pytest.raises(UserError, match="holds no rows written by --json"):
         table.main(["--include", first + "/config.json"])
+
+
+def test_plot_only_draws_the_runs_it_names(table, tmp_path, monkeypatch):
+    runs = [fake_run(tmp_path, name, seed, [0.5, 0.6]) for name, seed in (("fast-s1", 1), ("fast-s2", 2), ("old", 3))]
+    drawn = []
+    monkeypatch.setattr(table, "plot", lambda rows, path: drawn.append([r["seed"] for r in rows]))
+    assert table.main(runs + ["--plot", str(tmp_path / "p.png"), "--plot-only", "fast-s*"]) == 0
+    assert table.main(runs + ["--plot", str(tmp_path / "p.png")]) == 0
+    assert drawn == [[1, 2], [1, 2, 3]]
+    with pytest.raises(UserError, match="no run's name matches --plot-only nope"):
+        table.main(runs + ["--plot", str(tmp_path / "p.png"), "--plot-only", "nope"])
