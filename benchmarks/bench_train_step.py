@@ -52,7 +52,7 @@ def kernels_used(kernels, backend):
 
 # -- one measurement, run in a fresh process so peak memory is its own ---------------
 def measure(framework, backend, model, patch, batch, repeats, warmup, threads, micro_batch=None, data_parallel=True,
-            kernels="auto"):
+            kernels="auto", patch_dropout=0.0):
     set_threads(threads)
     sys.path.insert(0, REPO)
     import numpy as np
@@ -61,6 +61,8 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
     from npvit.optim import AdamW
 
     cfg = config(model, patch)
+    if patch_dropout:                        # npvit only (bench_floor.py): training on a share of the tokens
+        cfg = {**cfg, "patch_dropout": patch_dropout}
     rng = np.random.default_rng(0)
     x_host = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
     y_host = rng.integers(0, 10, batch)
