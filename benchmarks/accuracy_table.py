@@ -33,6 +33,11 @@ NOT_RECIPE = {"seed", "data_dir", "out_dir", "download", "progress", "threads", 
               "eval_every", "recipe", "backend", "check_replicas", "kernels"}
 
 
+def run_name(row):
+    """A row's name in the tables and the plot's legend: its run directory's own name."""
+    return os.path.basename(os.path.normpath(row["run"]))
+
+
 def flags(cfg):
     """The settings where the run differs from its recipe, as flags (--init torch --ema 0.999 ...)."""
     from npvit.config import ViTConfig
@@ -86,7 +91,7 @@ def markdown(rows, thresholds):
     head += [f"{100 * t:g}%: epoch, min" for t in thresholds]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [os.path.basename(os.path.normpath(r["run"])), r["recipe"], f"`{r['flags']}`" if r["flags"] else "",
+        cells = [run_name(r), r["recipe"], f"`{r['flags']}`" if r["flags"] else "",
                  str(r["seed"]), r["epochs"], f"{r['split']} {100 * r['final']:.2f}%",
                  f"{100 * r['best']:.2f}% ({r['best_epoch']})", f"{r['minutes']:.0f}"]
         for t in thresholds:
@@ -137,7 +142,7 @@ def plot(rows, path):
     # A colour per run (tab10 repeats after 10, tab20 after 20); test curves solid, held-out ones dashed.
     colours = plt.get_cmap("tab10" if len(rows) <= 10 else "tab20")
     for i, r in enumerate(rows):
-        label = f"{os.path.basename(os.path.normpath(r['run']))} ({r['split']})"
+        label = f"{run_name(r)} ({r['split']})"
         style = {"color": colours(i % colours.N), "ls": "-" if r["split"] == "test" else "--", "label": label}
         epochs, minutes, acc = zip(*r["curve"])
         a.plot(epochs, [100 * v for v in acc], **style)
@@ -160,7 +165,7 @@ def included(path, replaced):
             rows = json.load(f)["runs"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path} holds no rows written by --json ({e})") from None
-    return [r for r in rows if os.path.basename(os.path.normpath(r["run"])) not in replaced]
+    return [r for r in rows if run_name(r) not in replaced]
 
 
 def main(argv=None):
@@ -177,7 +182,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     rows = [summarise(run, args.thresholds) for run in args.runs]
     if args.include:
-        rows = included(args.include, {os.path.basename(os.path.normpath(r["run"])) for r in rows}) + rows
+        rows = included(args.include, {run_name(r) for r in rows}) + rows
     if not rows:
         p.error("give run directories, or --include FILE")
     recipes = spread(rows)
@@ -186,7 +191,7 @@ def main(argv=None):
     print(spread_markdown(recipes))
     if args.plot:
         drawn = [r for r in rows if not args.plot_only or any(
-            fnmatch.fnmatchcase(os.path.basename(os.path.normpath(r["run"])), pattern) for pattern in args.plot_only)]
+            fnmatch.fnmatchcase(run_name(r), pattern) for pattern in args.plot_only)]
         if not drawn:
             raise UserError(f"no run's name matches --plot-only {' '.join(args.plot_only)}")
         plot(drawn, args.plot)
