@@ -29,23 +29,34 @@ import bench_train_step as bench  # noqa: E402  (sets BLAS threads through the e
 
 
 def gemms(cfg, images, tokens):
-    """The matrix products of one training step on ``images`` images of ``tokens`` tokens: name, kind
-    ("linear" or "attention"), the (batch, m, k, n) of each forward product and the two of its backward."""
-    D, F, H = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"]
+    """The matrix products of one training step on ``images`` images of ``tokens`` tokens, each with its
+    kind ("linear" or "attention"), role, how many of it a step makes, and its (m, k, n)."""
+    D, F, H, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"], cfg["num_hidden_layers"]
     P, C = cfg["patch_size"], cfg["num_channels"]
-    patches, rows, dh = (cfg["image_size"] // P) ** 2, images * tokens, D // H
-    out = [("patch embedding", "linear", 1, images * patches, C * P * P, D)]
-    for name, k, n in (("qkv", D, 3 * D), ("attention output", D, D), ("MLP in", D, F), ("MLP out", F, D)):
-        out.append((name, "linear", cfg["num_hidden_layers"], rows, k, n))
-    heads = images * H * cfg["num_hidden_layers"]
-    out.append(("scores Q K^T", "attention", heads, tokens, dh, tokens))
-    out.append(("context A V", "attention", heads, tokens, tokens, dh))
-    steps = []
-    for name, kind, count, m, k, n in out:
-        # forward (m, k) @ (k, n); backward dX = dY (m, n) @ W^T (n, k) and dW = X^T (k, m) @ dY (m, n).
-        for role, shape in (("forward", (m, k, n)), ("backward dX", (m, n, k)), ("backward dW", (k, m, n))):
-            steps.append({"gemm": name, "kind": kind, "role": role, "count": count, "shape": shape})
-    return steps
+    patches, rows, N, dh = (cfg["image_size"] // P) ** 2, images * tokens, tokens, D // H
+    out = []
+    # Y = X W (m, k) @ (k, n): backward dX = dY W^T (m, n) @ (n, k) and dW = X^T dY (k, m) @ (m, n).
+    for name, count, m, k, n in (("patch embedding", 1, images * patches, C * P * P, D), ("qkv", L, rows, D, 3 * D),
+                                 ("attention output", L, rows, D, D), ("MLP in", L, rows, D, F),
+                                 ("MLP out", L, rows, F, D)):
+        out += [(name, "linear", "forward", count, (m, k, n)), (name, "linear", "backward dX", count, (m, n, k)),
+                (name, "linear", "backward dW", count, (k, m, n))]
+    heads = images * H * L
+    # S = Q K^T (N, dh) @ (dh, N): dQ = dS K (N, N) @ (N, dh), dK = dS^T Q (N, N) @ (N, dh).
+    # O = A V (N, N) @ (N, dh): dA = dO V^T (N, dh) @ (dh, N), dV = A^T dO (N, N) @ (N, dh).
+    out += [("scores Q K^T", "attention", "forward", heads, (N, dh, N)),
+            ("scores Q K^T", "attention", "backward dQ", heads, (N, N, dh)),
+            ("scores Q K^T", "attention", "backward dK", heads, (N, N, dh)),
+            ("context A V", "attention", "forward", heads, (N, N, dh)),
+            ("context A V", "attention", "backward dA", heads, (N, dh, N)),
+            ("context A V", "attention", "backward dV", heads, (N, N, dh))]
+    return [{"gemm": name, "kind": kind, "role": role, "count": count, "shape": shape}
+            for name, kind, role, count, shape in out]
+
+
+def rate(rows):
+    """GFLOP/s of these timed products together."""
+    return sum(r["mflop"] for r in rows) / sum(r["ms"] for r in rows)
 
 
 def time_gemm(count, shape, repeats, batched):
@@ -96,25 +107,24 @@ def main(argv=None):
         r["gflops"] = r["mflop"] / r["ms"]
         print(f"{r['gemm']:<18}{r['role']:<13}{r['count']:>6}  {f'{m} x {k} x {n}':<18}{r['mflop']:>9.1f}"
               f"{r['ms']:>9.2f}{r['gflops']:>9.1f}")
-    linear = [r for r in rows if r["kind"] == "linear"]
-    rate = sum(r["mflop"] for r in linear) / sum(r["ms"] for r in linear)       # GFLOP/s on one core
+    linear = rate([r for r in rows if r["kind"] == "linear"])                 # GFLOP/s on one core
+    attention = rate([r for r in rows if r["kind"] == "attention"])
     flop = a.threads * sum(r["mflop"] for r in rows) / 1e3                       # GFLOP per batch
-    floor_ms = 1e3 * flop / (a.threads * rate)
+    floor_ms = sum(r["mflop"] for r in rows) / linear        # each core's shard, every FLOP at the Linear rate
     gemm_ms = sum(r["ms"] for r in rows)
     # The whole step in a fresh process, the threads set before NumPy loads (bench_train_step's child).
     step = bench.run_child({"framework": "npvit", "backend": "numpy", "model": "article", "patch": 4,
                             "batch": a.batch_size, "repeats": a.steps, "warmup": 2, "threads": a.threads,
                             "patch_dropout": a.patch_dropout})
     step_ms = statistics.median(step["train_ms"])
-    print(f"\nGEMM FLOPs per batch of {a.batch_size}: {flop:.2f} GFLOP; the Linear GEMMs run at {rate:.1f} GFLOP/s "
-          f"on one core, the attention's at "
-          f"{sum(r['mflop'] for r in rows if r['kind'] == 'attention') / sum(r['ms'] for r in rows if r['kind'] == 'attention'):.1f}")
+    print(f"\nGEMM FLOPs per batch of {a.batch_size}: {flop:.2f} GFLOP; on one core the Linear GEMMs run at "
+          f"{linear:.1f} GFLOP/s, the attention's at {attention:.1f}")
     print(f"floor (every FLOP at the Linear rate, {a.threads} cores): {floor_ms:.1f} ms; "
           f"the GEMMs as timed: {gemm_ms:.1f} ms per shard")
     print(f"npvit training step (median of {a.steps}): {step_ms:.1f} ms = {step_ms / floor_ms:.2f}x the floor")
     result = {"machine": bench.machine_info("numpy"), "batch_size": a.batch_size, "threads": a.threads,
               "patch_dropout": a.patch_dropout, "tokens": tokens, "gemms": rows, "gflop_per_batch": flop,
-              "linear_gflops_per_core": rate, "floor_ms": floor_ms, "gemm_ms_per_shard": gemm_ms,
+              "linear_gflops_per_core": linear, "attention_gflops_per_core": attention, "floor_ms": floor_ms, "gemm_ms_per_shard": gemm_ms,
               "step_ms": step["train_ms"], "step_over_floor": step_ms / floor_ms}
     atomic_write_text(a.json, json.dumps(result, indent=1) + "\n")
     return 0
