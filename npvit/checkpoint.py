@@ -35,9 +35,9 @@ class Checkpoint(NamedTuple):
     averaged: dict          # the moving average of the weights that training evaluated (--ema), or {}
 
 
-def save_checkpoint(path, model, optimizer=None, meta=None, averaged=None):
-    """Write ``model`` (+ ``optimizer`` state, + JSON-able ``meta``, + ``averaged`` weights, a dict like
-    ``model.state_dict()``) to ``path`` atomically."""
+def checkpoint_arrays(model, optimizer=None, meta=None, averaged=None):
+    """The arrays of a checkpoint file, by entry name: ``model``'s weights (+ ``optimizer`` state, + JSON-able
+    ``meta``, + ``averaged`` weights, a dict like ``model.state_dict()``)."""
     arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
     if optimizer is not None:
         arrays.update({f"optim/{k}": v for k, v in optimizer.state_dict().items()})
@@ -46,7 +46,19 @@ def save_checkpoint(path, model, optimizer=None, meta=None, averaged=None):
     arrays["config.json"] = np.array(json.dumps(model.config.to_dict()))
     arrays["meta.json"] = np.array(json.dumps({"format_version": FORMAT_VERSION, "dtype": model.dtype.name,
                                                **(meta or {})}))
-    return atomic_write(path, lambda f: np.savez(f, **arrays), size=sum(a.nbytes for a in arrays.values()))
+    return arrays
+
+
+def npz_writer(arrays):
+    """``(write, size)`` for :func:`npvit.runfiles.atomic_write`: the arrays as one .npz, and about how many
+    bytes that is."""
+    return (lambda f: np.savez(f, **arrays)), sum(a.nbytes for a in arrays.values())
+
+
+def save_checkpoint(path, model, optimizer=None, meta=None, averaged=None):
+    """Write ``model`` (+ ``optimizer`` state, + JSON-able ``meta``, + ``averaged`` weights) to ``path``
+    atomically."""
+    return atomic_write(path, *npz_writer(checkpoint_arrays(model, optimizer, meta, averaged)))
 
 
 def read_checkpoint(path, config=None) -> Checkpoint:

@@ -9,7 +9,11 @@ instant leaves either the old file or the new one, never a mix, plus at most one
 A run directory belongs to one run. :class:`RunDir` takes an exclusive lock on
 ``<dir>/.lock`` for as long as training runs (``flock``: the operating system drops it
 when the process ends, however it ends, so a stale lock is simply taken over), and
-refuses to start a fresh run in a directory that already holds files.
+refuses to start a fresh run in a directory that already holds files. It also holds the
+directory itself open and writes every file relative to that handle, after checking that
+the path still leads to the directory it locked: a run whose directory was deleted,
+renamed or replaced under it (by a new run in the same path, say) stops with one line and
+can never write into the folder that now stands at its old path.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import glob
 import json
 import math
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -64,31 +69,45 @@ def _mib(n):
     return f"{n / 2 ** 20:.1f} MiB"
 
 
-def atomic_write(path, write, size=None):
+def atomic_write(path, write, size=None, dir_fd=None):
     """Create or replace ``path`` with what ``write(f)`` writes to a binary file object; all or nothing.
     A refusal of the system (disk full, read-only, ...) is a WriteError naming the file and the cause, and
     for a full disk how much the file needed (``size``, bytes, where known) and how much is free; the old
-    file, if any, is untouched and no temporary file is left."""
+    file, if any, is untouched and no temporary file is left. ``dir_fd``: an open handle of the folder to
+    write in (a run directory's); ``path`` then names the file in messages and its base name is the file
+    written in that folder, wherever the folder now is."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     suffix = os.path.splitext(path)[1]
+    name = os.path.basename(path) if dir_fd is not None else path
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=suffix)
+        if dir_fd is None:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=suffix)
+        else:
+            tmp = f"{TMP_PREFIX}{secrets.token_hex(6)}{suffix}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600,
+                         dir_fd=dir_fd)
         if hasattr(os, "fchmod"):
             os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        _replace(tmp, path)
+        _replace(tmp, name, dir_fd)
     except BaseException as e:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp is not None:
+            try:
+                os.remove(tmp, dir_fd=dir_fd)
+            except OSError:
+                pass
         if isinstance(e, OSError) and not isinstance(e, WriteError) and e.errno in WRITE_REFUSALS:
             raise write_error(e, path, size) from None
         raise
-    _fsync_dir(folder)
+    if dir_fd is None:
+        _fsync_dir(folder)
+    else:
+        _fsync_fd(dir_fd)
     return path
 
 
@@ -114,10 +133,10 @@ def write_error(e, path, size=None):
     return WriteError(text, e.errno)
 
 
-def _replace(tmp, path):
+def _replace(tmp, path, dir_fd=None):
     """The one step that makes a write visible (its own function, so the fault-injection tests can
-    kill the process around it)."""
-    os.replace(tmp, path)
+    kill the process around it). ``dir_fd``: the folder both names are relative to (None: the paths)."""
+    os.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def atomic_write_text(path, text):
@@ -131,11 +150,16 @@ def _fsync_dir(folder):
     except OSError:   # pragma: no cover - Windows
         return
     try:
+        _fsync_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_fd(fd):
+    try:
         os.fsync(fd)
     except OSError:   # pragma: no cover - file systems without directory fsync
         pass
-    finally:
-        os.close(fd)
 
 
 def check_writable(path):
@@ -161,9 +185,14 @@ def strict_json(value):
     return value
 
 
+def metrics_text(history):
+    """metrics.jsonl's text: the whole history, one strict JSON object per epoch."""
+    return "".join(json.dumps(strict_json(r), allow_nan=False) + "\n" for r in history)
+
+
 def write_metrics(path, history):
-    """The whole history, one strict JSON object per epoch, written at once (never appended to)."""
-    atomic_write_text(path, "".join(json.dumps(strict_json(r), allow_nan=False) + "\n" for r in history))
+    """The whole history written at once (never appended to)."""
+    atomic_write_text(path, metrics_text(history))
 
 
 def read_metrics(path):
@@ -202,12 +231,16 @@ def contents(folder):
 
 
 class RunDir:
-    """An output directory, locked for one process: ``with RunDir(path) as run: ...``."""
+    """An output directory, locked for one process: ``with RunDir(path) as run: ...``. While it is held,
+    ``write``/``write_text`` go into the very directory that was locked, after :meth:`check` has made sure
+    the path still leads there."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
         self.lock_path = os.path.join(self.path, LOCK_FILE)
-        self.fd = None
+        self.fd = None              # the lock file, flocked
+        self.dir_fd = None          # the directory itself, held open: writes go here and nowhere else
+        self.identity = None        # (device, inode) of the directory and of the lock file we hold
 
     def __enter__(self):
         if os.path.islink(self.path) and not os.path.exists(self.path):
@@ -217,6 +250,9 @@ class RunDir:
             raise RunDirError(f"output directory {self.path} is a file, not a folder: choose another --out-dir")
         try:
             os.makedirs(self.path, exist_ok=True)
+            if DIR_FD:
+                self.dir_fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+                                      | getattr(os, "O_CLOEXEC", 0))
             self._lock()
             remove_stale_temps(self.path)
         except OSError as e:
@@ -231,7 +267,8 @@ class RunDir:
     def _lock(self):
         """Take ``.lock`` with flock; the file may be left from a dead process, which holds nothing."""
         while True:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self._name(LOCK_FILE), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644,
+                         dir_fd=self.dir_fd)
             try:
                 _flock(fd)
             except BlockingIOError:
@@ -241,7 +278,7 @@ class RunDir:
                                   f"finish or choose another --out-dir") from None
             # The holder before us may have removed the file after we opened it: lock the file at the path.
             try:
-                same = os.stat(self.lock_path).st_ino == os.fstat(fd).st_ino
+                same = _inode(os.stat(self._name(LOCK_FILE), dir_fd=self.dir_fd)) == _inode(os.fstat(fd))
             except FileNotFoundError:
                 same = False
             if same:
@@ -250,17 +287,72 @@ class RunDir:
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
         self.fd = fd
+        folder = os.fstat(self.dir_fd) if self.dir_fd is not None else os.stat(self.path)
+        self.identity = (_inode(folder), _inode(os.fstat(fd)))
 
     def _unlock(self, remove=False):
-        if self.fd is None:
+        if self.fd is not None:
+            if remove and self._holds_lock_file():
+                try:        # removed while still held, so no one locks a file about to go
+                    os.remove(self._name(LOCK_FILE), dir_fd=self.dir_fd)
+                except OSError:
+                    pass
+            os.close(self.fd)
+            self.fd = None
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
+
+    def _name(self, name):
+        """How to reach ``name`` in this directory: relative to its handle where we hold one."""
+        return name if self.dir_fd is not None else os.path.join(self.path, name)
+
+    def _holds_lock_file(self):
+        """Is the lock file in our directory still the one we hold (and not a later run's)?"""
+        try:
+            return _inode(os.stat(self._name(LOCK_FILE), dir_fd=self.dir_fd)) == self.identity[1]
+        except (OSError, TypeError):
+            return False
+
+    def check(self):
+        """Stop, with one line, if ``self.path`` no longer leads to the directory this run locked: it was
+        deleted, renamed or replaced (another run may be using the path now). Called before every write."""
+        if self.identity is None:
             return
-        if remove:
-            try:
-                os.remove(self.lock_path)    # removed while still held, so no one locks a file about to go
-            except OSError:
-                pass
-        os.close(self.fd)
-        self.fd = None
+        here, lock = _inode_at(self.path), _inode_at(self.lock_path)
+        if (here, lock) == self.identity:
+            return
+        moved = self.current_location()
+        if moved is not None:
+            what = (f"was moved to {moved} while this run was running; the run stopped there without writing "
+                    f"again: continue it with --resume {moved}")
+        else:
+            what = ("was deleted while this run was running, and the run's files went with it; the run stopped "
+                    "without writing again")
+        if here is not None:
+            what += f" (the folder now at {self.path} is another one, and was left as it is)"
+        raise RunDirError(f"the run directory {self.path} {what}")
+
+    def current_location(self):
+        """Where the locked directory is now, where the system can tell (Linux: through its handle); None if
+        it was deleted or cannot be found."""
+        if self.dir_fd is None:
+            return None
+        try:
+            where = os.readlink(f"/proc/self/fd/{self.dir_fd}")
+        except OSError:
+            return None
+        if where.endswith(" (deleted)") or not os.path.isdir(where):
+            return None
+        return where
+
+    def write(self, name, write, size=None):
+        """Write file ``name`` of this run atomically (see :func:`atomic_write`), into the directory locked."""
+        self.check()
+        return atomic_write(self.file(name), write, size, dir_fd=self.dir_fd)
+
+    def write_text(self, name, text):
+        return self.write(name, lambda f: f.write(text.encode("utf-8")))
 
     def claim_fresh(self, overwrite=False):
         """May a fresh run start here? Refused if the directory holds anything, unless ``overwrite``
@@ -281,17 +373,33 @@ class RunDir:
     def clear(self):
         """Remove the files of the run that was here (--overwrite); other files are left alone. A marker
         (REPLACING) stands in the directory until the last is gone, so an interruption is recognised."""
-        atomic_write_text(self.file(REPLACING), f"npvit --overwrite is deleting the run that was here "
-                                                f"(pid {os.getpid()})\n")
+        self.write_text(REPLACING, f"npvit --overwrite is deleting the run that was here (pid {os.getpid()})\n")
         for name in RUN_FILES:              # latest.npz first: what is left can never be resumed by mistake
-            p = os.path.join(self.path, name)
-            if os.path.isfile(p):
-                os.remove(p)
-        os.remove(self.file(REPLACING))
-        _fsync_dir(self.path)
+            if os.path.isfile(self.file(name)):
+                os.remove(self._name(name), dir_fd=self.dir_fd)
+        os.remove(self._name(REPLACING), dir_fd=self.dir_fd)
+        if self.dir_fd is not None:
+            _fsync_fd(self.dir_fd)
+        else:
+            _fsync_dir(self.path)
 
     def file(self, name):
         return os.path.join(self.path, name)
+
+
+def _inode(st):
+    return st.st_dev, st.st_ino
+
+
+def _inode_at(path):
+    try:
+        return _inode(os.stat(path))
+    except OSError:
+        return None
+
+
+# Writing relative to a held directory handle (POSIX); elsewhere RunDir writes by path after its check.
+DIR_FD = {os.open, os.rename, os.unlink, os.stat} <= os.supports_dir_fd
 
 
 try:

@@ -19,7 +19,7 @@ from typing import NamedTuple, Optional
 import time
 
 from .backend import to_host_scalar
-from .checkpoint import Checkpoint, check_finite, evaluated_weights, read_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, check_finite, checkpoint_arrays, evaluated_weights, npz_writer, read_checkpoint
 from .errors import CheckpointError, Diverged, RunDirError, WriteError
 from .runfiles import contents, half_replaced, strict_json
 
@@ -114,8 +114,9 @@ class RunCheckpoints:
             meta = {**self.data_meta, "train": state.train_meta(), "history": state.history,
                     "train_config": self.cfg}
             try:
-                save_checkpoint(self.run.file(name), self.net, self.opt, meta=strict_json(meta),
-                                averaged=self.ema.averaged_params() if self.ema is not None else None)
+                arrays = checkpoint_arrays(self.net, self.opt, meta=strict_json(meta),
+                                           averaged=self.ema.averaged_params() if self.ema is not None else None)
+                self.run.write(name, *npz_writer(arrays))
             except WriteError as e:
                 kept = f" ({self.saved})" if name == "latest.npz" and "intact" in str(e) else ""
                 then = (f"continue with {resume_command(self.run.path, state.processes)}"

@@ -35,7 +35,7 @@ from .optim import AdamW, lr_at, weight_decay_groups
 from .options import MODEL_KEYS, validate
 from .parallel import default_threads, one_blas_thread, parallelize, threads_warning
 from .resources import check_fits, folder_image_count
-from .runfiles import RunDir, atomic_write_text, strict_json, write_metrics
+from .runfiles import RunDir, metrics_text, strict_json
 from .runstate import (DeviceTotals, EpochTotals, Resume, RunCheckpoints, RunState, check_resumable, claim_for_resume,
                        init_weights, read_resume, resume_command)
 from .step import Evaluation, train_step
@@ -194,14 +194,13 @@ class Trainer:
         resumed run's metrics.jsonl rewritten from its checkpoint (each epoch once); config.json."""
         if self.resume is not None:
             if self.writer:
-                write_metrics(self.run.file("metrics.jsonl"), self.state.history)
+                self.run.write_text("metrics.jsonl", metrics_text(self.state.history))
             self.console.log(f"resuming from {self.resume.path}: epoch {self.state.epoch + 1}, step {self.state.step}"
                              + ("" if self.resume.same_dir else f", into {self.run.path}"))
         else:
             self.checkpoints.save("latest.npz")
         if self.writer:
-            atomic_write_text(self.run.file("config.json"), json.dumps(strict_json(self.cfg), indent=2,
-                                                                       allow_nan=False) + "\n")
+            self.run.write_text("config.json", json.dumps(strict_json(self.cfg), indent=2, allow_nan=False) + "\n")
         self.note_settings()
 
     def note_settings(self):
@@ -307,7 +306,7 @@ class Trainer:
         if (epoch + 1) % cfg["save_every"] == 0 or epoch + 1 == cfg["epochs"] or self.stop.requested:
             self.checkpoints.save("latest.npz")
         if self.writer:                     # after the checkpoint that holds the epoch (with --save-every 1)
-            write_metrics(self.run.file("metrics.jsonl"), state.history)
+            self.run.write_text("metrics.jsonl", metrics_text(state.history))
         self.console.log(epoch_line(record, cfg["epochs"]))
 
     def score_epoch(self):

@@ -265,7 +265,59 @@ def test_a_run_directory_that_vanishes_is_one_line(data, tmp_path):
     out = str(tmp_path / "gone")
     p = run(["--", "--data-dir", data, "--out-dir", out, "--epochs", "2"] + SMALL, cmd=DRIVER + ["rmtree:3"],
             check=False)
-    one_line(p, "cannot write", "does not exist (any more)")
+    one_line(p, f"the run directory {out} was deleted while this run was running", "stopped")
+    assert not os.path.exists(out)
+
+
+def test_a_deleted_and_reused_run_directory_is_never_shared(data, tmp_path):
+    """Run A's directory is deleted and run B trains to its end in the same path while A still runs: A stops
+    with one line at its next write, and B's files stay exactly as B left them (the lock alone cannot see
+    this: each run locks a different .lock)."""
+    import hashlib
+    out, snap = str(tmp_path / "run"), str(tmp_path / "b.json")
+    args = ["--data-dir", data, "--out-dir", out, "--epochs", "2"] + SMALL
+    p = run(["--", *args], cmd=DRIVER + ["reuse:3"], check=False, env={**os.environ, "NPVIT_TEST_SNAPSHOT": snap})
+    one_line(p, f"the run directory {out} was deleted while this run was running",
+             f"the folder now at {out} is another one, and was left as it is")
+    b = json.load(open(snap))
+    assert sorted(b) == ["best.npz", "config.json", "latest.npz", "metrics.jsonl"], b
+    assert {n: hashlib.sha256(open(os.path.join(out, n), "rb").read()).hexdigest()
+            for n in sorted(os.listdir(out))} == b, "run A wrote into run B's directory"
+    assert json.load(open(os.path.join(out, "config.json")))["seed"] == 99
+    assert [r["epoch"] for r in read_metrics(os.path.join(out, "metrics.jsonl"))] == [1, 2]
+
+
+def test_a_run_directory_writes_only_into_the_folder_it_locked(tmp_path):
+    """Below the check: even a write that skipped it lands in the folder that was locked (gone here, so it
+    fails), never in the new folder at the same path; and the first run's exit leaves the second's lock."""
+    from npvit.errors import RunDirError, WriteError
+    out = str(tmp_path / "run")
+    a = RunDir(out).__enter__()
+    a.write_text("config.json", "a")
+    shutil.rmtree(out)
+    with RunDir(out) as b:
+        b.write_text("config.json", "b")
+        with pytest.raises(RunDirError, match="was deleted while this run was running"):
+            a.write_text("config.json", "a again")
+        a.check = lambda: None                          # as if the path changed between the check and the write
+        with pytest.raises(WriteError, match="does not exist"):
+            a.write_text("config.json", "a again")
+        a.__exit__(None, None, None)
+        assert open(os.path.join(out, "config.json")).read() == "b"
+        assert os.path.exists(b.lock_path), "the first run removed the second run's lock file"
+        assert sorted(os.listdir(out)) == [".lock", "config.json"]
+
+
+def test_a_run_directory_renamed_under_a_run_stops_it_and_says_where_it_went(data, reference_3, tmp_path):
+    out = str(tmp_path / "run")
+    p = run(["--", "--data-dir", data, "--out-dir", out, "--epochs", "3"] + SMALL, cmd=DRIVER + ["rename:7"],
+            check=False)
+    one_line(p, f"the run directory {out} was moved to {out}-moved", f"--resume {out}-moved")
+    assert not os.path.exists(out), "the stopped run made its old path again"
+    assert latest_epoch(out + "-moved") == 1
+    run(["--resume", out + "-moved"])                  # it continues where it went, exactly
+    ref, got = weights(os.path.join(reference_3, "latest.npz")), weights(os.path.join(out + "-moved", "latest.npz"))
+    assert all(np.array_equal(ref[k], got[k]) for k in ref)
 
 
 def test_a_full_disk_for_real(data, tmp_path):

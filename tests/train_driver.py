@@ -11,6 +11,10 @@ FAULT is one of
   sigint-write:N    Ctrl-C (SIGINT) arrives in the middle of the N-th file write
   kill-clear        SIGKILL while --overwrite deletes the old run, after its first file is gone
   rmtree:N          the run directory is deleted (by someone else) after global step N
+  reuse:N           after global step N the run directory is deleted and another run (the same arguments with
+                    --seed 99) trains to its end in the same path; the names and SHA-256 of that run's files
+                    are written as JSON to the file $NPVIT_TEST_SNAPSHOT
+  rename:N          the run directory is renamed to <dir>-moved after global step N
 The faults come from outside the loop: a callback, and wrappers of npvit.runfiles' functions.
 """
 import errno
@@ -46,12 +50,13 @@ def main():
     elif kind in ("write", "replace"):
         target, count, real = int(spec[0]), [0], runfiles._replace
 
-        def replace(tmp, path):
+        def replace(tmp, path, dir_fd=None):
             count[0] += 1
             if count[0] == target and kind == "write":
-                os.truncate(tmp, os.path.getsize(tmp) // 2)
+                fd = os.open(tmp, os.O_WRONLY, dir_fd=dir_fd)
+                os.ftruncate(fd, os.fstat(fd).st_size // 2)
                 os.kill(os.getpid(), signal.SIGKILL)
-            real(tmp, path)
+            real(tmp, path, dir_fd)
             if count[0] == target:
                 os.kill(os.getpid(), signal.SIGKILL)
 
@@ -71,11 +76,11 @@ def main():
     elif kind == "sigint-write":
         target, count, real = int(spec[0]), [0], runfiles._replace
 
-        def replace(tmp, path):
+        def replace(tmp, path, dir_fd=None):
             count[0] += 1
             if count[0] == target:
                 os.kill(os.getpid(), signal.SIGINT)
-            real(tmp, path)
+            real(tmp, path, dir_fd)
 
         runfiles._replace = replace
     elif kind == "rmtree":
@@ -87,11 +92,39 @@ def main():
                 shutil.rmtree(trainer.run.path)
 
         callbacks.append(vanish)
+    elif kind == "reuse":
+        import hashlib
+        import json
+        import shutil
+        import subprocess
+        at = int(spec[0])
+
+        def reuse(trainer, epoch, steps_done):
+            if epoch * trainer.steps + steps_done == at:
+                path = trainer.run.path
+                shutil.rmtree(path)
+                script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                                      "train.py")
+                subprocess.run([sys.executable, script, *args, "--seed", "99"], check=True, capture_output=True)
+                files = {n: hashlib.sha256(open(os.path.join(path, n), "rb").read()).hexdigest()
+                         for n in sorted(os.listdir(path))}
+                with open(os.environ["NPVIT_TEST_SNAPSHOT"], "w") as f:
+                    json.dump(files, f)
+
+        callbacks.append(reuse)
+    elif kind == "rename":
+        at = int(spec[0])
+
+        def rename(trainer, epoch, steps_done):
+            if epoch * trainer.steps + steps_done == at:
+                os.rename(trainer.run.path, trainer.run.path + "-moved")
+
+        callbacks.append(rename)
     elif kind == "kill-clear":
         real_remove = runfiles.os.remove
 
-        def remove(path):
-            real_remove(path)
+        def remove(path, **kw):
+            real_remove(path, **kw)
             if os.path.basename(path) in runfiles.RUN_FILES:
                 os.kill(os.getpid(), signal.SIGKILL)
 
