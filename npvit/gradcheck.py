@@ -38,6 +38,10 @@ class GradcheckError(ValueError):
     """A pair that cannot be checked as given; the message says what is wrong and how to fix it."""
 
 
+class PrecisionError(GradcheckError):
+    """A gradient computed in a lower precision than float64: not wrong, but too coarse to grade."""
+
+
 @dataclass
 class GradcheckRow:
     name: str
@@ -53,6 +57,16 @@ class GradcheckReport:
 
     title: str
     rows: list = field(default_factory=list)
+    notes: list = field(default_factory=list)       # what the check noticed on the way (a dy changed in place)
+    shown: bool = field(default=False, repr=False)  # printed already (by a grader): a notebook shows it once
+
+    def __repr__(self):
+        return f"<GradcheckReport {self.title!r}: {'PASS' if self.passed() else 'FAIL'}, worst {self.worst:.1e}>"
+
+    def _ipython_display_(self):
+        """What a notebook shows when a cell ends with a report: the table, unless a grader printed it."""
+        if not self.shown:
+            print(self)
 
     @property
     def worst(self) -> float:
@@ -82,7 +96,8 @@ class GradcheckReport:
                 + (f"; {', '.join(ok)} pass" if ok else ""))
 
     def summary(self, tol=1e-6):
-        return f"{'PASS' if self.passed(tol) else 'FAIL'}  {self.title}: {self.hint(tol)}"
+        notes = "".join(f"; note: {n}" for n in self.notes)
+        return f"{'PASS' if self.passed(tol) else 'FAIL'}  {self.title}: {self.hint(tol)}{notes}"
 
     def __str__(self):
         w = max([len("array")] + [len(r.name) for r in self.rows])
@@ -165,12 +180,15 @@ def check_layer_gradients(layer, x, *, eps=1e-3, n_directions=3, atol=1e-9, seed
     y = out(x)
     r = xp.asarray(rng.standard_normal(y.shape))  # the random projection: L = sum(r * y)
     layer.zero_grad()
-    dx = layer.backward(r)
+    dy = r.copy()                                 # the backward's own copy: it may change it in place
+    dx = layer.backward(dy)
+    dx = checked_gradient(dx, "x", x.shape, "backward")
     arrays = {"x": x, **layer.parameters()}
     grads = {"x": dx, **{k: g.copy() for k, g in layer.gradients().items()}}
-
-    return _directional_check(lambda: out(x), r, arrays, grads, list(arrays), eps, n_directions, atol, rng,
-                              title or type(layer).__name__)
+    report = _directional_check(lambda: out(x), r, arrays, grads, list(arrays), eps, n_directions, atol, rng,
+                                title or type(layer).__name__)
+    report.notes += changed_in_place({"dy": (dy, r)})
+    return report
 
 
 def check_model_gradients(model, x, labels, *, label_smoothing=0.0, eps=1e-3, n_directions=3, atol=1e-9,
@@ -253,21 +271,61 @@ def check_pair(forward, backward, inputs: dict, *, eps=1e-3, n_directions=3, ato
     xp = get_array_module(y)
     rng = np.random.default_rng(seed)
     r = xp.asarray(rng.standard_normal(y.shape))
-    grads = backward(r, cache)
+    dy, cache_given = r.copy(), copy.deepcopy(cache)      # the backward's own copies: it may change them in place
+    grads = backward(dy, cache_given)
+    if isinstance(grads, list) and len(names) == 1 and not (len(grads) == 1 and hasattr(grads[0], "shape")):
+        raise GradcheckError(f"backward returned a list for the one input {names[0]!r}: return its gradient as an "
+                             f"array (np.asarray(...) turns a nested list into one)")
     grads = grads if isinstance(grads, (tuple, list)) else (grads,)
     if len(grads) != len(names):
         raise GradcheckError(f"backward returned {len(grads)} gradient{'s' if len(grads) != 1 else ''} for the "
                              f"{len(names)} inputs ({', '.join(names)}): one per input, in that order")
-    for name, g in zip(names, grads):
-        if g is None:
-            raise GradcheckError(f"backward returned no gradient (None) for {name!r}")
-        if not hasattr(g, "shape"):
-            raise GradcheckError(f"backward's gradient for {name!r} is a {type(g).__name__}, not an array")
-        if tuple(g.shape) != tuple(inputs[name].shape):
-            raise GradcheckError(f"backward's gradient for {name!r} has shape {tuple(g.shape)}, but {name!r} has shape "
-                                 f"{tuple(inputs[name].shape)}: a gradient has its variable's shape")
-    grads = {name: xp.asarray(g, dtype=np.float64) for name, g in zip(names, grads)}
-    return _directional_check(lambda: r * run()[0], 1.0, arrays, grads, names, eps, n_directions, atol, rng, title)
+    grads = {name: checked_gradient(g, name, inputs[name].shape, "backward") for name, g in zip(names, grads)}
+    report = _directional_check(lambda: r * run()[0], 1.0, arrays, grads, names, eps, n_directions, atol, rng, title)
+    report.notes += changed_in_place({"dy": (dy, r), "cache": (cache_given, cache)})
+    return report
+
+
+def checked_gradient(g, name, shape, who):
+    """``g`` as the float64 array the check compares, or a GradcheckError with one line saying what is wrong
+    with its form: missing, not an array, a list, complex, not numbers, lower precision, another shape."""
+    if g is None:
+        raise GradcheckError(f"{who} returned no gradient (None) for {name!r}: return d{name}, an array of "
+                             f"shape {tuple(shape)}")
+    if isinstance(g, (list, tuple)):
+        raise GradcheckError(f"{who}'s gradient for {name!r} is a {type(g).__name__}, not an array: return one "
+                             f"array per input (np.asarray(...) turns a nested list into one)")
+    if not hasattr(g, "shape") or not hasattr(g, "dtype"):
+        raise GradcheckError(f"{who}'s gradient for {name!r} is a {type(g).__name__}, not an array")
+    kind = np.dtype(g.dtype).kind
+    if kind == "c":
+        raise GradcheckError(f"{who}'s gradient for {name!r} is complex ({g.dtype}): a gradient of a real loss is "
+                             f"real; somewhere a complex number got in (np.sqrt of a negative? a complex constant?)")
+    if kind not in "f":
+        raise GradcheckError(f"{who}'s gradient for {name!r} holds {g.dtype}, not floating-point numbers")
+    if tuple(g.shape) != tuple(shape):
+        raise GradcheckError(f"{who}'s gradient for {name!r} has shape {tuple(g.shape)}, but {name!r} has shape "
+                             f"{tuple(shape)}: a gradient has its variable's shape")
+    if np.dtype(g.dtype).itemsize < 8:
+        raise PrecisionError(f"your gradient for {name!r} is {g.dtype}: compute in float64 to grade it ("
+                             f"{g.dtype}'s digits are too few to compare with finite differences; the inputs you "
+                             f"were given are float64, so a {g.dtype} constant or astype() lowered it)")
+    xp = get_array_module(g)
+    return xp.asarray(g, dtype=np.float64)
+
+
+def changed_in_place(handed):
+    """Notes on the arrays a backward changed in place: ``handed`` maps a name to (the copy it was given, the
+    original). Allowed (the grader handed copies), but worth knowing: a layer's caller may reuse them."""
+    def same(a, b):
+        if hasattr(a, "shape"):
+            return a.shape == b.shape and bool((a == b).all())
+        if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b):
+            return all(same(x, y) for x, y in zip(a, b))
+        return True
+    return [f"your backward changed {name} in place; that is fine here (it was given its own copy), but a caller "
+            f"that reuses {name} would see the change" for name, (given, original) in handed.items()
+            if not same(given, original)]
 
 
 def check_reference_ops(seed=0):

@@ -104,3 +104,91 @@ def test_check_pair_leaves_the_callers_arrays_alone():
     report = check_pair(lambda x: R.gelu_forward(x), R.gelu_backward, {"x": x})
     assert report.passed() and np.array_equal(x, X)
     assert "the gradient matches" in report.hint()
+
+
+# -- the grader never fails a correct answer ------------------------------------------------------------------------
+def inplace_softmax(datt, att):
+    datt -= (datt * att).sum(axis=-1, keepdims=True)                  # dy updated in place, as one may write it
+    datt *= att
+    return datt
+
+
+def inplace_gelu(dy, cache):
+    x, gate, _ = cache
+    dgate = 2.0 * gate * (1.0 - gate) * np.sqrt(2.0 / np.pi) * (1.0 + 3.0 * 0.044715 * x * x)
+    dy *= gate + x * dgate
+    return dy
+
+
+def inplace_layernorm(dy, cache, w):
+    xhat, rstd = cache
+    dw, db = (dy * xhat).reshape(-1, 12).sum(axis=0), dy.reshape(-1, 12).sum(axis=0)
+    dy *= w                                                            # dy becomes dxhat
+    dy -= dy.mean(axis=-1, keepdims=True) + xhat * (dy * xhat).mean(axis=-1, keepdims=True)
+    dy *= rstd
+    return dy, dw, db
+
+
+def inplace_block(block, dy):
+    dy += block.layernorm_2.backward(block.mlp.backward(dy))          # dy becomes dx1
+    dy += block.layernorm_1.backward(block.attention.backward(dy))
+    return dy
+
+
+@pytest.mark.parametrize("name,fn", [("softmax", inplace_softmax), ("gelu", inplace_gelu),
+                                     ("layernorm", inplace_layernorm), ("block", inplace_block)])
+def test_a_correct_backward_that_changes_dy_in_place_passes(name, fn, capsys):
+    report = grade(name, fn)
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert report is not None and report.passed(), last
+    assert last.startswith("PASS") and "changed dy in place" in last, last
+
+
+def one_graded_line(capsys, start):
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and out[0].startswith(start), out
+    return out[0]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_float32_answer_is_named_float32_never_wrong(seed, capsys):
+    def float32_softmax(datt, att):
+        return solutions().softmax_backward(datt.astype(np.float32), att.astype(np.float32))
+    assert grade("softmax", float32_softmax, seed=seed) is None
+    line = one_graded_line(capsys, "NOT GRADED  softmax:")
+    assert "is float32: compute in float64 to grade it" in line
+
+
+@pytest.mark.parametrize("name,fn,message", [
+    ("block", lambda block, dy: None, "backward returned no gradient (None) for 'x'"),
+    ("block", lambda block, dy: dy[:, 0], "has shape (2, 12), but 'x' has shape (2, 5, 12)"),
+    ("gelu", lambda dy, cache: dy * (1 + 5j), "is complex (complex128)"),
+    ("gelu", lambda dy, cache: dy.tolist(), "backward returned a list for the one input 'x'"),
+    ("gelu", lambda dy, cache: dy > 0, "holds bool, not floating-point numbers"),
+    ("layernorm", lambda dy, cache, w: (dy, [1.0] * 12, w), "gradient for 'w' is a list, not an array"),
+], ids=["none", "shape", "complex", "nested-list", "bool", "list-in-tuple"])
+def test_a_mistake_of_form_is_one_line(name, fn, message, capsys):
+    assert grade(name, fn) is None
+    assert message in one_graded_line(capsys, f"FAIL  {name}:")
+
+
+def test_a_learners_own_exception_is_one_line_naming_it_and_where(capsys):
+    def broken(datt, att):
+        return att @ datt.T                                            # the wrong axes
+    assert grade("softmax", broken) is None
+    line = one_graded_line(capsys, "ERROR  softmax: your backward raised ValueError")
+    assert "test_exercises.py: `return att @ datt.T`" in line, line
+
+
+def test_a_graded_cell_shows_the_table_and_one_line_once(capsys):
+    pytest.importorskip("IPython")
+    from IPython.core.formatters import DisplayFormatter
+    report = grade("softmax", solutions().softmax_backward)
+    printed = capsys.readouterr().out
+    assert printed.count("PASS") == 1 and printed.splitlines()[0] == "softmax"
+    # what a notebook makes of the cell's value: nothing more (ipykernel sends no result for empty data)
+    assert DisplayFormatter().format(report) == ({}, {}) and capsys.readouterr().out == ""
+    assert repr(report).startswith("<GradcheckReport 'softmax': PASS")
+    report.shown = False                                               # a report nobody printed shows its table
+    DisplayFormatter().format(report)
+    assert capsys.readouterr().out.splitlines()[0] == "softmax"
