@@ -47,21 +47,26 @@ def activation_bytes_per_image(c, itemsize, training=True):
 
 def estimate(cfg, config, threads=1, train_images=50_000, test_images=10_000) -> dict:
     """The bytes a run of ``cfg`` (its training options) on model ``config`` will need, by part. The dataset is
-    counted whole: --train-limit and --test-limit take their images from it once it is read."""
+    counted whole: --train-limit and --test-limit take their images from it once it is read. A batch holds no
+    more images than the run trains on, and an evaluation batch no more than it evaluates."""
     itemsize = np.dtype(cfg["dtype"]).itemsize
     P = num_parameters(config)
     shards = threads if cfg["backend"] == "numpy" else 1
     image = config.num_channels * config.image_size ** 2
+    used = min(train_images, cfg["train_limit"] or train_images)
+    held_out = min(cfg["val_split"] or 0, used)
+    evaluated = held_out or min(test_images, cfg["test_limit"] or test_images)
+    batch = max(1, min(cfg["batch_size"], used - held_out))
+    eval_batch = max(1, min(cfg["eval_batch_size"], evaluated))
     parts = {
         "parameters and gradients": P * itemsize * (2 + (shards if shards > 1 else 0)),
         "optimiser state": P * itemsize * (2 + (1 if cfg["decay"] == "matrices" else 0)),
         "moving average": P * itemsize if cfg["ema"] else 0,
         # a training step's (its augmented batch too) or an evaluation batch's, whichever is larger: both run
         # through the same layers (and shards), whose caches the next forward replaces
-        "activations": max(min(cfg["micro_batch"] or cfg["batch_size"], cfg["batch_size"])
-                           * activation_bytes_per_image(config, itemsize)
-                           + cfg["batch_size"] * image * itemsize * (8 if cfg["trivial_augment"] else 4),
-                           cfg["eval_batch_size"] * activation_bytes_per_image(config, itemsize, training=False)
+        "activations": max(min(cfg["micro_batch"] or batch, batch) * activation_bytes_per_image(config, itemsize)
+                           + batch * image * itemsize * (8 if cfg["trivial_augment"] else 4),
+                           eval_batch * activation_bytes_per_image(config, itemsize, training=False)
                            * (2 if cfg["tta_flip"] else 1)),
         "dataset": (train_images + test_images) * image * (2 if cfg["backend"] == "cupy" else 1),
     }
@@ -70,7 +75,7 @@ def estimate(cfg, config, threads=1, train_images=50_000, test_images=10_000) ->
 
 def available_bytes(backend="numpy"):
     """The memory a new allocation can count on: on the CPU the smaller of the kernel's MemAvailable and what
-    this process's cgroup still allows; on a GPU the device's free memory. None where it cannot be read."""
+    this process's cgroups still allow; on a GPU the device's free memory. None where it cannot be read."""
     if backend == "cupy":
         try:
             import cupy
@@ -85,16 +90,81 @@ def available_bytes(backend="numpy"):
                     found.append(int(line.split()[1]) * 1024)
     except OSError:
         pass
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
-        try:
-            with open(limit) as f, open(usage) as g:
-                text = f.read().strip()
-                if text != "max" and int(text) < 2 ** 60:
-                    found.append(int(text) - int(g.read().strip()))
-        except (OSError, ValueError):
-            continue
+    left = cgroup_headroom()
+    if left is not None:
+        found.append(left)
     return min(found) if found else None
+
+
+# Per cgroup version: the limit file, the usage file, and memory.stat's reclaimable page-cache line (counted
+# as free: the kernel drops that cache before it kills anything).
+CGROUP_FILES = {1: ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),
+                2: ("memory.max", "memory.current", "inactive_file")}
+NO_LIMIT = 2 ** 60          # cgroup v1 writes "no limit" as a huge number (PAGE_COUNTER_MAX pages)
+
+
+def cgroup_headroom(root="/"):
+    """The memory this process's own cgroups still allow: for each memory cgroup it belongs to (v1's memory
+    controller and v2's unified group, from /proc/self/cgroup, found through /proc/self/mountinfo), walking up
+    from its group to the top of the mount, the least of (limit - usage + reclaimable cache). None where no
+    limit is set or nothing can be read. ``root``: a folder that stands for / (for the tests)."""
+    def read(path):
+        with open(os.path.join(root, path.lstrip("/"))) as f:
+            return f.read()
+
+    try:
+        groups = [line.split(":", 2) for line in read("/proc/self/cgroup").splitlines() if line.count(":") >= 2]
+        mounts = [line.split() for line in read("/proc/self/mountinfo").splitlines()]
+    except OSError:
+        return None
+    best = None
+    for hid, controllers, path in groups:
+        version = 2 if hid == "0" and controllers == "" else 1 if "memory" in controllers.split(",") else None
+        if version is None:
+            continue
+        for fields in mounts:
+            if "-" not in fields:
+                continue
+            sep = fields.index("-")
+            fstype, options = fields[sep + 1], fields[sep + 3] if len(fields) > sep + 3 else ""
+            if not (version == 2 and fstype == "cgroup2" or version == 1 and fstype == "cgroup"
+                    and "memory" in options.split(",")):
+                continue
+            mount_root, mount_point = fields[3], fields[4]
+            rel = os.path.relpath(path, mount_root) if mount_root != "/" else path.lstrip("/")
+            if rel.startswith(".."):
+                continue                        # our group lies outside what this mount shows
+            folder = os.path.normpath(os.path.join(mount_point, rel))
+            while True:
+                left = _headroom(read, folder, version)
+                if left is not None and (best is None or left < best):
+                    best = left
+                if os.path.normpath(folder) == os.path.normpath(mount_point):
+                    break
+                folder = os.path.dirname(folder)
+            break
+    return best
+
+
+def _headroom(read, folder, version):
+    """limit - usage + reclaimable cache of one cgroup folder; None without a limit or where unreadable."""
+    limit_file, usage_file, cache_line = CGROUP_FILES[version]
+    try:
+        text = read(os.path.join(folder, limit_file)).strip()
+        if text == "max" or int(text) >= NO_LIMIT:
+            return None
+        usage = int(read(os.path.join(folder, usage_file)).strip())
+    except (OSError, ValueError):
+        return None
+    cache = 0
+    try:
+        for line in read(os.path.join(folder, "memory.stat")).splitlines():
+            key, _, value = line.partition(" ")
+            if key == cache_line:
+                cache = int(value)
+    except (OSError, ValueError):
+        pass
+    return max(0, int(text) - max(0, usage - cache))
 
 
 def gib(n):
