@@ -13,6 +13,7 @@ into the article's PyTorch model, and a state dict saved there loads here.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import NamedTuple
@@ -24,6 +25,42 @@ from .errors import CheckpointError
 from .runfiles import atomic_write, half_replaced
 
 FORMAT_VERSION = 1
+
+# The weights that ship with npvit (a --recipe full run; README's model card), and their SHA-256, recorded in a
+# file beside them when they were made (tests/test_pretrained.py holds the two together): a damaged copy in an
+# installed package is refused in one line instead of giving wrong answers under the card's accuracy.
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "vit-cifar10.safetensors")
+SHIPPED_SHA256 = SHIPPED + ".sha256"
+
+
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2 ** 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_shipped(path=SHIPPED):
+    """Refuse, in one line that says to reinstall npvit, shipped weights that are missing, unreadable, or not
+    the bytes that were recorded (their SHA-256)."""
+    damaged = f"the weights that ship with npvit ({path})"
+    fix = "reinstall npvit (pip install --force-reinstall npvit; in a clone, git checkout npvit/weights)"
+    try:
+        recorded = open(SHIPPED_SHA256, encoding="ascii").read().split()[0]
+        actual = sha256_of(path)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{damaged} are damaged: {e.filename} is missing; {fix}") from None
+    except (OSError, UnicodeDecodeError, IndexError) as e:
+        raise CheckpointError(f"{damaged} are damaged: they cannot be read ({getattr(e, 'strerror', None) or e}); "
+                              f"{fix}") from None
+    if actual != recorded:
+        raise CheckpointError(f"{damaged} are damaged: their SHA-256 is {actual[:12]}..., not the {recorded[:12]}... "
+                              f"recorded when they were made; {fix}")
+
+
+def is_shipped(path):
+    return os.path.realpath(os.fspath(path)) == os.path.realpath(SHIPPED)
 
 
 class Checkpoint(NamedTuple):
@@ -66,6 +103,8 @@ def read_checkpoint(path, config=None) -> Checkpoint:
     (a ViTConfig or dict): the model of a .safetensors that carries none (a PyTorch state dict)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
+    if is_shipped(path):
+        check_shipped(path)
     if half_replaced(folder):
         raise CheckpointError(f"{path} is what is left of a run that an interrupted --overwrite was deleting, not "
                               f"a finished run's checkpoint: start that run again with --overwrite, or use another "

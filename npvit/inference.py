@@ -8,7 +8,7 @@ import numpy as np
 
 from .augment import normalize
 from .backend import get_xp, to_device, to_numpy
-from .checkpoint import load_checkpoint
+from .checkpoint import SHIPPED, load_checkpoint
 from .data import CIFAR10_CLASSES
 from .errors import CheckpointError, ConfigError, DataError
 from .losses import log_softmax
@@ -16,7 +16,7 @@ from .losses import log_softmax
 
 # The weights that ship with npvit (a --recipe full run; its model card is in README.md): what predict and
 # attention use when no checkpoint is given.
-PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "vit-cifar10.safetensors")
+PRETRAINED = SHIPPED
 
 
 def load_trained(path, backend="numpy", threads=1, config=None):

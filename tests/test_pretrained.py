@@ -46,3 +46,51 @@ def test_evaluate_on_them_gives_the_stated_accuracy(real_data):
     assert p.returncode == 0, p.stderr
     got = json.load(open(os.path.join(real_data, "..", "r.json")))["accuracy"]
     assert got == pytest.approx(meta["test_acc"], abs=5e-4), (got, meta["test_acc"])
+
+
+# -- a damaged copy in an installed package is refused, in one line that says to reinstall --------------------------
+def test_the_recorded_sha256_is_that_of_the_shipped_file():
+    from npvit.checkpoint import SHIPPED_SHA256, sha256_of
+    recorded, name = open(SHIPPED_SHA256).read().split()
+    assert name == os.path.basename(PRETRAINED) and recorded == sha256_of(PRETRAINED)
+
+
+def installed_copy(tmp_path):
+    """The npvit package copied as pip would install it, in a folder to put on PYTHONPATH."""
+    import shutil
+    site = tmp_path / "site"
+    shutil.copytree(os.path.join(REPO, "npvit"), site / "npvit", ignore=shutil.ignore_patterns("__pycache__"))
+    return site, site / "npvit" / "weights" / "vit-cifar10.safetensors"
+
+
+def damage_finite(path):
+    """20 KB in the middle of the weights overwritten with finite float32 values: no NaN for a check to see."""
+    data = bytearray(path.read_bytes())
+    start = len(data) // 2 & ~3
+    data[start:start + 20 * 1024] = np.full(5 * 1024, 0.25, np.float32).tobytes()
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["finite-bytes", "missing", "unreadable", "nan"])
+def test_damaged_shipped_weights_are_one_line_saying_to_reinstall(tmp_path, damage):
+    from PIL import Image
+    site, weights = installed_copy(tmp_path)
+    if damage == "finite-bytes":
+        damage_finite(weights)
+    elif damage == "missing":
+        weights.unlink()
+    elif damage == "unreadable":
+        weights.unlink()
+        weights.mkdir()                                             # reads fail even as root
+    else:
+        data = bytearray(weights.read_bytes())
+        data[-4:] = np.array([np.nan], np.float32).tobytes()
+        weights.write_bytes(bytes(data))
+    sample = np.load(os.path.join(REPO, "notebooks", "cifar10_sample.npz"))
+    Image.fromarray(sample["x"][0].transpose(1, 2, 0)).save(tmp_path / "img.png")
+    p = subprocess.run([sys.executable, "-m", "npvit", "predict", str(tmp_path / "img.png")], capture_output=True,
+                       text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(site)})
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and p.stdout == "", (p.returncode, p.stdout, p.stderr)
+    assert f"the weights that ship with npvit ({weights}) are damaged" in lines[0], lines[0]
+    assert "reinstall npvit" in lines[0] and "diverged" not in lines[0] and "%" not in lines[0]
