@@ -14,13 +14,16 @@ is a one-process world whose collectives do nothing.
 """
 from __future__ import annotations
 
+import json
 import os
+import socket
 import sys
 import time
+import zlib
 
 import numpy as np
 
-from .errors import UserError
+from .errors import ReplicasDiffer, UserError
 
 # What MPI launchers put in each process's environment: MPICH/Intel (PMI), Open MPI, PMIx.
 LAUNCH_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
@@ -52,6 +55,9 @@ class SingleProcess:
         return True
 
     def gather(self, obj):
+        return [obj]
+
+    def allgather(self, obj):
         return [obj]
 
     def barrier(self):
@@ -98,6 +104,10 @@ class MPIWorld:
         """Every rank's ``obj`` as a list on rank 0 (None on the others): error messages, say."""
         return self.comm.gather(obj, root=0)
 
+    def allgather(self, obj):
+        """Every rank's ``obj`` as a list, on every rank."""
+        return self.comm.allgather(obj)
+
     def barrier(self):
         self.comm.Barrier()
 
@@ -130,11 +140,58 @@ def get_world():
 
 
 def check_replicas(world, flat_params, epoch, step):
-    """Debug (--check-replicas N): every rank must hold the same weights; a checksum compares them."""
+    """Debug (--check-replicas N): every rank must hold the same weights; a checksum compares them. Drift is a
+    ReplicasDiffer on every rank (one line from rank 0, exit status 2)."""
     checksum = float(np.asarray(flat_params, dtype=np.float64).sum())
-    if not world.same(checksum):
-        raise RuntimeError(f"the processes' weights differ after epoch {epoch + 1}, step {step} (checksum "
-                           f"{checksum!r} on rank {world.rank}): their updates were not the same")
+    sums = world.allgather(checksum)
+    if len(set(sums)) > 1:
+        differ = [r for r, c in enumerate(sums) if c != sums[0]]
+        raise ReplicasDiffer(f"the processes' weights differ after epoch {epoch + 1}, step {step}: "
+                             f"{'rank' if len(differ) == 1 else 'ranks'} {', '.join(map(str, differ))} "
+                             f"{'holds' if len(differ) == 1 else 'hold'} other weights than rank 0 (checksums "
+                             f"{sums[0]!r} and {sums[differ[0]]!r}): their updates were not the same, so the run "
+                             f"stopped here")
+
+
+# Settings each rank may hold for itself: the data's path (each host reads its own copy; the data's checksum is
+# compared instead).
+LOCAL_SETTINGS = ("data_dir",)
+
+
+def check_same_settings(world, cfg):
+    """Every rank must run with the same settings: a difference stops every rank before the run's first write,
+    with one line naming the setting, its values and the ranks."""
+    mine = {k: json.dumps(v, sort_keys=True, default=str) for k, v in cfg.items() if k not in LOCAL_SETTINGS}
+    everyone = world.allgather(mine)
+    for key in sorted(set().union(*everyone)):
+        values = [settings.get(key) for settings in everyone]
+        if len(set(values)) > 1:
+            odd = [r for r, v in enumerate(values) if v != values[0]]
+            raise ReplicasDiffer(
+                f"the processes were started with different settings: {key} is {values[0]} on rank 0 but "
+                f"{values[odd[0]]} on rank{'s' if len(odd) > 1 else ''} {', '.join(map(str, odd))}; start every "
+                f"rank with the same flags (and config file)")
+
+
+def data_checksum(*arrays):
+    """A checksum of what a rank read (CRC-32 of the arrays' bytes, chained)."""
+    crc = 0
+    for a in arrays:
+        crc = zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1), crc)
+    return crc
+
+
+def check_same_data(world, checksum):
+    """Every rank must have read the same images and labels (each host from its own --data-dir; ``checksum``:
+    data_checksum of what this rank read): ranks whose data differ stop the run before its first write, with
+    one line naming them and their hosts."""
+    everyone = world.allgather((checksum, socket.gethostname()))
+    odd = [r for r, (crc, _) in enumerate(everyone) if crc != everyone[0][0]]
+    if odd:
+        where = ", ".join(f"rank {r} on host {everyone[r][1]}" for r in odd)
+        raise ReplicasDiffer(f"the processes read different data: {where} read other images or labels than "
+                                  f"rank 0 on host {everyone[0][1]} from its --data-dir; give every host the same "
+                                  f"dataset")
 
 
 def shard(n, world):

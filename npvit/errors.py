@@ -38,6 +38,11 @@ class WriteError(UserError, OSError):
         return self.args[0]
 
 
+class ReplicasDiffer(UserError):
+    """The processes of a run were started with different settings or data, or hold different weights
+    (--check-replicas): found on every rank at the same point, so every rank stops there and rank 0 says it."""
+
+
 class StartFailed(UserError):
     """Some processes of a multi-process run could not start; ``messages[r]`` is rank r's error line
     (None where it started), known on rank 0."""

@@ -27,7 +27,7 @@ from .backend import get_xp, to_device
 from .batches import Batches, Stream, norm_stats, training_data
 from .config import ViTConfig
 from .console import Console, Progress, StopRequest, epoch_line, start_line
-from .distributed import SingleProcess, check_replicas
+from .distributed import SingleProcess, check_replicas, check_same_data, check_same_settings, data_checksum
 from .ema import EMA
 from .errors import CheckpointError, ConfigError, Diverged, StartFailed, UserError
 from .model import ViT
@@ -64,6 +64,9 @@ def train(cfg, resume=None, overwrite=False, console=None, callbacks=(), stop=No
             from .cli import error_line
 
             raise StartFailed(world.gather(error_line(failed) if failed is not None else None))
+        if world.size > 1:              # the ranks agree on every setting and on the data each read, or all stop
+            check_same_settings(world, cfg)
+            check_same_data(world, trainer.data_checksum)
         trainer.callbacks, trainer.stop = list(callbacks), stop or StopRequest()
         with trainer.stop:              # from the first write on, Ctrl-C and SIGTERM finish it and save
             if clear:
@@ -144,6 +147,7 @@ def build(cfg, config, resume, run, console, world):
     """The parts of a run, in reading order: data, model, optimiser, state (resumed or new), moving average,
     the batch stream and the evaluation set on the model's device, the model on its CPU threads."""
     data = training_data(cfg)
+    checksum = data_checksum(data.x_train, data.y_train, data.x_test, data.y_test) if world.size > 1 else None
     mean, std = norm_stats(cfg, data)
     xp = get_xp(cfg["backend"])
     model = ViT(config, backend=cfg["backend"], dtype=cfg["dtype"], seed=cfg["seed"], kernels=cfg["kernels"],
@@ -170,7 +174,9 @@ def build(cfg, config, resume, run, console, world):
     net = parallelize(model, threads)               # the model, or it on several CPU threads
     checkpoints = RunCheckpoints(run, net, opt, ema, state, {"classes": list(data.classes), "mean": mean, "std": std},
                                  cfg, writer=world.rank == 0)
-    return Trainer(cfg, net, opt, ema, batches, evaluation, run, state, checkpoints, resume, console, world)
+    trainer = Trainer(cfg, net, opt, ema, batches, evaluation, run, state, checkpoints, resume, console, world)
+    trainer.data_checksum = checksum
+    return trainer
 
 
 # -- the run --------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import sys
 from .cli import SafeStream, error_line, run_main
 from .console import Console, StopRequest
 from .distributed import get_world
-from .errors import Diverged, StartFailed, UserError
+from .errors import Diverged, ReplicasDiffer, StartFailed, UserError
 from .options import ALL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, add_model_args, build_config, default_text
 from .parallel import threads_arg
 from .runstate import read_resume, resume_source
@@ -99,6 +99,10 @@ def train_main(argv=None, callbacks=(), prog="scripts/train.py"):
         if world.rank == 0:
             print(f"error: {e}", file=err)
         return 1
+    except ReplicasDiffer as e:             # every rank found it at the same point: rank 0 says it once
+        if world.rank == 0:
+            print(error_line(e), file=err)
+        return 2
     except StartFailed as e:                # rank 0 says what went wrong where, each message once
         if world.rank == 0:
             by_message = {}

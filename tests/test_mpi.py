@@ -145,3 +145,53 @@ def test_a_usage_error_ends_every_rank_with_one_line_each(tmp_path):
     p = mpi(2, os.path.join(REPO, "scripts", "train.py"), "--data-dir", tmp_path, "--no-download", "--out-dir",
             tmp_path / "o", *SMALL, timeout=120)
     assert p.returncode != 0 and "CIFAR-10 not found" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+# -- ranks that agree or stop ---------------------------------------------------------------------------------------
+def mpmd(*per_rank, timeout=120):
+    """One process per argument list (MPI's multiple-program launch: ``mpiexec -n 1 A : -n 1 B``)."""
+    cmd = [MPIEXEC, *FLAGS]
+    for i, args in enumerate(per_rank):
+        cmd += ([":"] if i else []) + ["-n", "1", sys.executable, *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=timeout)
+
+
+def the_one_line(p):
+    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (p.returncode, p.stderr)
+    return lines[0]
+
+
+def test_ranks_started_with_different_settings_stop_before_writing(tmp_path):
+    from tests.cifar_fixtures import write_fake_cifar
+    data, out = str(write_fake_cifar(tmp_path / "data", n_per_batch=64)), tmp_path / "run"
+    args = [os.path.join(REPO, "scripts", "train.py"), "--data-dir", data, "--out-dir", out, "--epochs", "1",
+            "--batch-size", "64", *SMALL]
+    line = the_one_line(mpmd([*args, "--seed", "1"], [*args, "--seed", "2"]))
+    assert "the processes were started with different settings: seed is 1 on rank 0 but 2 on rank 1" in line, line
+    assert not out.exists() or os.listdir(out) == [], "a run that could not agree wrote something"
+
+
+def test_ranks_that_read_different_data_are_refused_naming_the_hosts(tmp_path):
+    import socket
+    from tests.cifar_fixtures import write_fake_cifar
+    a = str(write_fake_cifar(tmp_path / "a", n_per_batch=64, seed=0))
+    b = str(write_fake_cifar(tmp_path / "b", n_per_batch=64, seed=1))
+    args = ["--out-dir", tmp_path / "run", "--epochs", "1", "--batch-size", "64", *SMALL]
+    train = os.path.join(REPO, "scripts", "train.py")
+    line = the_one_line(mpmd([train, "--data-dir", a, *args], [train, "--data-dir", b, *args]))
+    assert (f"the processes read different data: rank 1 on host {socket.gethostname()} read other images or labels "
+            f"than rank 0") in line, line
+    # each host's own copy of the same data, at another path: that is allowed
+    c = str(write_fake_cifar(tmp_path / "c", n_per_batch=64, seed=0))
+    p = mpmd([train, "--data-dir", a, *args], [train, "--data-dir", c, *args])
+    assert p.returncode == 0, p.stderr
+
+
+def test_replicas_that_drift_are_one_line_with_exit_status_2(tmp_path):
+    from tests.cifar_fixtures import write_fake_cifar
+    data = str(write_fake_cifar(tmp_path / "data", n_per_batch=64))
+    p = mpi(2, os.path.join(REPO, "tests", "train_driver.py"), "perturb:2:1", "--", "--data-dir", data, "--out-dir",
+            tmp_path / "run", "--epochs", "1", "--batch-size", "64", "--check-replicas", "3", *SMALL, timeout=120)
+    line = the_one_line(p)
+    assert "the processes' weights differ after epoch 1, step 3: rank 1 holds other weights than rank 0" in line, line

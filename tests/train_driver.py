@@ -9,6 +9,7 @@ FAULT is one of
   raise:N:R         raise an error in MPI rank R after global step N (a bug in one process)
   oserror:N:ERRNO   the N-th file write fails as the system would (ENOSPC: disk full, EROFS, EDQUOT, EIO, ...)
   sigint-write:N    Ctrl-C (SIGINT) arrives in the middle of the N-th file write
+  perturb:N:R       MPI rank R alone nudges its weights after global step N (replicas that drift apart)
   kill-clear        SIGKILL while --overwrite deletes the old run, after its first file is gone
   rmtree:N          the run directory is deleted (by someone else) after global step N
   reuse:N           after global step N the run directory is deleted and another run (the same arguments with
@@ -92,6 +93,14 @@ def main():
                 shutil.rmtree(trainer.run.path)
 
         callbacks.append(vanish)
+    elif kind == "perturb":
+        at, only = int(spec[0]), int(spec[1])
+
+        def nudge(trainer, epoch, steps_done):
+            if epoch * trainer.steps + steps_done == at and trainer.world.rank == only:
+                trainer.net.flat.params[0] += 1e-3
+
+        callbacks.append(nudge)
     elif kind == "reuse":
         import hashlib
         import json
