@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import __version__
 from .config import ViTConfig
 from .errors import CheckpointError
 from .runfiles import atomic_write, half_replaced
@@ -81,8 +82,8 @@ def checkpoint_arrays(model, optimizer=None, meta=None, averaged=None):
     if averaged is not None:
         arrays.update({f"ema/{k}": v for k, v in averaged.items()})
     arrays["config.json"] = np.array(json.dumps(model.config.to_dict()))
-    arrays["meta.json"] = np.array(json.dumps({"format_version": FORMAT_VERSION, "dtype": model.dtype.name,
-                                               **(meta or {})}))
+    arrays["meta.json"] = np.array(json.dumps({"format_version": FORMAT_VERSION, "npvit_version": __version__,
+                                               "dtype": model.dtype.name, **(meta or {})}))
     return arrays
 
 
@@ -137,10 +138,52 @@ def read_checkpoint(path, config=None) -> Checkpoint:
             raise ValueError("meta.json is not a JSON object")
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has a damaged config or metadata entry ({e})") from None
+    check_format(meta, path)
     params = {k[len("param/"):]: v for k, v in data.items() if k.startswith("param/")}
     optim = {k[len("optim/"):]: v for k, v in data.items() if k.startswith("optim/")}
     averaged = {k[len("ema/"):]: v for k, v in data.items() if k.startswith("ema/")}
+    check_dtypes(params, optim, averaged, meta, path)
     return Checkpoint(config, params, optim, meta, averaged)
+
+
+def check_format(meta, path):
+    """The checkpoint's format must be one this npvit reads: a newer one is named with the npvit that wrote it,
+    a missing or older one is refused (format 1 is the first; there is nothing older to migrate)."""
+    version = meta.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"{path} says no checkpoint format (its meta.json has no integer format_version): it "
+                              f"was not written by npvit, or was altered")
+    if version > FORMAT_VERSION:
+        writer = f"npvit {meta['npvit_version']}" if isinstance(meta.get("npvit_version"), str) else "a newer npvit"
+        raise CheckpointError(f"{path} was written by {writer} in checkpoint format {version}; this npvit "
+                              f"({__version__}) reads format {FORMAT_VERSION}: upgrade npvit to read it")
+    if version < 1:
+        raise CheckpointError(f"{path} is in checkpoint format {version}, older than any npvit wrote (the first is "
+                              f"1): it was not written by npvit, or was altered")
+
+
+def check_dtypes(params, optim, averaged, meta, path):
+    """Every array in the dtype the run expects: the weights and their moving average in the model's dtype (the
+    one meta.json names), the optimiser's state in that dtype or wider, its step counter an integer. A
+    checkpoint otherwise would load with silent casts and train differently: one line refuses it."""
+    dtype = meta.get("dtype")
+    if dtype not in ("float32", "float64"):
+        raise CheckpointError(f"{path} names the model's dtype {dtype!r}; npvit writes float32 or float64")
+    want = np.dtype(dtype)
+
+    def refuse(name, array, what):
+        raise CheckpointError(f"{path}: {name} is {array.dtype}, but {what}: this checkpoint was not written by npvit "
+                              f"training as it is (altered?), and would load with a silent cast; refused")
+    for kind, arrays in (("weight", params), ("averaged weight", averaged)):
+        for name, a in arrays.items():
+            if a.dtype != want:
+                refuse(f"{kind} {name}", a, f"the model is {dtype}")
+    for name, a in optim.items():
+        if name == "step_count":
+            if a.dtype.kind not in "iu":
+                refuse("the optimiser's step_count", a, "a step counter is an integer")
+        elif a.dtype.kind != "f" or a.dtype.itemsize < want.itemsize:
+            refuse(f"optimiser state {name}", a, f"the optimiser's state must be {dtype} or wider, like the model")
 
 
 def evaluated_weights(params, averaged):
