@@ -88,15 +88,14 @@ def checkpoint_arrays(model, optimizer=None, meta=None, averaged=None):
 
 
 def npz_writer(arrays):
-    """``(write, size)`` for :func:`npvit.runfiles.atomic_write`: the arrays as one .npz, and about how many
-    bytes that is."""
-    return (lambda f: np.savez(f, **arrays)), sum(a.nbytes for a in arrays.values())
+    """The ``write`` of :func:`npvit.runfiles.atomic_write` that writes the arrays as one .npz."""
+    return lambda f: np.savez(f, **arrays)
 
 
 def save_checkpoint(path, model, optimizer=None, meta=None, averaged=None):
     """Write ``model`` (+ ``optimizer`` state, + JSON-able ``meta``, + ``averaged`` weights) to ``path``
     atomically."""
-    return atomic_write(path, *npz_writer(checkpoint_arrays(model, optimizer, meta, averaged)))
+    return atomic_write(path, npz_writer(checkpoint_arrays(model, optimizer, meta, averaged)))
 
 
 def read_checkpoint(path, config=None) -> Checkpoint:

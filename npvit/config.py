@@ -96,7 +96,24 @@ class ViTConfig:
     @classmethod
     def from_json(cls, path) -> "ViTConfig":
         with open(path) as f:
-            return cls.from_dict(json.load(f))
+            try:
+                return cls.from_dict(json.load(f, object_pairs_hook=no_duplicate_keys))
+            except DuplicateKey as e:
+                raise ValueError(f"{path} sets {e.args[0]!r} twice: keep one") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+class DuplicateKey(Exception):
+    """A JSON object that gives one key twice (json would silently keep the last)."""
+
+
+def no_duplicate_keys(pairs):
+    """json's object_pairs_hook: a JSON object as a dict, refusing a key given twice."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKey(key)
+        seen[key] = value
+    return seen

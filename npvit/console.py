@@ -64,9 +64,13 @@ class Progress:
             self.bar.close()
 
 
+# The signals that ask a run to save and stop (SIGHUP where the system has it: not on Windows).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 class StopRequest:
-    """Stop at the next step boundary, save, exit: asked by the first Ctrl-C (SIGINT), SIGTERM, or the
-    reader of the output going away. A second Ctrl-C stops at once."""
+    """Stop at the next step boundary, save, exit: asked by the first Ctrl-C (SIGINT), SIGTERM, SIGHUP (the
+    terminal closed), or the reader of the output going away. A second Ctrl-C stops at once."""
 
     def __init__(self):
         self.requested = False
@@ -74,7 +78,7 @@ class StopRequest:
         self.note = None           # where to say that we are stopping (stderr)
 
     def __enter__(self):
-        self.old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
         for s in self.old:
             signal.signal(s, self.handle)
         return self

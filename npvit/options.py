@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 from .backend import BACKENDS, DTYPES
-from .config import ViTConfig
+from .config import DuplicateKey, ViTConfig, no_duplicate_keys
 from .errors import ConfigError
 from .ops import get_kernels
 
@@ -273,7 +273,10 @@ def read_config_file(path) -> dict:
     """A JSON object of config keys from ``path``, or a ConfigError that says what is wrong with the file."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            data = json.load(f, object_pairs_hook=no_duplicate_keys)
+    except DuplicateKey as e:
+        raise ConfigError(f"config file {path} sets {e.args[0]!r} twice: keep one (JSON would silently take the "
+                          f"last)") from None
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except PermissionError:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import io
 import json
 import math
 import os
@@ -66,20 +67,29 @@ def os_cause(e, folder):
 
 
 def _mib(n):
-    return f"{n / 2 ** 20:.1f} MiB"
+    """A size in words: bytes, KiB, MiB or GiB, whichever reads best."""
+    if n < 2 ** 10:
+        return f"{n} bytes"
+    for unit, power in (("KiB", 10), ("MiB", 20)):
+        if n < 2 ** (power + 10):
+            return f"{n / 2 ** power:.1f} {unit}"
+    return f"{n / 2 ** 30:.2f} GiB"
 
 
-def atomic_write(path, write, size=None, dir_fd=None):
+def atomic_write(path, write, dir_fd=None):
     """Create or replace ``path`` with what ``write(f)`` writes to a binary file object; all or nothing.
-    A refusal of the system (disk full, read-only, ...) is a WriteError naming the file and the cause, and
-    for a full disk how much the file needed (``size``, bytes, where known) and how much is free; the old
-    file, if any, is untouched and no temporary file is left. ``dir_fd``: an open handle of the folder to
-    write in (a run directory's); ``path`` then names the file in messages and its base name is the file
-    written in that folder, wherever the folder now is."""
+    The bytes are made in memory first, so their size is known exactly. A refusal of the system (disk full,
+    read-only, ...) is a WriteError naming the file and the cause, and for a full disk the size the file
+    needed and the space free; the old file, if any, is untouched and no temporary file is left. ``dir_fd``:
+    an open handle of the folder to write in (a run directory's); ``path`` then names the file in messages and
+    its base name is the file written in that folder, wherever the folder now is."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     suffix = os.path.splitext(path)[1]
     name = os.path.basename(path) if dir_fd is not None else path
+    buffer = io.BytesIO()
+    write(buffer)
+    data = buffer.getbuffer()
     tmp = None
     try:
         if dir_fd is None:
@@ -91,7 +101,7 @@ def atomic_write(path, write, size=None, dir_fd=None):
         if hasattr(os, "fchmod"):
             os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         _replace(tmp, name, dir_fd)
@@ -102,8 +112,10 @@ def atomic_write(path, write, size=None, dir_fd=None):
             except OSError:
                 pass
         if isinstance(e, OSError) and not isinstance(e, WriteError) and e.errno in WRITE_REFUSALS:
-            raise write_error(e, path, size) from None
+            raise write_error(e, path, len(data)) from None
         raise
+    finally:
+        data.release()
     if dir_fd is None:
         _fsync_dir(folder)
     else:
@@ -116,7 +128,8 @@ WRITE_REFUSALS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.E
 
 
 def write_error(e, path, size=None):
-    """The WriteError that says why the system refused to write ``path`` (OSError ``e``)."""
+    """The WriteError that says why the system refused to write ``path`` (OSError ``e``); for a full disk or
+    quota, the ``size`` in bytes the file needed and the space free, in words that never contradict."""
     folder = os.path.dirname(os.path.abspath(path))
     text = f"cannot write {path}: {os_cause(e, folder)}"
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -124,10 +137,14 @@ def write_error(e, path, size=None):
             free = shutil.disk_usage(folder).free
         except OSError:
             free = None
-        need = f"it needs about {_mib(size)}" if size else ""
-        have = f"{_mib(free)} free" if free is not None else ""
-        if need or have:
-            text += f" ({', '.join(x for x in (need, have) if x)})"
+        if size is not None and free is not None:
+            text += (f" (it needs {_mib(size)}, {_mib(free)} free)" if free < size else
+                     f" (it needs {_mib(size)}; the system refused it with {_mib(free)} free, which other writes or "
+                     f"the file system's own overhead took)")
+        elif size is not None:
+            text += f" (it needs {_mib(size)}; the free space cannot be read)"
+        elif free is not None:
+            text += f" ({_mib(free)} free)"
     if os.path.exists(path):
         text += f"; the previous {os.path.basename(path)} is intact"
     return WriteError(text, e.errno)
@@ -346,10 +363,10 @@ class RunDir:
             return None
         return where
 
-    def write(self, name, write, size=None):
+    def write(self, name, write):
         """Write file ``name`` of this run atomically (see :func:`atomic_write`), into the directory locked."""
         self.check()
-        return atomic_write(self.file(name), write, size, dir_fd=self.dir_fd)
+        return atomic_write(self.file(name), write, dir_fd=self.dir_fd)
 
     def write_text(self, name, text):
         return self.write(name, lambda f: f.write(text.encode("utf-8")))

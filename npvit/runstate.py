@@ -116,7 +116,7 @@ class RunCheckpoints:
             try:
                 arrays = checkpoint_arrays(self.net, self.opt, meta=strict_json(meta),
                                            averaged=self.ema.averaged_params() if self.ema is not None else None)
-                self.run.write(name, *npz_writer(arrays))
+                self.run.write(name, npz_writer(arrays))
             except WriteError as e:
                 kept = f" ({self.saved})" if name == "latest.npz" and "intact" in str(e) else ""
                 then = (f"continue with {resume_command(self.run.path, state.processes)}"

@@ -324,3 +324,11 @@ def test_the_attention_figure_says_what_the_model_reads(trained, data, tmp_path)
     assert list(attention_maps(atts, "cls")) == ["CLS attention", "rollout"]
     p = script("attention.py", trained / "best.npz", "--data-dir", data, "-n", "2", "-o", tmp_path / "a.png")
     assert p.returncode == 0, p.stderr
+
+
+def test_a_config_file_that_sets_a_key_twice_is_one_line(tmp_path, data):
+    f = tmp_path / "twice.json"
+    f.write_text('{"lr": 0.1, "epochs": 3, "lr": 0.001}')
+    one_error_line(script("train.py", "--config", f, "--data-dir", data, "--out-dir", tmp_path / "o"),
+                   f"config file {f} sets 'lr' twice: keep one")
+    assert not (tmp_path / "o").exists()

@@ -36,8 +36,17 @@ def test_predict_and_attention_use_them_when_no_checkpoint_is_given(tmp_path):
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 3, p.stderr
     assert "no checkpoint given: using the weights that ship with npvit (recipe full, seed" in p.stderr
     assert PRETRAINED in p.stderr
-    p = script("predict.py", "a.npz", "b.png", "c.png")
-    assert p.returncode == 2 and "expected [CHECKPOINT] IMAGE, got 3 paths" in p.stderr
+    Image.fromarray(sample["x"][1].transpose(1, 2, 0)).save(tmp_path / "img2.png")
+    p = script("predict.py", tmp_path / "img.png", tmp_path / "img2.png", "-k", "2")     # several images
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0] == f"{tmp_path / 'img.png'}:" and p.stdout.splitlines()[3] == \
+        f"{tmp_path / 'img2.png'}:" and len(p.stdout.splitlines()) == 6, p.stdout
+    one = script("predict.py", PRETRAINED, tmp_path / "img2.png", "-k", "2").stdout.splitlines()
+    assert [line.strip() for line in p.stdout.splitlines()[4:]] == [line.strip() for line in one]
+    p = script("predict.py", "a.npz", "b.png", "c.npz")
+    assert p.returncode == 2 and "c.npz is a checkpoint among the images: give one checkpoint, first" in p.stderr
+    p = script("predict.py", "a.npz")
+    assert p.returncode == 2 and "no image given after the checkpoint a.npz" in p.stderr
 
 
 def test_evaluate_on_them_gives_the_stated_accuracy(real_data):

@@ -242,7 +242,7 @@ def test_a_refused_checkpoint_write_is_one_line_and_loses_nothing(data, referenc
     line = one_line(p, f"cannot write {os.path.join(out, 'latest.npz')}", cause, "the previous latest.npz is intact",
                     f"--resume {out}")
     if code in ("ENOSPC", "EDQUOT"):
-        assert "free" in line and "needs about" in line, line
+        assert "free" in line and "it needs" in line, line
     assert sorted(os.listdir(out)) == ["best.npz", "config.json", "latest.npz", "metrics.jsonl"], os.listdir(out)
     assert latest_epoch(out) == 1                        # the last good state
     assert [r["epoch"] for r in read_metrics(os.path.join(out, "metrics.jsonl"))] == [1], \
@@ -252,6 +252,25 @@ def test_a_refused_checkpoint_write_is_one_line_and_loses_nothing(data, referenc
                                                                                                     "metrics.jsonl")))
     ref, got = weights(os.path.join(reference_3, "latest.npz")), weights(os.path.join(out, "latest.npz"))
     assert all(np.array_equal(ref[k], got[k]) for k in ref)
+
+
+@pytest.mark.parametrize("nth,name", [(2, "config.json"), (3, "best.npz"), (5, "metrics.jsonl")])
+def test_every_full_disk_message_gives_the_size_and_the_space_free(data, tmp_path, nth, name):
+    out = str(tmp_path / "run")
+    p = run(["--", "--data-dir", data, "--out-dir", out, "--epochs", "1"] + SMALL, cmd=DRIVER + [f"oserror:{nth}:ENOSPC"],
+            check=False)
+    line = one_line(p, f"cannot write {os.path.join(out, name)}", "is full", "it needs", "iB free")
+    assert "needs 0.0" not in line
+
+
+def test_a_full_disk_message_never_contradicts_itself(tmp_path):
+    import errno
+    from npvit.runfiles import write_error
+    free = shutil.disk_usage(tmp_path).free
+    small = str(write_error(OSError(errno.ENOSPC, "full"), str(tmp_path / "f"), 1024))
+    assert "it needs 1.0 KiB; the system refused it with" in small            # plenty free: no "needs X, more free"
+    big = str(write_error(OSError(errno.ENOSPC, "full"), str(tmp_path / "f"), free + 2 ** 30))
+    assert ", " in big and "iB free)" in big and "refused it" not in big
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +349,7 @@ def test_a_full_disk_for_real(data, tmp_path):
         p = run(["--data-dir", data, "--out-dir", str(mnt / "run"), "--epochs", "1", "--hidden-size", "96",
                  "--num-attention-heads", "3", "--intermediate-size", "384", "--num-hidden-layers", "2",
                  "--no-progress", "--threads", "1", "--batch-size", "64"], check=False)
-        one_line(p, "cannot write", "latest.npz", "is full", "needs about", "free", "start the run again")
+        one_line(p, "cannot write", "latest.npz", "is full", "it needs", "iB free)", "start the run again")
         assert sorted(os.listdir(mnt / "run")) == [], "a temporary file or a half checkpoint was left"
     finally:
         subprocess.run(["umount", str(mnt)])

@@ -70,10 +70,10 @@ def drive(fault, args, check=False):
     return p
 
 
-@pytest.mark.parametrize("sig,at", [("SIGINT", 8), ("SIGKILL", 8), ("SIGTERM", 5)])
+@pytest.mark.parametrize("sig,at", [("SIGINT", 8), ("SIGKILL", 8), ("SIGTERM", 5), ("SIGHUP", 8)])
 def test_stop_and_resume_reproduces_the_uninterrupted_run(fake_data, uninterrupted, tmp_path, sig, at):
-    """5 steps per epoch; a signal after step 8 (mid-epoch 2) or 5 (the end of epoch 1). SIGINT/SIGTERM save
-    first; SIGKILL resumes from epoch 1."""
+    """5 steps per epoch; a signal after step 8 (mid-epoch 2) or 5 (the end of epoch 1). SIGINT/SIGTERM/SIGHUP
+    save first; SIGKILL resumes from epoch 1."""
     full = uninterrupted
     out = str(tmp_path / "stopped")
     args = ["--data-dir", fake_data, "--out-dir", out] + RESUMED
