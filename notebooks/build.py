@@ -27,7 +27,18 @@ def code(text):
 SETUP = code('''
 import os, sys
 import numpy as np
-ROOT = os.path.abspath("..") if os.path.basename(os.getcwd()) == "notebooks" else os.getcwd()
+
+def find_checkout(folder):
+    """The npvit checkout: this folder or one above it, else the one the installed npvit lives in."""
+    folder = os.path.abspath(folder)
+    while not os.path.isfile(os.path.join(folder, "notebooks", "cifar10_sample.npz")):
+        if folder == os.path.dirname(folder):
+            import npvit                     # pip install -e . from the checkout: it is where npvit is
+            return os.path.dirname(os.path.dirname(os.path.abspath(npvit.__file__)))
+        folder = os.path.dirname(folder)
+    return folder
+
+ROOT = find_checkout(os.getcwd())
 sys.path.insert(0, ROOT)                     # npvit from this checkout, and tests/reference/article_vit.py
 import npvit
 import npvit.data
@@ -187,6 +198,8 @@ trained, meta = load_trained(PRETRAINED)
 print(trained.config.pooling, "pooling;", {k: meta[k] for k in ("recipe", "seed", "test_acc") if k in meta})
 test_x, test_y, where = images, labels, "the 100 shipped sample images"
 folder = os.environ.get("NPVIT_CIFAR10_DIR") or os.path.join(ROOT, "data")
+if os.environ.get("NPVIT_CIFAR10_DIR") and not npvit.data.cifar10_present(npvit.data.cifar10_root(folder)):
+    print(f"note: NPVIT_CIFAR10_DIR={folder} holds no cifar-10-batches-py/: using {where}")
 if npvit.data.cifar10_present(npvit.data.cifar10_root(folder)):
     full = npvit.data.load_cifar10(folder, splits=("test",))
     test_x, test_y, where = full.x_test, full.y_test, "the 10,000 test images"

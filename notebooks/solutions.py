@@ -6,6 +6,41 @@ SQRT_2_OVER_PI = np.sqrt(2.0 / np.pi)
 GELU_COEF = 0.044715
 
 
+def linear_backward(dy, cache, w):
+    """y = x W^T + b over the rows of x  ->  (dx, dw, db); cache.x2d is x with its leading axes folded into rows."""
+    x2d = cache.x2d                                              # (M, Din)
+    dy2d = dy.reshape(-1, dy.shape[-1])                          # (M, Dout)
+    dx = (dy2d @ w).reshape(*dy.shape[:-1], w.shape[1])          # (..., Din)
+    dw = dy2d.T @ x2d                                            # (Dout, Din): every row adds its outer product
+    db = dy2d.sum(axis=0) if cache.has_bias else None            # (Dout,): b is added to every row
+    return dx, dw, db
+
+
+def cross_entropy_backward(cache):
+    """loss = -mean_b sum_k q_k log p_k, p = softmax(logits)  ->  dlogits = (p - q) / B."""
+    logp, q = cache
+    return (np.exp(logp) - q) / len(q)
+
+
+def embeddings_backward(dtokens):
+    """tokens = concat([CLS], patches) + pos  ->  (dpatches, dcls, dpos): pos and cls are shared by every image."""
+    dpos = dtokens.sum(axis=0, keepdims=True)                    # (1, N, D)
+    dcls = dtokens[:, :1].sum(axis=0, keepdims=True)             # (1, 1, D): token 0 of every image
+    dpatches = dtokens[:, 1:]                                    # (B, N - 1, D)
+    return dpatches, dcls, dpos
+
+
+def col2im(dcols, x_shape, stride, padding):
+    """The backward of im2col: each window's gradient goes back to the pixels it read; overlapping windows add."""
+    B, C, H, W = x_shape
+    _, OH, OW, _, kh, kw = dcols.shape                           # (B, OH, OW, C, kh, kw)
+    dx = np.zeros((B, C, H + 2 * padding, W + 2 * padding), dtype=dcols.dtype)
+    for i in range(kh):                                          # a loop over the kernel's kh * kw offsets only
+        for j in range(kw):
+            dx[:, :, i:i + stride * OH:stride, j:j + stride * OW:stride] += dcols[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    return dx[:, :, padding:padding + H, padding:padding + W]   # the padding's gradient is dropped
+
+
 def layernorm_backward(dy, cache, w):
     """y = xhat * w + b, xhat = (x - mean) * rstd  ->  (dx, dw, db)."""
     xhat, rstd = cache

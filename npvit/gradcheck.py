@@ -140,6 +140,82 @@ def _directional_check(out_fn, r, arrays, grads, names, eps, n_directions, atol,
     return report
 
 
+def numerical_gradient(loss, x, eps=1e-3):
+    """The full gradient of the scalar ``loss()`` with respect to the float64 array ``x``, element by element, by
+    the fourth-order central difference (``x`` is perturbed in place and restored). For small arrays: it costs
+    four evaluations of ``loss`` per element."""
+    g = np.zeros_like(x, dtype=np.float64)
+    flat, gflat = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        original = flat[i]
+        f = {}
+        for step in (-2, -1, 1, 2):
+            flat[i] = original + step * eps
+            f[step] = loss()
+        flat[i] = original
+        gflat[i] = (8.0 * (f[1] - f[-1]) - (f[2] - f[-2])) / (12.0 * eps)
+    return g
+
+
+def describe_difference(got, want, axes=(), dy=None, constants=None, rtol=1e-6):
+    """A phrase saying how the gradient ``got`` differs from the true one ``want`` (same shape): what it looks like
+    where it matches a pattern (all zeros, the wrong sign, scaled by a constant, named where ``constants``
+    holds it (name -> value, the name saying what the factor means), transposed, off by a constant per row, a residual's skip path ``dy`` missing or counted twice),
+    then where it is wrong along the named ``axes`` (those named "" are not mentioned)."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    size = max(float(np.abs(want).max()), 1e-300)
+
+    def close(a, b):
+        return bool(np.all(np.abs(a - b) <= rtol * 10 * size + 1e-12))
+    looks = None
+    if not got.any():
+        looks = "is all zeros"
+    elif dy is not None and close(got + dy, want):
+        looks = ("leaves out the gradient that flows straight through a residual (the skip path): add dy to the "
+                 "branch's gradient")
+    elif dy is not None and close(got - dy, want):
+        looks = "counts the skip path of a residual twice"
+    else:
+        c = float((got * want).sum() / max((want * want).sum(), 1e-300))
+        if close(got, c * want) and abs(c - 1) > 1e-6:
+            if abs(c + 1) < 1e-6:
+                looks = "has the wrong sign"
+            else:
+                looks = f"is the right one times {c:.4g}"
+                named = [name for name, v in (constants or {}).items() if abs(c - v) <= 1e-6 * abs(v)]
+                if named:
+                    looks += f" = {named[0]}"
+        elif got.ndim >= 2 and got.shape[-1] == got.shape[-2] and close(got, want.swapaxes(-1, -2)):
+            looks = "is the right one transposed (its last two axes swapped)"
+        else:
+            d = got - want
+            if got.ndim >= 1 and got.shape[-1] > 1 and close(d, d.mean(axis=-1, keepdims=True)):
+                looks = ("is off by a constant in each row (along its last axis): a term that is the same for every "
+                         "element of a row is missing or wrong")
+    bad = np.abs(got - want) > rtol * 10 * size
+    where = []
+    for axis, name in enumerate(axes):
+        if not name or axis >= bad.ndim:
+            continue
+        hit = np.flatnonzero(bad.any(axis=tuple(a for a in range(bad.ndim) if a != axis)))
+        if 0 < len(hit) < bad.shape[axis]:
+            where.append(f"{name}{'s' if len(hit) > 1 else ''} {_ranges(hit)} of 0-{bad.shape[axis] - 1}")
+    place = f"wrong only in {', '.join(where)}" if where else "wrong throughout"
+    return f"{looks} ({place})" if looks else f"is {place}"
+
+
+def _ranges(indices):
+    """[0, 1, 2, 4] -> '0-2, 4'."""
+    out, start = [], None
+    for i, v in enumerate(indices):
+        if start is None:
+            start = v
+        if i + 1 == len(indices) or indices[i + 1] != v + 1:
+            out.append(f"{start}" if start == v else f"{start}-{v}")
+            start = None
+    return ", ".join(out)
+
+
 def _float64_copy(layer):
     layer = copy.deepcopy(layer)
     if any(p.dtype != np.float64 for p in layer.parameters().values()):

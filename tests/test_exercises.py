@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from npvit.exercises import SIGNATURES, grade
+from npvit.exercises import EXERCISES, SIGNATURES, example, grade, kernel_set, train_steps
 from npvit.gradcheck import GradcheckError, check_pair
 from npvit.ops.reference import REFERENCE as R
 from tests.cifar_fixtures import REPO
@@ -19,12 +19,38 @@ def solutions():
     return module
 
 
-@pytest.mark.parametrize("name", list(SIGNATURES))
+SOLVED = {"linear": "linear_backward", "cross_entropy": "cross_entropy_backward", "gelu": "gelu_backward",
+          "softmax": "softmax_backward", "layernorm": "layernorm_backward", "embeddings": "embeddings_backward",
+          "col2im": "col2im", "attention": "attention_backward", "block": "block_backward"}
+
+
+def test_the_exercises_go_from_easy_to_hard_each_with_its_time():
+    assert list(SIGNATURES) == list(SOLVED)
+    assert all(1 <= EXERCISES[n].minutes <= 60 for n in SOLVED)
+
+
+@pytest.mark.parametrize("name", list(SOLVED))
 def test_the_solutions_pass(name, capsys):
-    report = grade(name, getattr(solutions(), f"{name}_backward"))
+    report = grade(name, getattr(solutions(), SOLVED[name]))
     assert report is not None and report.passed()
     out = capsys.readouterr().out
-    assert out.splitlines()[-1].startswith("PASS"), out
+    assert out.splitlines()[-1].startswith(f"PASS  {name}:") and "right answers give about 1e-10" in out, out
+
+
+@pytest.mark.parametrize("name", list(SOLVED))
+def test_example_hands_the_arguments_of_the_first_case(name):
+    args = example(name)
+    got = getattr(solutions(), SOLVED[name])(*args)
+    assert got is not None
+
+
+def wrong_linear(dy, cache, w):
+    dx, dw, db = solutions().linear_backward(dy, cache, w)
+    return dx, dw / len(cache.x2d), db                       # a mean over the rows where the sum belongs
+
+
+def wrong_cross_entropy(cache):
+    return solutions().cross_entropy_backward(cache) * len(cache.q)      # forgot the batch mean's 1/B
 
 
 def wrong_layernorm(dy, cache, w):
@@ -41,25 +67,70 @@ def wrong_gelu(dy, cache):
     return dy * gate                                         # forgot x * dgate/dx
 
 
-def wrong_attention(dctx, cache):
+def wrong_embeddings(dtokens):
+    dpatches, dcls, dpos = solutions().embeddings_backward(dtokens)
+    return dtokens[:, :-1], dcls, dpos                       # the last N - 1 tokens are not the patches
+
+
+def wrong_col2im(dcols, x_shape, stride, padding):
+    from npvit.exercises import _overwrite_windows
+    return _overwrite_windows(dcols, x_shape, stride, padding)   # = where += belongs
+
+
+def wrong_attention_scale(dctx, cache):
     dqkv = solutions().attention_backward(dctx, cache)
     dqkv[1] = dqkv[1] / cache.scale                          # dk without the scale
     return dqkv
 
 
+def wrong_attention_head(dctx, cache):
+    dqkv = solutions().attention_backward(dctx, cache)
+    dqkv[1, :, 2] *= -1                                      # dk of head 2 with the wrong sign
+    return dqkv
+
+
+def wrong_attention_mask(dctx, cache):                       # as if there were no dropout
+    return solutions().attention_backward(dctx, cache._replace(mask=None, att_dropped=cache.att))
+
+
+def wrong_attention_queries(dctx, cache):
+    dqkv = solutions().attention_backward(dctx, cache)
+    dqkv[0, :, :, cache.num_queries:] = 1.0                   # tokens that asked nothing got a query gradient
+    return dqkv
+
+
 def wrong_block(block, dy):
-    return block.layernorm_1.backward(block.attention.backward(                     # forgot the second residual
+    return block.layernorm_1.backward(block.attention.backward(                     # forgot both residuals
         block.layernorm_2.backward(block.mlp.backward(dy))))
 
 
-@pytest.mark.parametrize("name,wrong,array", [("layernorm", wrong_layernorm, "x"), ("softmax", wrong_softmax, "scores"),
-                                              ("gelu", wrong_gelu, "x"), ("attention", wrong_attention, "qkv"),
-                                              ("block", wrong_block, "x")])
-def test_a_wrong_answer_fails_naming_the_wrong_array(name, wrong, array, capsys):
+@pytest.mark.parametrize("name,wrong,hint", [
+    ("linear", wrong_linear, "dw is the right one times 0.1 = 1/(B*N), 1 / the number of rows: a mean where a sum "
+                             "belongs?"),
+    ("cross_entropy", wrong_cross_entropy, "dlogits is the right one times 5 = B: the loss is the batch's mean"),
+    ("gelu", wrong_gelu, "dx is wrong: it has the gate's part only"),
+    ("softmax", wrong_softmax, "dscores is wrong: it misses the - sum(datt * att) term"),
+    ("layernorm", wrong_layernorm, "dx is wrong: it treats the mean and rstd as constants"),
+    ("embeddings", wrong_embeddings, "dpatches is wrong: it takes the wrong tokens for the patches: token 0 is [CLS]"),
+    ("col2im", wrong_col2im, "in the case 'overlapping windows: kernel 3, stride 2, padding 1': dx is wrong: where "
+                             "windows overlap"),
+    ("attention", wrong_attention_scale, "dk is the right one times 2 = sqrt(hs) = 1/scale: the scale 1/sqrt(hs) is "
+                                         "missing"),
+    ("attention", wrong_attention_head, "dk is wrong only in head 2 of 0-2"),
+    ("attention", wrong_attention_mask, "in the case 'dropout mask (p = 0.3)': dq, dk, dv are wrong: it ignores the "
+                                        "dropout mask"),
+    ("attention", wrong_attention_queries, "in the case 'only [CLS] asks (num_queries = 1)': dq is off by a constant "
+                                           "in each row (along its last axis): a term that is the same for every "
+                                           "element of a row is missing or wrong (wrong only in tokens 1-4 of 0-4)"),
+    ("block", wrong_block, "dx is wrong: it leaves out the skip paths of both residuals"),
+], ids=["linear", "cross_entropy", "gelu", "softmax", "layernorm", "embeddings", "col2im", "attention-scale",
+        "attention-head", "attention-mask", "attention-queries", "block"])
+def test_a_wrong_answer_fails_with_its_hint(name, wrong, hint, capsys):
     report = grade(name, wrong)
     assert report is not None and not report.passed()
     last = capsys.readouterr().out.splitlines()[-1]
-    assert last.startswith("FAIL") and f"the gradient of {array}" in last, last
+    assert last.startswith(f"FAIL  {name}") and hint in last, last
+    assert "qkv" not in last
 
 
 def test_an_exercise_not_written_yet_is_said_so(capsys):
@@ -176,7 +247,7 @@ def test_a_learners_own_exception_is_one_line_naming_it_and_where(capsys):
     def broken(datt, att):
         return att @ datt.T                                            # the wrong axes
     assert grade("softmax", broken) is None
-    line = one_graded_line(capsys, "ERROR  softmax: your backward raised ValueError")
+    line = one_graded_line(capsys, "ERROR  softmax: your code raised ValueError")
     assert "test_exercises.py: `return att @ datt.T`" in line, line
 
 
@@ -192,3 +263,35 @@ def test_a_graded_cell_shows_the_table_and_one_line_once(capsys):
     report.shown = False                                               # a report nobody printed shows its table
     DisplayFormatter().format(report)
     assert capsys.readouterr().out.splitlines()[0] == "softmax"
+
+
+# -- the capstone: train on your own backward -------------------------------------------------------------------------
+def mine(**replace):
+    S = solutions()
+    fns = dict(linear_backward=S.linear_backward, cross_entropy_backward=S.cross_entropy_backward,
+               gelu_backward=S.gelu_backward, softmax_backward=S.softmax_backward,
+               layernorm_backward=S.layernorm_backward, col2im=S.col2im, attention_backward=S.attention_backward)
+    return kernel_set("mine", **{**fns, **replace})
+
+
+def test_your_functions_become_a_kernel_set_and_pass_the_whole_model_check():
+    from npvit import ViT
+    from npvit.gradcheck import check_model_gradients, small_vit_config
+    kernels = mine()
+    assert kernels.origin("attention_backward") == "solutions" and kernels.origin("matmul") == "npvit.ops.reference"
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((2, 3, 8, 8)), rng.integers(0, 5, 2)
+    assert check_model_gradients(ViT(small_vit_config(), dtype="float64", kernels=kernels), x, y).passed()
+    # a wrong function shows in the whole-model check, before any training
+    wrong = check_model_gradients(ViT(small_vit_config(), dtype="float64", kernels=mine(softmax_backward=wrong_softmax,
+                                                                                attention_backward=None)),
+                                  x, y)
+    assert not wrong.passed()
+
+
+def test_training_on_your_kernel_set_equals_npvits_own():
+    sample = np.load(os.path.join(REPO, "notebooks", "cifar10_sample.npz"))
+    yours = train_steps(mine(), sample["x"], sample["y"], steps=15)
+    own = train_steps("reference", sample["x"], sample["y"], steps=15)
+    assert yours[-1] < yours[0] - 0.1, yours                    # it learns
+    assert np.allclose(yours, own, rtol=1e-12, atol=0), max(abs(a - b) for a, b in zip(yours, own))
