@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -214,6 +215,94 @@ def _ranges(indices):
             out.append(f"{start}" if start == v else f"{start}-{v}")
             start = None
     return ", ".join(out)
+
+
+@dataclass
+class IntermediateRow:
+    name: str
+    shape: tuple
+    fd_diff: float              # max |ours - finite differences|
+    fd_close: bool
+    exact: Optional[bool] = None        # against autograd: bit for bit, close, max |diff| (None without it)
+    close: Optional[bool] = None
+    diff: Optional[float] = None
+
+
+@dataclass
+class IntermediateReport:
+    """One row per intermediate of a forward: the hand-written gradient against finite differences and, where
+    given, PyTorch's autograd (makemore's ``cmp``)."""
+    title: str
+    rows: list = field(default_factory=list)
+
+    def passed(self) -> bool:
+        return all(r.fd_close and r.close is not False for r in self.rows)
+
+    def __str__(self):
+        w = max([len("intermediate")] + [len(r.name) for r in self.rows])
+        s = max([len("shape")] + [len(str(r.shape)) for r in self.rows])
+        torch = any(r.exact is not None for r in self.rows)
+        head = f"  {'intermediate':<{w}}  {'shape':<{s}}  finite differences: {'max diff':>9} close"
+        if torch:
+            head += f" | autograd: exact close {'max diff':>9}"
+        lines = [self.title, head]
+        for r in self.rows:
+            line = f"  {r.name:<{w}}  {str(r.shape):<{s}}  {'':<20}{r.fd_diff:>9.1e} {str(r.fd_close):<5}"
+            if r.exact is not None:
+                line += f" | {'':<10}{str(r.exact):<5} {str(r.close):<5} {r.diff:>9.1e}"
+            lines.append(line)
+        return "\n".join(lines)
+
+    def _ipython_display_(self):
+        print(self)
+
+
+def run_steps(steps, inputs, nudge=None):
+    """The forward as a list of named steps: ``steps`` is [(name, f)], each ``f(env)`` computing one
+    intermediate from the ones before it (``env``: name -> array, the inputs first). ``nudge``: (name, delta)
+    added to that intermediate as soon as it is computed (for finite differences). Returns env."""
+    env = dict(inputs)
+    if nudge is not None and nudge[0] in env:
+        env[nudge[0]] = env[nudge[0]] + nudge[1]
+    for name, f in steps:
+        env[name] = f(env)
+        if nudge is not None and nudge[0] == name:
+            env[name] = env[name] + nudge[1]
+    return env
+
+
+def check_intermediates(steps, inputs, grads, autograd=None, eps=1e-3, title="backward, line by line"):
+    """Every hand-written gradient of a forward's intermediates, checked: ``steps`` and ``inputs`` as
+    :func:`run_steps` (its last step is the scalar loss), ``grads``: name -> your gradient of the loss with
+    respect to that intermediate (or input); ``autograd``: name -> PyTorch's ``.grad`` of the same intermediate
+    (``retain_grad()``), or None. The finite differences move each intermediate alone, element by element,
+    and run the rest of the forward from there (float64, small arrays)."""
+    loss_name = steps[-1][0]
+    base = run_steps(steps, inputs)
+    report = IntermediateReport(title)
+    for name, ours in grads.items():
+        value = np.asarray(base[name], dtype=np.float64)
+        numeric = np.zeros_like(value)
+        flat = numeric.reshape(-1)
+        for i in range(value.size):
+            delta = np.zeros_like(value)
+            f = {}
+            for step in (-2, -1, 1, 2):
+                delta.reshape(-1)[i] = step * eps
+                f[step] = float(run_steps(steps, inputs, (name, delta))[loss_name])
+            flat[i] = (8.0 * (f[1] - f[-1]) - (f[2] - f[-2])) / (12.0 * eps)
+        ours = np.asarray(ours, dtype=np.float64)
+        size = max(float(np.abs(numeric).max()), 1e-12)
+        fd = float(np.abs(ours - numeric).max()) if ours.shape == numeric.shape else float("inf")
+        row = IntermediateRow(name, tuple(value.shape), fd, fd <= 1e-6 * size + 1e-12)
+        if autograd is not None and name in autograd:
+            theirs = np.asarray(autograd[name], dtype=np.float64)
+            same_shape = theirs.shape == ours.shape
+            row.exact = bool(same_shape and np.array_equal(ours, theirs))
+            row.close = bool(same_shape and np.allclose(ours, theirs, rtol=1e-10, atol=1e-12))
+            row.diff = float(np.abs(ours - theirs).max()) if same_shape else float("inf")
+        report.rows.append(row)
+    return report
 
 
 def _float64_copy(layer):

@@ -149,3 +149,58 @@ def plot_attention(images_u8, maps, labels, preds, classes, out_png):
     save_figure(fig, out_png)
     plt.close(fig)
     return out_png
+
+
+def plot_graph(nodes, ax=None, title=None):
+    """A computational graph drawn left to right, with each array's shape on the edges it travels along:
+    ``nodes`` is [(name, label, inputs, shape)] in the forward's order (inputs first, with ``inputs`` empty),
+    ``label`` the operation that makes it (e.g. "x - mean"). The backward walks every edge the other way;
+    where an array feeds several nodes (a fan-out), their gradients add. Returns the axes."""
+    import matplotlib.pyplot as plt
+
+    depth, shape_of, consumers = {}, {}, {}
+    for name, _, inputs, shape in nodes:
+        depth[name] = 1 + max((depth[i] for i in inputs), default=-1)
+        shape_of[name] = shape
+        for i in inputs:
+            consumers.setdefault(i, []).append(name)
+    columns = {}
+    for name, _, inputs, _ in nodes:
+        if inputs:
+            columns.setdefault(depth[name], []).append(name)
+    where = {name: (1.6 * d, (len(names) - 1) / 2 - k) for d, names in columns.items() for k, name in enumerate(names)}
+    below = {}
+    for name, _, inputs, _ in nodes:            # an input sits just before (and below) its first user
+        if not inputs:
+            x, y = where[consumers[name][0]]
+            if depth[consumers[name][0]] == 1 and not below.get(x):
+                where[name], below[x] = (x - 1.6, y), 1
+            else:
+                k = below.get(x, 0)
+                where[name], below[x] = (x - 0.9 - 0.5 * k, y - 1.0 - 0.45 * k), k + 1
+    if ax is None:
+        ys = [y for _, y in where.values()]
+        _, ax = plt.subplots(figsize=(1.25 * (max(columns) + 1.5), 0.9 * (max(ys) - min(ys)) + 1.6))
+    for name, label, inputs, _ in nodes:
+        x, y = where[name]
+        for i in inputs:
+            xi, yi = where[i]
+            span = x - xi
+            rad = -0.35 if span > 2.0 and abs(y - yi) < 0.5 else 0.0     # it skips a column: arc over it
+            ax.annotate("", xy=(x, y), xytext=(xi, yi), arrowprops=dict(
+                arrowstyle="->", color="0.35", lw=1.0, shrinkA=16, shrinkB=16, connectionstyle=f"arc3,rad={rad}"))
+            lift = 0.1 + (0.1 * span if rad else 0.0)
+            tx, ty = ((x + xi) / 2, (y + yi) / 2 + lift) if abs(y - yi) < 0.5 else (xi + 0.35 * (x - xi) - 0.1,
+                                                                                     yi + 0.35 * (y - yi))
+            ax.text(tx, ty, shape_of[i], ha="center" if abs(y - yi) < 0.5 else "right", va="bottom", fontsize=6.5,
+                    color="tab:blue")
+        text = name if not label else f"{name}\n{label}"
+        ax.text(x, y, text, ha="center", va="center", fontsize=7.5,
+                bbox=dict(boxstyle="round,pad=0.3", fc="0.92" if inputs else "white", ec="0.3"))
+    xs, ys = [x for x, _ in where.values()], [y for _, y in where.values()]
+    ax.set_xlim(min(xs) - 0.9, max(xs) + 0.9)
+    ax.set_ylim(min(ys) - 0.5, max(ys) + 0.3 + 0.15 * max(columns))
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax

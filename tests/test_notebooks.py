@@ -6,8 +6,9 @@ import pytest
 
 from tests.cifar_fixtures import REPO
 
-nbformat = pytest.importorskip("nbformat", reason="the notebooks need nbformat, nbclient and ipykernel ([test] extra)")
+nbformat = pytest.importorskip("nbformat", reason="the notebooks need nbformat, nbclient, ipykernel and jupytext ([test] extra)")
 nbclient = pytest.importorskip("nbclient")
+jupytext = pytest.importorskip("jupytext")
 pytest.importorskip("ipykernel")
 
 NOTEBOOKS = ["01_tour.ipynb", "02_backprop.ipynb", "03_exercises.ipynb"]
@@ -38,5 +39,19 @@ def test_the_notebooks_in_the_repository_carry_their_outputs(name):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and all(c.execution_count for c in code), "run notebooks/build.py to execute and save it"
     assert not [o for c in code for o in c.outputs if o.output_type == "error"]
-    if name == "01_tour.ipynb":
-        assert sum("image/png" in o.get("data", {}) for c in code for o in c.outputs) >= 5, "its figures"
+    figures = sum("image/png" in o.get("data", {}) for c in code for o in c.outputs)
+    assert figures >= {"01_tour.ipynb": 5, "02_backprop.ipynb": 3, "03_exercises.ipynb": 1}[name], "its figures"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_each_notebook_is_its_source_script_run(name):
+    """The .py beside each notebook is what people edit and review; the committed .ipynb must hold the same cells,
+    in the same order, with the same kind and text, or notebooks/build.py was not run after an edit."""
+    script = jupytext.read(os.path.join(FOLDER, name.replace(".ipynb", ".py")))
+    notebook = nbformat.read(os.path.join(FOLDER, name), as_version=4)
+    cells = lambda nb: [(c.cell_type, c.source.strip()) for c in nb.cells]
+    mine, built = cells(script), cells(notebook)
+    differ = [i for i, (a, b) in enumerate(zip(mine, built)) if a != b]
+    assert len(mine) == len(built) and not differ, (
+        f"notebooks/{name} differs from its source from cell {differ[0] if differ else min(len(mine), len(built))}: "
+        f"run python notebooks/build.py {name[:2]}")
