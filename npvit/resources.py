@@ -73,27 +73,33 @@ def estimate(cfg, config, threads=1, train_images=50_000, test_images=10_000) ->
     return parts
 
 
-def available_bytes(backend="numpy"):
-    """The memory a new allocation can count on: on the CPU the smaller of the kernel's MemAvailable and what
-    this process's cgroups still allow; on a GPU the device's free memory. None where it cannot be read."""
+def available_memory(backend="numpy"):
+    """(bytes, where): the memory a new allocation can count on and what sets it. On the CPU the smaller of the
+    kernel's MemAvailable ("on this machine") and what this process's cgroups still allow ("in this process's
+    cgroup ..."); on a GPU the device's free memory ("on the GPU"). (None, where) where it cannot be read."""
     if backend == "cupy":
         try:
             import cupy
-            return int(cupy.cuda.runtime.memGetInfo()[0])
+            return int(cupy.cuda.runtime.memGetInfo()[0]), "on the GPU"
         except Exception:
-            return None
+            return None, "on the GPU"
     found = []
     try:
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    found.append(int(line.split()[1]) * 1024)
+                    found.append((int(line.split()[1]) * 1024, "on this machine"))
     except OSError:
         pass
     left = cgroup_headroom()
     if left is not None:
-        found.append(left)
-    return min(found) if found else None
+        found.append((left, "in this process's cgroup (its memory limit less what it uses)"))
+    return min(found) if found else (None, "on this machine")
+
+
+def available_bytes(backend="numpy"):
+    """The memory a new allocation can count on (see :func:`available_memory`); None where it cannot be read."""
+    return available_memory(backend)[0]
 
 
 # Per cgroup version: the limit file, the usage file, and memory.stat's reclaimable page-cache line (counted
@@ -176,13 +182,16 @@ def check_fits(cfg, config, threads, train_images=50_000, test_images=10_000, av
     its largest parts, and what is available."""
     parts = estimate(cfg, config, threads, train_images, test_images)
     need = sum(parts.values()) + (BASELINE_BYTES if cfg["backend"] == "numpy" else 0)
-    have = available_bytes(cfg["backend"]) if available is None else available
+    where = "on the GPU" if cfg["backend"] == "cupy" else "on this machine"
+    if available is None:
+        have, where = available_memory(cfg["backend"])
+    else:
+        have = available
     if have is None or need <= have:
         return None
-    where = "the GPU" if cfg["backend"] == "cupy" else "this machine"
     largest = ", ".join(f"{name} {gib(n)}" for name, n in sorted(parts.items(), key=lambda kv: -kv[1])[:3] if n)
     return (f"this run would need about {gib(need)} of memory ({largest}; {num_parameters(config):,} parameters), "
-            f"more than the {gib(have)} available on {where}: make the model or --batch-size smaller (or use "
+            f"more than the {gib(have)} available {where}: make the model or --batch-size smaller (or use "
             f"--micro-batch), or pass --no-memory-check to try anyway")
 
 

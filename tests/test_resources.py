@@ -47,7 +47,7 @@ def test_the_refusal_names_what_is_available_and_the_flag_lets_a_run_try(tmp_pat
     cfg = build_config(overrides={"data_dir": data, "out_dir": str(tmp_path / "run"), "epochs": 1, "hidden_size": 24,
                                   "num_attention_heads": 3, "intermediate_size": 48, "num_hidden_layers": 2,
                                   "threads": 1, "batch_size": 32, "progress": False, "dataset": "cifar10"})
-    monkeypatch.setattr(npvit.resources, "available_bytes", lambda backend="numpy": 2 ** 20)
+    monkeypatch.setattr(npvit.resources, "available_memory", lambda backend="numpy": (2 ** 20, "on this machine"))
     with pytest.raises(ConfigError, match=r"more than the 1 MiB available on this machine"):
         train(cfg, console=Console(log=lambda *a: None))
     assert not (tmp_path / "run").exists()
@@ -193,7 +193,7 @@ def test_a_run_in_a_small_child_cgroup_is_refused_not_killed(tmp_path):
         os.rmdir(group)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1, (p.returncode, p.stderr)
-    assert "this run would need about" in lines[0] and "available on this machine" in lines[0], lines[0]
+    assert "this run would need about" in lines[0] and "available in this process's cgroup" in lines[0], lines[0]
     assert not (tmp_path / "run").exists()
 
 
