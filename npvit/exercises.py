@@ -139,7 +139,7 @@ def _cases_col2im(rng):
 
 
 def _cases_attention(rng):
-    hs = D // H
+    hs = 3                              # sqrt(hs) = 1.73: a missing scale is told apart from a factor of 2
     scale = hs ** -0.5
     q, k, v = (rng.standard_normal((B, H, N, hs)) for _ in range(3))
     keep = (rng.random((B, H, N, N)) >= 0.3) / 0.7                # attention dropout's mask, p = 0.3

@@ -77,6 +77,12 @@ def wrong_col2im(dcols, x_shape, stride, padding):
     return _overwrite_windows(dcols, x_shape, stride, padding)   # = where += belongs
 
 
+def wrong_attention_doubled_dk(dctx, cache):
+    dqkv = solutions().attention_backward(dctx, cache)
+    dqkv[1] = 2 * dqkv[1]                                    # a factor of 2 that is not the scale
+    return dqkv
+
+
 def wrong_attention_scale(dctx, cache):
     dqkv = solutions().attention_backward(dctx, cache)
     dqkv[1] = dqkv[1] / cache.scale                          # dk without the scale
@@ -114,8 +120,9 @@ def wrong_block(block, dy):
     ("embeddings", wrong_embeddings, "dpatches is wrong: it takes the wrong tokens for the patches: token 0 is [CLS]"),
     ("col2im", wrong_col2im, "in the case 'overlapping windows: kernel 3, stride 2, padding 1': dx is wrong: where "
                              "windows overlap"),
-    ("attention", wrong_attention_scale, "dk is the right one times 2 = sqrt(hs) = 1/scale: the scale 1/sqrt(hs) is "
+    ("attention", wrong_attention_scale, "dk is the right one times 1.732 = sqrt(hs) = 1/scale: the scale 1/sqrt(hs) is "
                                          "missing"),
+    ("attention", wrong_attention_doubled_dk, "dk is the right one times 2 (wrong throughout)"),
     ("attention", wrong_attention_head, "dk is wrong only in head 2 of 0-2"),
     ("attention", wrong_attention_mask, "in the case 'dropout mask (p = 0.3)': dq, dk, dv are wrong: it ignores the "
                                         "dropout mask"),
@@ -124,7 +131,7 @@ def wrong_block(block, dy):
                                            "element of a row is missing or wrong (wrong only in tokens 1-4 of 0-4)"),
     ("block", wrong_block, "dx is wrong: it leaves out the skip paths of both residuals"),
 ], ids=["linear", "cross_entropy", "gelu", "softmax", "layernorm", "embeddings", "col2im", "attention-scale",
-        "attention-head", "attention-mask", "attention-queries", "block"])
+        "attention-doubled", "attention-head", "attention-mask", "attention-queries", "block"])
 def test_a_wrong_answer_fails_with_its_hint(name, wrong, hint, capsys):
     report = grade(name, wrong)
     assert report is not None and not report.passed()
