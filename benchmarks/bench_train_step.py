@@ -338,14 +338,18 @@ def main(argv=None):
                    help="npvit as one shard with BLAS on --threads threads, instead of --threads shards on threads")
     p.add_argument("--profile", action="store_true",
                    help="print time per layer (npvit, one shard, BLAS on --threads threads) instead of the comparison")
-    p.add_argument("--kernels", default="auto", choices=["auto", "numba", "fused", "fast", "reference"],
-                   help="npvit's kernel set (npvit/ops; auto: numba on the CPU where Numba is installed, else fast)")
+    p.add_argument("--kernels", default="auto",
+                   help="npvit's kernel set, a name of npvit.ops.NAMED (auto: the fastest that runs here)")
     p.add_argument("--json", default=None, help="output JSON (default benchmarks/results/<backend>.json)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         print(json.dumps(measure(**json.loads(a.child))))
         return 0
+    sys.path.insert(0, REPO)
+    from npvit.ops import NAMED         # here, not at the top: a child sets its BLAS threads before NumPy loads
+    if a.kernels not in NAMED:
+        p.error(f"argument --kernels: invalid choice: {a.kernels!r} (choose from {', '.join(NAMED)})")
     batches = a.batch_sizes or ([256, 1024] if a.backend == "cupy" else [32, 128, 256])
     models, patches = a.models, a.patches
     if a.quick:

@@ -396,7 +396,7 @@ def kernel_set(name="mine", *, linear_backward=None, cross_entropy_backward=None
     """The backward passes you wrote as a kernel set of their own (npvit/ops/contract.py): every function you pass
     replaces the reference's, the rest are taken from it. ``ViT(config, kernels=kernel_set(...))`` then trains on
     your backward. Your functions keep the exercises' signatures; this wraps each into the contract's."""
-    from .ops.contract import KernelSet, taken
+    from .ops.kernelset import KernelSet, taken
     from .ops.contract import PRIMITIVE_NAMES
 
     mine, fused = {}, {}

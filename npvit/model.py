@@ -25,17 +25,15 @@ PER_HEAD_KEY = re.compile(r"^encoder\.blocks\.(\d+)\.attention\.heads\.(\d+)\.(q
 
 class ViT(Layer):
     """ViT(config, backend="numpy"|"cupy", dtype="float32"|"float64", seed=0,
-    kernels="auto"|"numba"|"fused"|"fast"|"reference", init="article"|"torch").
+    kernels="auto" or a registered set's name or a KernelSet, init="article"|"torch").
 
     ``model(x)`` -> logits (B, K); ``model.backward(dlogits)`` -> dx (B, C, H, W),
     with every parameter gradient added into ``model.gradients()`` (views into one flat
     buffer, ``model.flat_grads``). ``seed`` sets the weights and the dropout streams
     (``model.reseed(seed)`` sets the latter again). To run batches as shards on several
     CPU threads, wrap the model: ``npvit.DataParallel(model, threads=2)``. ``kernels`` picks the
-    implementation of every layer's math (npvit/ops), each the same function: "numba" (fused loops,
-    NumPy backend, needs Numba), "fused" (CUDA kernels, cupy only), "fast" (NumPy tricks) or
-    "reference" (the plain formulas); "auto" (default) is fused on cupy, numba on numpy where it
-    runs, else fast. ``init``: the article's initialisation (weight
+    implementation of every layer's math, each the same function: one of the sets registered in
+    npvit/ops/__init__.py (``npvit.ops.NAMED``); "auto" (default) is the fastest that runs here. ``init``: the article's initialisation (weight
     matrices N(0, 0.02), [CLS] and positions truncated normal) or PyTorch's module defaults
     (``torch_default_init``).
     """

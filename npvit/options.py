@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from .backend import BACKENDS, DTYPES
 from .config import DuplicateKey, ViTConfig, no_duplicate_keys
 from .errors import ConfigError
+from . import ops as kernel_sets
 from .ops import get_kernels
 
 
@@ -71,9 +72,8 @@ OPTIONS = {
     "eval_raw": Option(False, "with --ema: also evaluate the raw weights each epoch (raw_test_acc or "
                        "raw_val_acc in the metrics), to see what the average adds", "bool"),
     "kernels": Option("auto", "the implementation of each layer's math (npvit/ops), the same function in each: "
-                      "numba (fused loops compiled by Numba; numpy backend), fused (CUDA kernels; cupy backend), "
-                      "fast (NumPy tricks), reference (written to be read); auto = fused on cupy, numba on numpy "
-                      "where Numba is installed, else fast", "choice", ("auto", "numba", "fused", "fast", "reference")),
+                      f"{kernel_sets.described()}; auto = the first of these that runs on the backend and is "
+                      "installed", "choice", kernel_sets.NAMED),
     "threads": Option("auto", "numpy: run each batch as this many shards on as many cores; auto = every core "
                       "this process may use", "threads"),
     "dataset": Option("cifar10", "cifar10 | folder (<data-dir>/train/<class>/*.png and test/)", "choice",

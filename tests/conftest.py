@@ -3,6 +3,7 @@ and which parametrised cases are collected. Tolerances: tests/tolerances.py; hel
 import pytest
 
 from npvit.backend import cupy_available, get_xp
+from npvit.ops import BACKENDS, BY_NAME
 
 BACKENDS = ["numpy", pytest.param("cupy", marks=pytest.mark.gpu)]
 
@@ -25,7 +26,8 @@ def _impossible(item):
     """A case pairing a kernel set with the backend it cannot run on (numba on cupy, fused on numpy): the
     parametrisation's cross product makes it, no machine can run it, so it is not collected."""
     params = getattr(getattr(item, "callspec", None), "params", {})
-    return (params.get("kernels"), params.get("backend")) in (("numba", "cupy"), ("fused", "numpy"))
+    kernels, backend = params.get("kernels"), params.get("backend")
+    return kernels in BY_NAME and backend in BACKENDS and backend not in BY_NAME[kernels].backends
 
 
 def pytest_collection_modifyitems(config, items):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from npvit.backend import get_xp, to_device, to_numpy
+from npvit.ops import BY_NAME, REGISTRY
 from tests.tolerances import TORCH_RTOL
 
 try:
@@ -18,20 +19,21 @@ def rel_err(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
-# The kernel sets (npvit/ops) beside the reference; numba runs on the numpy backend only, fused on cupy only.
-FAST_SETS = ["fast", "numba", pytest.param("fused", marks=pytest.mark.gpu)]
+# The kernel sets (npvit/ops), from its registry: a set that runs on CUDA alone is a GPU case.
+FAST_SETS = [pytest.param(r.name, marks=pytest.mark.gpu) if r.backends == ("cupy",) else r.name
+             for r in REGISTRY if r.name != "reference"]
 KERNEL_SETS = FAST_SETS + ["reference"]
 
 
 def skip_unless_runs(kernels, backend="numpy"):
-    """Skip a case of kernel set ``kernels`` that cannot run on ``backend`` here: numba on the GPU, or
-    where Numba is not installed (it is in the test extra, so CI runs every case); fused off the GPU."""
-    if kernels == "fused" and backend != "cupy":
-        pytest.skip("the fused kernels run on CUDA only")
-    if kernels == "numba":
-        if backend != "numpy":
-            pytest.skip("the numba kernels are CPU loops for the numpy backend")
-        pytest.importorskip("numba")
+    """Skip a case of kernel set ``kernels`` that cannot run on ``backend`` here: a set for another backend
+    (numba on the GPU, fused on the CPU), or one whose library is not installed (Numba is in the test extra,
+    so CI runs every CPU case)."""
+    entry = BY_NAME[kernels]
+    if backend not in entry.backends:
+        pytest.skip(f"the {kernels} kernels run on {' or '.join(entry.backends)} only")
+    if entry.needs:
+        pytest.importorskip(entry.needs)
 
 
 def torch_device(backend):

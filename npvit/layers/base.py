@@ -19,7 +19,7 @@ import numpy as np
 from ..backend import get_array_module, seed_for, to_device
 from ..flat import FlatParameters
 from ..ops import get_kernels
-from ..ops.contract import KernelSet
+from ..ops.kernelset import KernelSet
 from ..ops.reference import REFERENCE
 
 
@@ -115,8 +115,8 @@ class Layer:
         return self.train(False)
 
     def use_kernels(self, kernels, backend="numpy"):
-        """Run this layer and every layer below it on the kernel set ``kernels`` ("auto", "numba", "fused",
-        "fast", "reference", or a KernelSet) for arrays of ``backend``. Returns self."""
+        """Run this layer and every layer below it on the kernel set ``kernels`` (a name of npvit.ops.NAMED,
+        or a KernelSet) for arrays of ``backend``. Returns self."""
         chosen = get_kernels(kernels, backend)
         for _, layer in self.named_layers():
             layer.kernels = chosen

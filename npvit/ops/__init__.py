@@ -1,30 +1,73 @@
 """Every layer's math, as kernel sets that fulfil one written contract (npvit/ops/contract.py).
 
-``reference``: the plain formulas, written to be read (npvit/ops/reference.py); what a lone layer runs.
-``fast``: NumPy speed tricks (npvit/ops/numpy_fast.py).
-``numba``: fused CPU loops compiled by Numba (npvit/ops/numba_cpu.py), for the numpy backend; needs Numba.
-``fused``: fused CUDA kernels (npvit/ops/cupy_fused.py), for the cupy backend; needs CuPy.
-The composites over them (Linear, the convolution, the attention core) are written once, in
-npvit/ops/composites.py. A model picks one set once, ``ViT(config, kernels="auto" | "numba" |
-"fused" | "fast" | "reference")``; layers call the set they were given and contain no backend or
-speed branches. ``"auto"`` is the fastest set that runs here: fused on the cupy backend, numba on
-the numpy backend when Numba is installed, otherwise fast.
+The sets are listed once, in REGISTRY below, fastest first; everything else (``"auto"``, the names
+``--kernels`` accepts, :func:`available_kernels`, the benchmarks and the tests' kernel matrix) is
+derived from it. A set is its own file ending with its KernelSet table (npvit/ops/kernelset.py)
+plus one line here. The composites over the primitives (Linear, the convolution, the attention
+core) are written once, in npvit/ops/composites.py. A model picks one set once,
+``ViT(config, kernels="auto" | "numba" | ...)``; layers call the set they were given and contain
+no backend or speed branches. ``"auto"`` is the first set of the registry that runs on the
+backend with its library installed: fused on cupy, numba on numpy where Numba is installed,
+otherwise fast.
 """
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
 from importlib.util import find_spec
+from typing import Optional
 
-from .contract import KernelSet
-from .numpy_fast import FAST
-from .reference import REFERENCE
+from .kernelset import KernelSet
 
-NAMED = ("auto", "numba", "fused", "fast", "reference")
+
+@dataclass(frozen=True)
+class Registered:
+    """One kernel set as the registry knows it, before (and without) importing it."""
+    name: str
+    where: str                  # "module:ATTRIBUTE" of its KernelSet table
+    backends: tuple             # the array backends it runs on
+    what: str                   # what it is, in a few words (help text and messages)
+    needs: Optional[str] = None     # the module it imports that may not be installed ("numba"), else None
+    library: str = ""               # that library's name in words ("Numba")
+    install: str = ""               # how to install it
+
+    def load(self) -> KernelSet:
+        module, attribute = self.where.split(":")
+        kernels = getattr(importlib.import_module(module), attribute)
+        if (kernels.name, kernels.backends) != (self.name, self.backends):
+            raise TypeError(f"{self.where} is the kernel set {kernels.name!r} for {kernels.backends}, but the "
+                            f"registry lists it as {self.name!r} for {self.backends}")
+        return kernels
+
+    def installed(self, backend=None) -> bool:
+        """Its library is installed (on ``backend``'s own library, such as CuPy on cupy, it counts as there)."""
+        return self.needs is None or self.needs == backend or find_spec(self.needs) is not None
+
+
+# The kernel sets, fastest first. Adding one: its file, and its line here.
+REGISTRY = (
+    Registered("numba", "npvit.ops.numba_cpu:NUMBA", ("numpy",), "CPU loops",
+               needs="numba", library="Numba", install="pip install numba, or the [train] extra"),
+    Registered("fused", "npvit.ops.cupy_fused:FUSED", ("cupy",), "CUDA kernels",
+               needs="cupy", library="CuPy", install="pip install cupy-cuda12x or cupy-cuda13x"),
+    Registered("fast", "npvit.ops.numpy_fast:FAST", ("numpy", "cupy"), "NumPy speed tricks"),
+    Registered("reference", "npvit.ops.reference:REFERENCE", ("numpy", "cupy"), "the plain formulas, to be read"),
+)
+BY_NAME = {r.name: r for r in REGISTRY}
+NAMED = ("auto",) + tuple(BY_NAME)          # what kernels= and --kernels accept
+BACKENDS = ("numpy", "cupy")
+
+
+def described():
+    """The sets in words, fastest first, for --help: "numba (CPU loops, needs Numba; numpy backend), ..."."""
+    return ", ".join(f"{r.name} ({r.what}{', needs ' + r.library if r.library else ''}; "
+                     f"{' or '.join(r.backends)} backend)" for r in REGISTRY)
 
 
 def auto_kernels(backend="numpy"):
-    """The name of the set ``"auto"`` picks on ``backend``: fused on cupy, numba on numpy where Numba is
-    installed, otherwise fast."""
-    if backend == "cupy":
-        return "fused"
-    return "numba" if backend == "numpy" and find_spec("numba") is not None else "fast"
+    """The name of the set ``"auto"`` picks on ``backend``: the registry's first that runs there, its library
+    installed (fused on cupy, numba on numpy where Numba is installed, otherwise fast)."""
+    return next(r.name for r in REGISTRY if backend in r.backends and r.installed(backend))
 
 
 def kernels_name(kernels):
@@ -33,46 +76,33 @@ def kernels_name(kernels):
 
 
 def get_kernels(kernels="reference", backend="numpy"):
-    """The kernel set named ``kernels`` (one of NAMED) for ``backend``, or a KernelSet passed as is."""
+    """The kernel set named ``kernels`` (one of NAMED) for ``backend``, or a KernelSet passed as is. A set whose
+    library is missing, or that does not run on ``backend``, is a ValueError naming the set and the way out."""
     if isinstance(kernels, KernelSet):
         if backend not in kernels.backends:
             raise ValueError(f"kernel set {kernels.name!r} runs on {list(kernels.backends)}, not {backend!r}")
         return kernels
     if not isinstance(kernels, str):
-        raise ValueError(f"kernels must be one of {list(NAMED)} or a KernelSet (npvit.ops.contract), "
+        raise ValueError(f"kernels must be one of {list(NAMED)} or a KernelSet (npvit.ops.kernelset), "
                          f"got {type(kernels).__name__}")
     if kernels == "auto":
         kernels = auto_kernels(backend)
-    if kernels == "numba":                  # compiled loops: imported only when asked for
-        if backend != "numpy":
-            raise ValueError(f"kernels='numba' are CPU loops for the numpy backend, not {backend!r}")
-        try:
-            from .numba_cpu import NUMBA
-        except ImportError as e:
-            raise ValueError("kernels='numba' need Numba, which is not installed "
-                             "(pip install numba, or the [train] extra); or use kernels='fast'") from e
-        return NUMBA
-    if kernels == "fused":                  # CuPy kernels: imported only when asked for
-        if backend != "cupy":
-            raise ValueError("kernels='fused' are CUDA kernels: use backend='cupy', or kernels='fast' on the CPU")
-        try:
-            from .cupy_fused import FUSED
-        except ImportError as e:
-            raise ValueError("kernels='fused' are CUDA kernels and need CuPy, which is not installed; "
-                             "use kernels='fast' on the CPU") from e
-        return FUSED
-    if kernels not in ("fast", "reference"):
+    if kernels not in BY_NAME:
         raise ValueError(f"unknown kernels {kernels!r}; choose one of {list(NAMED)}")
-    return FAST if kernels == "fast" else REFERENCE
+    entry = BY_NAME[kernels]
+    if backend not in entry.backends:
+        elsewhere = auto_kernels(backend)
+        raise ValueError(f"kernels={kernels!r} are {entry.what} for the {' or '.join(entry.backends)} backend, "
+                         f"not {backend!r}: use kernels={elsewhere!r} there")
+    try:
+        return entry.load()                 # a set that needs a library is imported only when asked for
+    except ImportError as e:
+        if entry.installed():
+            raise                           # its library is there: a real import error, not a missing package
+        raise ValueError(f"kernels={kernels!r} need {entry.library}, which is not installed "
+                         f"({entry.install}); or use kernels='fast'") from e
 
 
 def available_kernels(backend="numpy"):
-    """The named sets that run on ``backend`` on this machine (their libraries installed), reference first."""
-    names = ["reference", "fast", "numba" if backend == "numpy" else "fused"]
-    out = []
-    for name in names:
-        try:
-            out.append(get_kernels(name, backend))
-        except ValueError:
-            pass
-    return out
+    """The registered sets that run on ``backend`` on this machine (their libraries installed), reference first."""
+    return [r.load() for r in reversed(REGISTRY) if backend in r.backends and r.installed()]

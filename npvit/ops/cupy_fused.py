@@ -25,7 +25,8 @@ import cupy as cp
 import numpy as np
 
 from . import numpy_fast, reference
-from .contract import GeluCache, KernelSet, LayerNormCache, own, taken
+from .contract import GeluCache, LayerNormCache
+from .kernelset import KernelSet, own, taken
 from .reference import GELU_COEF, SQRT_2_OVER_PI
 
 WARP = 32

@@ -30,7 +30,8 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from . import numpy_fast, reference
-from .contract import GeluCache, KernelSet, LayerNormCache, own, taken
+from .contract import GeluCache, LayerNormCache
+from .kernelset import KernelSet, own, taken
 from .reference import GELU_COEF, SQRT_2_OVER_PI
 
 # Vectorising a sum needs reassociation, a*b+c may become one FMA, and exp may be approximated; but

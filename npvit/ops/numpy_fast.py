@@ -18,7 +18,8 @@ import numpy as np
 
 from ..backend import get_array_module
 from . import reference
-from .contract import GeluCache, KernelSet, LayerNormCache, own, taken
+from .contract import GeluCache, LayerNormCache
+from .kernelset import KernelSet, own, taken
 from .reference import GELU_COEF, SQRT_2_OVER_PI
 
 

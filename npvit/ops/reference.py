@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 
 from ..backend import erf, get_array_module
-from .contract import CrossEntropyCache, GeluCache, KernelSet, LayerNormCache, own
+from .contract import CrossEntropyCache, GeluCache, LayerNormCache
+from .kernelset import KernelSet, own
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 GELU_COEF = 0.044715

@@ -12,9 +12,10 @@ import pytest
 import npvit
 from npvit import ViT, softmax_cross_entropy
 from npvit.gradcheck import small_vit_config
-from npvit.ops import available_kernels, contract, get_kernels, kernels_name
+from npvit.ops import REGISTRY, available_kernels, get_kernels, kernels_name
 from npvit.ops.contract import (COMPOSITE_NAMES, PRIMITIVE_NAMES, PRIMITIVES, AttentionCache, Conv2dCache,
-                                CrossEntropyCache, GeluCache, KernelSet, LayerNormCache, LinearCache)
+                                CrossEntropyCache, GeluCache, LayerNormCache, LinearCache)
+from npvit.ops.kernelset import KernelSet, signature_of
 from npvit.ops.reference import REFERENCE
 
 OPS_DIR = os.path.join(os.path.dirname(npvit.__file__), "ops")
@@ -22,30 +23,19 @@ LAYERS_DIR = os.path.join(os.path.dirname(npvit.__file__), "layers")
 
 
 def importable_sets():
-    """Every set whose library imports here; the fused set needs CuPy (not a GPU) to be imported."""
-    sets = list(available_kernels("numpy"))
-    try:
-        from npvit.ops.cupy_fused import FUSED
-        sets.append(FUSED)
-    except ImportError:
-        pass
-    return sets
+    """Every registered set whose library imports here (the fused set needs CuPy, not a GPU, to be imported)."""
+    return [r.load() for r in REGISTRY if r.installed()]
 
 
-@pytest.mark.parametrize("name", ["reference", "fast", "numba", "fused"])
-def test_every_set_has_every_primitive_with_the_contracts_signature(name):
-    if name == "fused":
-        pytest.importorskip("cupy", reason="the fused set is checked where CuPy can be imported")
-        from npvit.ops.cupy_fused import FUSED as ops
-    elif name == "numba":
-        pytest.importorskip("numba")
-        ops = get_kernels("numba")
-    else:
-        ops = get_kernels(name)
-    assert isinstance(ops, KernelSet) and ops.name == name
+@pytest.mark.parametrize("entry", REGISTRY, ids=lambda r: r.name)
+def test_every_set_has_every_primitive_with_the_contracts_signature(entry):
+    if not entry.installed():
+        pytest.skip(f"the {entry.name} set is checked where {entry.library} can be imported")
+    ops = entry.load()                      # its name and backends are the registry's (load checks)
+    assert isinstance(ops, KernelSet) and ops.name == entry.name and ops.backends == entry.backends
     for spec in PRIMITIVES:
         fn = getattr(ops, spec.__name__)
-        assert contract.signature_of(fn) == contract.signature_of(spec), (name, spec.__name__)
+        assert signature_of(fn) == signature_of(spec), (entry.name, spec.__name__)
     for composite in COMPOSITE_NAMES:
         assert callable(getattr(ops, composite)), composite
     assert set(ops.fused) <= set(COMPOSITE_NAMES)
@@ -162,7 +152,7 @@ def test_a_set_says_what_it_is_in_its_own_file():
         tree = ast.parse(open(path).read())
         stars = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names)]
         assert not stars, (path, stars)
-        if not path.endswith(("composites.py", "contract.py")):
+        if not path.endswith(("composites.py", "contract.py", "kernelset.py")):
             defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
             assert not defined & set(COMPOSITE_NAMES), (path, defined & set(COMPOSITE_NAMES))
     for ops in importable_sets():
@@ -213,3 +203,44 @@ def test_numba_kernels_say_what_they_need(monkeypatch):
     monkeypatch.setitem(sys.modules, "numba", None)                # as if Numba were not installed
     with pytest.raises(ValueError, match=r"need Numba, which is not installed \(pip install numba"):
         get_kernels("numba")
+
+
+RENAMED_FILE = '''"""The reference set under another name: what adding a kernel set takes (its file and one registry line)."""
+from .contract import PRIMITIVE_NAMES
+from .kernelset import KernelSet
+from .reference import REFERENCE
+
+RENAMED = KernelSet("renamed", backends=("numpy", "cupy"), primitives={n: getattr(REFERENCE, n) for n in PRIMITIVE_NAMES})
+'''
+
+
+def test_a_new_kernel_set_is_its_own_file_and_one_registry_line(tmp_path):
+    """In a copy of the checkout: add ops/renamed.py and one line of REGISTRY, and nothing else; the set is then a
+    choice of --kernels and of get_kernels, and the suite's kernel matrix runs it (collected and passing)."""
+    import shutil
+    import subprocess
+    import sys
+    from tests.cifar_fixtures import REPO
+    for part in ("npvit", "tests", "scripts"):
+        shutil.copytree(os.path.join(REPO, part), tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(REPO, "pyproject.toml"), tmp_path)
+    (tmp_path / "npvit" / "ops" / "renamed.py").write_text(RENAMED_FILE)
+    registry = tmp_path / "npvit" / "ops" / "__init__.py"
+    text = registry.read_text()
+    line = '    Registered("reference", '
+    assert text.count(line) == 1
+    registry.write_text(text.replace(line, '    Registered("renamed", "npvit.ops.renamed:RENAMED", ("numpy", "cupy"), '
+                                           '"the reference, renamed"),\n' + line))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    run = lambda *cmd: subprocess.run([sys.executable, *cmd], cwd=tmp_path, env=env, capture_output=True, text=True)
+    p = run("-c", "import npvit, npvit.ops as o; print(npvit.__file__); print(o.NAMED); "
+                  "print(o.get_kernels('renamed').name)")
+    assert p.returncode == 0, p.stderr
+    where, named, name = p.stdout.split("\n")[:3]
+    assert where.startswith(str(tmp_path)) and "'renamed'" in named and name == "renamed"
+    p = run("scripts/train.py", "--help")
+    assert "{auto,numba,fused,fast,renamed,reference}" in p.stdout.replace("\n", "").replace(" ", ""), p.stdout
+    p = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/ops/test_kernel_sets.py", "-k", "renamed and numpy")
+    assert p.returncode == 0, p.stdout[-3000:]
+    passed = int(p.stdout.strip().splitlines()[-1].split(" passed")[0].split()[-1])
+    assert passed >= 20, p.stdout[-500:]

@@ -7,7 +7,7 @@ import pytest
 from npvit import ViT, softmax_cross_entropy
 from npvit.backend import get_xp, to_device, to_numpy
 from npvit.gradcheck import small_vit_config
-from npvit.ops import get_kernels
+from npvit.ops import BY_NAME, get_kernels
 from npvit.ops.reference import REFERENCE
 from tests.helpers import FAST_SETS, rel_err, skip_unless_runs
 from tests.tolerances import KERNEL_RTOL
@@ -134,7 +134,7 @@ def test_softmax_in_place_cross_entropy_and_im2col_equal_the_reference(kernels, 
 @pytest.mark.parametrize("kernels", FAST_SETS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_a_model_computes_the_same_on_every_kernel_set(kernels, dtype):
-    backend = "cupy" if kernels == "fused" else "numpy"
+    backend = BY_NAME[kernels].backends[0]
     skip_unless_runs(kernels, backend)
     c = {**small_vit_config().to_dict(), "hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2,
          "final_layernorm": True}
@@ -159,7 +159,7 @@ def test_a_model_computes_the_same_on_every_kernel_set(kernels, dtype):
 @pytest.mark.parametrize("kernels", FAST_SETS)
 def test_sets_take_strided_inputs(kernels):
     """A transposed (not C-contiguous) input gives the reference's result: nothing is written into a copy."""
-    backend = "cupy" if kernels == "fused" else "numpy"
+    backend = BY_NAME[kernels].backends[0]
     skip_unless_runs(kernels, backend)
     ops, xp = get_kernels(kernels, backend), get_xp(backend)
     rng = np.random.default_rng(0)
