@@ -1,4 +1,4 @@
-"""``python -m npvit <command>``: the same as the ``npvit`` command (npvit/cli.py)."""
+"""``python -m npvit <command>``: the same as the ``npvit`` command (npvit/cli/)."""
 import sys
 
 from .cli import entry

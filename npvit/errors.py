@@ -54,3 +54,11 @@ class StartFailed(UserError):
 
 class Diverged(RuntimeError):
     """Training produced a non-finite loss; the last finite checkpoint is kept."""
+
+
+def error_line(e) -> str:
+    """The one line a program prints for an error a user can fix: ``error: <message>`` (an OSError as the
+    operating system said it, with its file)."""
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"error: {e.strerror.lower()}: {e.filename}"
+    return f"error: {e}"

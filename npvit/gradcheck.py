@@ -597,25 +597,3 @@ def check_all(seed=0):
         report.title = f"ViT (softmax cross-entropy), {kernels.name} kernels"
         reports.append(report)
     return reports
-
-
-def main(argv=None, prog="python -m npvit.gradcheck"):
-    import argparse
-
-    parser = argparse.ArgumentParser(prog=prog, description="Gradient-check every layer of a small ViT, every "
-                                     "reference primitive, and the whole model on every kernel set that runs here.")
-    parser.add_argument("--tol", type=float, default=1e-6, help="largest relative error that passes (default 1e-6)")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    reports = check_all(args.seed)
-    for report in reports:
-        print(report, end="\n\n")
-    bad = [r.title for r in reports if not r.passed(args.tol)]
-    worst = max(r.worst for r in reports)
-    print(f"{sum(len(r.rows) for r in reports)} arrays checked, worst relative error {worst:.2e} "
-          f"(tolerance {args.tol:g}): {'FAILED ' + ', '.join(bad) if bad else 'all passed'}")
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,5 +1,5 @@
 """Using a trained model: loading a checkpoint for inference, predictions (with mirror averaging), per-class
-accuracy and the confusion matrix, top-k classes. (The `evaluate` command, npvit/commands.py, prints them.)"""
+accuracy and the confusion matrix, top-k classes. (The `evaluate` program, npvit/cli/evaluate.py, prints them.)"""
 from __future__ import annotations
 
 import os

@@ -6,7 +6,6 @@ from defaults < recipe < JSON config file < command-line flags (:func:`build_con
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import dataclass
@@ -127,23 +126,6 @@ MODEL_HELP = dict(
 MODEL_CHOICES = {"gelu_approximate": ("tanh", "none"), "pooling": ("cls", "mean")}
 MODEL_OPTIONS = {key: (text, MODEL_CHOICES.get(key, ())) for key, text in MODEL_HELP.items()}
 assert list(MODEL_OPTIONS) == ViTConfig.keys()
-
-
-def add_model_args(parser, note=None):
-    """A flag for every model key (``--hidden-size``, ``--pooling``, ...) in its own argument group, each with
-    its help, its choices and ``note(key)`` (the default to show); values land in ``args`` under the key."""
-    group = parser.add_argument_group("model (the article's config keys)")
-    for key, default in ViTConfig().to_dict().items():
-        text, choices = MODEL_OPTIONS[key]
-        kw = dict(dest=key, default=argparse.SUPPRESS, help=f"{text} ({note(key) if note else f'default: {default}'})")
-        flag = "--" + key.replace("_", "-")
-        if isinstance(default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
-        elif choices:
-            group.add_argument(flag, choices=list(choices), **kw)
-        else:
-            group.add_argument(flag, type=type(default), metavar="X" if isinstance(default, float) else "N", **kw)
-    return group
 
 
 def model_config_from(args: dict, config_file=None):

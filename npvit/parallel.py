@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from argparse import ArgumentTypeError
 from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
@@ -79,16 +78,6 @@ def threads_warning(threads):
         return (f"warning: --threads {threads} is more than the {default_threads()} cores this process may use; "
                 f"the shards will compete for cores and run slower")
     return None
-
-
-def threads_arg(text):
-    """argparse type for --threads: a positive integer or "auto"."""
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
 
 
 def blas_controller():

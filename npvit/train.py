@@ -9,7 +9,7 @@
 The parts live where their one job is: the step math in npvit/step.py, the batch stream and its
 named random streams in npvit/batches.py, the run state and the resume rules in
 npvit/runstate.py, what the terminal shows in npvit/console.py, the schedule beside the optimiser
-in npvit/optim.py, the command line in npvit/train_cli.py. Every write is atomic, and every
+in npvit/optim.py, the command line in npvit/cli/train.py. Every write is atomic, and every
 random draw comes from (seed, epoch, step), so a run killed at any instant and resumed continues
 bit for bit as if it had never stopped.
 """
@@ -29,7 +29,7 @@ from .config import ViTConfig
 from .console import Console, Progress, StopRequest, epoch_line, start_line
 from .distributed import SingleProcess, check_replicas, check_same_data, check_same_settings, data_checksum
 from .ema import EMA
-from .errors import CheckpointError, ConfigError, Diverged, StartFailed, UserError
+from .errors import CheckpointError, ConfigError, Diverged, StartFailed, UserError, error_line
 from .model import ViT
 from .optim import AdamW, lr_at, weight_decay_groups
 from .options import MODEL_KEYS, validate
@@ -61,8 +61,6 @@ def train(cfg, resume=None, overwrite=False, console=None, callbacks=(), stop=No
         if world.any(failed is not None):
             if world.size == 1:
                 raise failed
-            from .cli import error_line
-
             raise StartFailed(world.gather(error_line(failed) if failed is not None else None))
         if world.size > 1:              # the ranks agree on every setting and on the data each read, or all stop
             check_same_settings(world, cfg)

@@ -3,8 +3,7 @@
 layers and heads (the article's figure) and attention rollout, overlaid on each image."""
 import sys
 
-from npvit.cli import run_main
-from npvit.commands import attention_main
+from npvit.cli import run
 
 if __name__ == "__main__":
-    sys.exit(run_main(attention_main))
+    sys.exit(run("attention"))

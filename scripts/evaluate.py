@@ -2,8 +2,7 @@
 """Test accuracy, per-class accuracy and confusion matrix of a trained checkpoint."""
 import sys
 
-from npvit.cli import run_main
-from npvit.commands import evaluate_main
+from npvit.cli import run
 
 if __name__ == "__main__":
-    sys.exit(run_main(evaluate_main))
+    sys.exit(run("evaluate"))

@@ -3,8 +3,7 @@
 ``safetensors.torch.load_file`` and the article's ``ViTForClassfication.load_state_dict``."""
 import sys
 
-from npvit.cli import run_main
-from npvit.commands import export_main
+from npvit.cli import run
 
 if __name__ == "__main__":
-    sys.exit(run_main(export_main))
+    sys.exit(run("export"))

@@ -1,9 +1,8 @@
 #!/usr/bin/env python
-"""Classify one image file with a trained checkpoint: the top-5 classes and their probabilities."""
+"""Classify image files with a trained checkpoint: the top-5 classes of each and their probabilities."""
 import sys
 
-from npvit.cli import run_main
-from npvit.commands import predict_main
+from npvit.cli import run
 
 if __name__ == "__main__":
-    sys.exit(run_main(predict_main))
+    sys.exit(run("predict"))

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from npvit.gradcheck import check_intermediates, check_layer_gradients, main, run_steps
+from npvit.cli.gradcheck import main
+from npvit.gradcheck import check_intermediates, check_layer_gradients, run_steps
 from npvit.layers import GELU, Linear, LayerNorm
 
 

@@ -11,7 +11,8 @@ import torch
 
 from npvit import DataParallel, ViT, softmax_cross_entropy
 from npvit.gradcheck import check_model_gradients, small_vit_config
-from npvit.parallel import check_threads, parallelize, threads_arg
+from npvit.cli.runner import threads_arg
+from npvit.parallel import check_threads, parallelize
 from npvit.step import train_step
 from tests.tolerances import GRADCHECK_TOL
 from tests.helpers import assert_close, rel_err

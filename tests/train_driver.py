@@ -23,7 +23,8 @@ import os
 import signal
 import sys
 
-from npvit import runfiles, train_cli
+from npvit import runfiles
+from npvit.cli import run
 
 
 def main():
@@ -140,7 +141,7 @@ def main():
         runfiles.os.remove = remove
     else:
         assert kind == "none", fault
-    sys.exit(train_cli.main(args, callbacks=callbacks))
+    sys.exit(run("train", args, callbacks=callbacks))
 
 
 if __name__ == "__main__":

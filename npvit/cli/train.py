@@ -9,18 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import SafeStream, error_line, run_main
-from .console import Console, StopRequest
-from .distributed import get_world
-from .errors import Diverged, ReplicasDiffer, StartFailed, UserError
-from .options import ALL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, add_model_args, build_config, default_text
-from .parallel import threads_arg
-from .runstate import read_resume, resume_source
-from .train import train
-
-
-def _flag(key):
-    return "--" + key.replace("_", "-")
+from ..console import Console, StopRequest
+from ..distributed import get_world
+from ..errors import Diverged, ReplicasDiffer, StartFailed, UserError, error_line
+from ..options import ALL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, build_config, default_text
+from ..runstate import read_resume, resume_source
+from ..train import train
+from .runner import SafeStream, add_model_args, flag, threads_arg
 
 
 def make_parser(prog="scripts/train.py"):
@@ -45,19 +40,19 @@ def make_parser(prog="scripts/train.py"):
             continue
         kw = dict(dest=key, default=argparse.SUPPRESS, help=f"{o.help} ({default_text(key)})")
         if o.kind == "bool":
-            t.add_argument(_flag(key), action=argparse.BooleanOptionalAction, **kw)
+            t.add_argument(flag(key), action=argparse.BooleanOptionalAction, **kw)
         elif o.kind in ("betas", "scale"):
-            t.add_argument(_flag(key), nargs=2, type=float, metavar=("A", "B"), **kw)
+            t.add_argument(flag(key), nargs=2, type=float, metavar=("A", "B"), **kw)
         elif o.kind == "choice":
-            t.add_argument(_flag(key), choices=list(o.choices), **kw)
+            t.add_argument(flag(key), choices=list(o.choices), **kw)
         elif o.kind == "threads":
-            t.add_argument(_flag(key), type=threads_arg, metavar="N|auto", **kw)
+            t.add_argument(flag(key), type=threads_arg, metavar="N|auto", **kw)
         elif o.kind.startswith("int") or o.kind == "seed":
-            t.add_argument(_flag(key), type=int, metavar="N", **kw)
+            t.add_argument(flag(key), type=int, metavar="N", **kw)
         elif o.kind.startswith("float") or o.kind in ("fraction", "probability"):
-            t.add_argument(_flag(key), type=float, metavar="X", **kw)
+            t.add_argument(flag(key), type=float, metavar="X", **kw)
         else:
-            t.add_argument(_flag(key), metavar="PATH", **kw)
+            t.add_argument(flag(key), metavar="PATH", **kw)
     add_model_args(p, note=default_text)
     return p
 
@@ -78,13 +73,9 @@ def config_from_args(args):
     return build_config(overrides={**saved, **overrides}), record
 
 
-def main(argv=None, callbacks=(), prog="scripts/train.py"):
+def main(argv=None, prog="scripts/train.py", callbacks=()):
     """``scripts/train.py`` and ``npvit train``: 0 when done (or stopped and saved), 1 if training diverged
     or the output was closed, 2 for a usage error."""
-    return run_main(lambda a: train_main(a, callbacks, prog), argv)
-
-
-def train_main(argv=None, callbacks=(), prog="scripts/train.py"):
     args = vars(make_parser(prog).parse_args(argv))
     overwrite = args.pop("overwrite")
     cfg, resume = config_from_args(args)
