@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from npvit.cli import run_main  # noqa: E402
 from npvit.errors import UserError  # noqa: E402
-from npvit.options import RECIPES, TRAIN_DEFAULTS  # noqa: E402
+from npvit.training.options import RECIPES, TRAIN_DEFAULTS  # noqa: E402
 from npvit.runfiles import read_metrics  # noqa: E402
 
 # Settings that are not the recipe's own and do not change what is trained or measured.

@@ -36,7 +36,7 @@ def child_train(threads, steps, warmup):
     import npvit
     from npvit.distributed import get_world, shard
     from npvit.optim import AdamW
-    from npvit.step import train_step
+    from npvit.training.step import train_step
 
     world = get_world()
     model = npvit.ViT(seed=0)

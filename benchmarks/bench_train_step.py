@@ -84,7 +84,7 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
             if gpu:
                 xp.cuda.Device().synchronize()
 
-        from npvit.step import train_step as npvit_train_step
+        from npvit.training.step import train_step as npvit_train_step
 
         def train_step():
             npvit_train_step(ours, opt, x, y, y, micro_batch=micro_batch)

@@ -354,7 +354,7 @@ print(report.summary())
 
 # %%
 from npvit.optim import AdamW
-from npvit.step import train_step
+from npvit.training.step import train_step
 config = {**npvit.ViTConfig().to_dict(), "hidden_size": 24, "num_attention_heads": 3, "intermediate_size": 40,
           "num_hidden_layers": 2}
 ours = npvit.ViT(config, dtype="float64", seed=0)

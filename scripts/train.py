@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train a ViT on CIFAR-10 with npvit. See --help; the command line is npvit/cli/train.py, the loop npvit/train.py."""
+"""Train a ViT on CIFAR-10 with npvit. See --help; the command line is npvit/cli/train.py, the loop npvit/training/run.py."""
 import sys
 
 from npvit.cli import run

@@ -8,7 +8,7 @@ from npvit import ViT
 from npvit.distributed import get_world, shard
 from npvit.gradcheck import small_vit_config
 from npvit.optim import AdamW, weight_decay_groups
-from npvit.step import train_step
+from npvit.training.step import train_step
 
 world = get_world()
 model = ViT(small_vit_config(), dtype="float64", seed=0)

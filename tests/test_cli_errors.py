@@ -148,7 +148,7 @@ def test_log_is_line_buffered_and_progress_is_plain_lines_in_files(data, tmp_pat
 def test_progress_lines_when_not_a_terminal(monkeypatch):
     import io
 
-    from npvit import console
+    from npvit.training import console
 
     monkeypatch.setattr(console, "PLAIN_PROGRESS_S", 0)
     stream = io.StringIO()

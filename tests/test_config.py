@@ -49,7 +49,7 @@ def test_bad_config_is_a_clear_error(change, error, match):
 def test_every_recipe_pins_what_it_trains_with():
     """A recipe names every setting that changes what is trained, so a change of a default (say --init's)
     never changes a recipe's runs behind its back; and each builds into a valid config."""
-    from npvit.options import RECIPES, build_config
+    from npvit.training.options import RECIPES, build_config
 
     training = {"epochs", "batch_size", "lr", "weight_decay", "decay", "warmup_epochs", "schedule", "label_smoothing",
                 "augment", "normalize", "mixup", "cutmix", "grad_clip", "ema", "trivial_augment", "trivial_augment_prob",
@@ -69,7 +69,7 @@ def test_numba_kernels_without_numba_are_a_config_error(monkeypatch):
 
     import npvit.ops
     from npvit.errors import ConfigError
-    from npvit.options import build_config
+    from npvit.training.options import build_config
     monkeypatch.delitem(sys.modules, "npvit.ops.numba_cpu", raising=False)
     monkeypatch.delattr(npvit.ops, "numba_cpu", raising=False)
     monkeypatch.setitem(sys.modules, "numba", None)                # as if Numba were not installed

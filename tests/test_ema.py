@@ -15,7 +15,7 @@ from npvit.gradcheck import small_vit_config
 from npvit.optim import SGD
 from npvit.parallel import DataParallel
 from npvit.errors import ConfigError
-from npvit.options import build_config
+from npvit.training.options import build_config
 from tests.cifar_fixtures import REPO, write_fake_cifar
 
 TRAIN = [sys.executable, os.path.join(REPO, "scripts", "train.py")]
@@ -154,7 +154,7 @@ def test_resume_continues_the_average_exactly(ema_run, tmp_path):
 def test_init_from_and_export_take_the_average(ema_run, tmp_path):
     from npvit.checkpoint import export_safetensors, read_safetensors
     from npvit.config import ViTConfig
-    from npvit.runstate import init_weights
+    from npvit.training.runstate import init_weights
 
     data, out = ema_run
     latest = os.path.join(out, "latest.npz")

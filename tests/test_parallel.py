@@ -13,7 +13,7 @@ from npvit import DataParallel, ViT, softmax_cross_entropy
 from npvit.gradcheck import check_model_gradients, small_vit_config
 from npvit.cli.runner import threads_arg
 from npvit.parallel import check_threads, parallelize
-from npvit.step import train_step
+from npvit.training.step import train_step
 from tests.tolerances import GRADCHECK_TOL
 from tests.helpers import assert_close, rel_err
 from tests.reference.article_vit import ViTForClassfication
@@ -105,9 +105,9 @@ def test_one_thread_training_holds_blas_to_one_thread(tmp_path):
     processes on two cores each ran at a quarter speed), and has its threads back afterwards."""
     from threadpoolctl import threadpool_info
 
-    from npvit.console import Console
-    from npvit.options import build_config
-    from npvit.train import train
+    from npvit.training.console import Console
+    from npvit.training.options import build_config
+    from npvit.training.run import train
     from tests.cifar_fixtures import write_fake_cifar
 
     def blas_threads():

@@ -9,7 +9,7 @@ import pytest
 
 from npvit import ViT, ViTConfig
 from npvit.errors import ConfigError
-from npvit.options import build_config
+from npvit.training.options import build_config
 from npvit.resources import BASELINE_BYTES, check_fits, estimate, num_parameters
 from tests.cifar_fixtures import REPO, write_fake_cifar
 
@@ -40,8 +40,8 @@ def test_a_run_that_cannot_fit_is_refused_at_once_in_one_line(tmp_path, flags, n
 
 def test_the_refusal_names_what_is_available_and_the_flag_lets_a_run_try(tmp_path, monkeypatch):
     import npvit.resources
-    from npvit.console import Console
-    from npvit.train import train
+    from npvit.training.console import Console
+    from npvit.training.run import train
 
     data = str(write_fake_cifar(tmp_path / "data", n_per_batch=16))
     cfg = build_config(overrides={"data_dir": data, "out_dir": str(tmp_path / "run"), "epochs": 1, "hidden_size": 24,

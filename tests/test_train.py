@@ -9,7 +9,7 @@ import pytest
 
 from npvit.errors import ConfigError
 from npvit.optim import lr_at
-from npvit.options import build_config
+from npvit.training.options import build_config
 from tests.cifar_fixtures import REPO, write_fake_cifar
 
 TRAIN = [sys.executable, os.path.join(REPO, "scripts", "train.py")]
@@ -160,7 +160,7 @@ def test_micro_batches_give_the_same_step(micro, soft):
     from npvit import ViT
     from npvit.gradcheck import small_vit_config
     from npvit.optim import SGD
-    from npvit.step import train_step
+    from npvit.training.step import train_step
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((10, 3, 8, 8))
@@ -218,6 +218,6 @@ def test_help_shows_the_defaults_of_the_recipe_that_runs():
 
 
 def test_the_resume_hint_of_a_multi_process_run_names_the_launcher():
-    from npvit.runstate import resume_command
+    from npvit.training.runstate import resume_command
     assert resume_command("runs/vit") == "--resume runs/vit"
     assert resume_command("runs/vit", 4).startswith("mpiexec -n 4 ... --resume runs/vit")

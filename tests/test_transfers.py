@@ -7,9 +7,9 @@ npvit.backend (npvit.backend.TRANSFERS); the same code on CuPy pays a copy and a
 import pytest
 
 from npvit import backend
-from npvit.console import Console
-from npvit.options import build_config
-from npvit.train import train
+from npvit.training.console import Console
+from npvit.training.options import build_config
+from npvit.training.run import train
 from tests.cifar_fixtures import write_fake_cifar
 
 
@@ -49,8 +49,8 @@ def test_a_gpu_training_step_never_waits_for_the_device(augment):
     from npvit.augment import normalizer
     from npvit.ema import EMA
     from npvit.optim import AdamW
-    from npvit.batches import augment_batch
-    from npvit.step import train_step
+    from npvit.training.batches import augment_batch
+    from npvit.training.step import train_step
 
     if not hasattr(cupyx, "allow_synchronize"):
         pytest.skip("this CuPy has no cupyx.allow_synchronize")

@@ -20,7 +20,7 @@ import sys
 from ..config import ViTConfig
 from ..errors import UserError, error_line
 from ..inference import PRETRAINED, assumed_note, load_trained
-from ..options import MODEL_OPTIONS, model_config_from
+from ..training.options import MODEL_OPTIONS, model_config_from
 
 USAGE_ERROR = 2
 

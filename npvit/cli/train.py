@@ -1,20 +1,20 @@
 """``scripts/train.py`` and ``npvit train``: the command line of training.
 
-Flags come from the option table (npvit/options.py); settings come from defaults < --recipe <
+Flags come from the option table (npvit/training/options.py); settings come from defaults < --recipe <
 --config FILE < flags, or, with --resume, from the resumed run's own settings with the flags on
-top. The run itself is npvit/train.py.
+top. The run itself is npvit/training/run.py.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ..console import Console, StopRequest
+from ..training.console import Console, StopRequest
 from ..distributed import get_world
 from ..errors import Diverged, ReplicasDiffer, StartFailed, UserError, error_line
-from ..options import ALL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, build_config, default_text
-from ..runstate import read_resume, resume_source
-from ..train import train
+from ..training.options import ALL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, build_config, default_text
+from ..training.runstate import read_resume, resume_source
+from ..training.run import train
 from .runner import SafeStream, add_model_args, flag, threads_arg
 
 

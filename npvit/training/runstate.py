@@ -18,10 +18,10 @@ from typing import NamedTuple, Optional
 
 import time
 
-from .backend import to_host_scalar
-from .checkpoint import Checkpoint, check_finite, checkpoint_arrays, evaluated_weights, npz_writer, read_checkpoint
-from .errors import CheckpointError, Diverged, RunDirError, WriteError
-from .runfiles import contents, half_replaced, strict_json
+from ..backend import to_host_scalar
+from ..checkpoint import Checkpoint, check_finite, checkpoint_arrays, evaluated_weights, npz_writer, read_checkpoint
+from ..errors import CheckpointError, Diverged, RunDirError, WriteError
+from ..runfiles import contents, half_replaced, strict_json
 
 
 class EpochTotals(namedtuple("EpochTotals", "loss_sum correct seen seconds", defaults=(0.0, 0, 0, 0.0))):

@@ -100,7 +100,7 @@ class StopRequest:
 
 def start_line(cfg, net, train_images, eval_images, steps, world_size, out_dir):
     """The line a run starts with: the model, the data, the steps, and where it writes."""
-    from .ops import kernels_name
+    from ..ops import kernels_name
 
     split = "held-out (val)" if cfg["val_split"] else "test"
     n = getattr(net, "threads", 1)

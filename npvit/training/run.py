@@ -6,10 +6,11 @@
                     moving average, the totals; after each epoch the evaluation, metrics.jsonl and
                     the checkpoints
 
-The parts live where their one job is: the step math in npvit/step.py, the batch stream and its
-named random streams in npvit/batches.py, the run state and the resume rules in
-npvit/runstate.py, what the terminal shows in npvit/console.py, the schedule beside the optimiser
-in npvit/optim.py, the command line in npvit/cli/train.py. Every write is atomic, and every
+The parts live where their one job is, beside this file in npvit/training/: the step math in
+step.py, the batch stream and its named random streams in batches.py, the run state and the
+resume rules in runstate.py, what the terminal shows in console.py, the settings and recipes in
+options.py; the schedule beside the optimiser in npvit/optim.py; the command line in
+npvit/cli/train.py. Every write is atomic, and every
 random draw comes from (seed, epoch, step), so a run killed at any instant and resumed continues
 bit for bit as if it had never stopped.
 """
@@ -22,20 +23,20 @@ import time
 
 import numpy as np
 
-from . import augment as aug
-from .backend import get_xp, to_device
+from .. import augment as aug
+from ..backend import get_xp, to_device
+from ..config import ViTConfig
+from ..distributed import SingleProcess, check_replicas, check_same_data, check_same_settings, data_checksum
+from ..ema import EMA
+from ..errors import CheckpointError, ConfigError, Diverged, StartFailed, UserError, error_line
+from ..model import ViT
+from ..optim import AdamW, lr_at, weight_decay_groups
+from ..parallel import default_threads, one_blas_thread, parallelize, threads_warning
+from ..resources import check_fits, folder_image_count
+from ..runfiles import RunDir, metrics_text, strict_json
 from .batches import Batches, Stream, norm_stats, training_data
-from .config import ViTConfig
 from .console import Console, Progress, StopRequest, epoch_line, start_line
-from .distributed import SingleProcess, check_replicas, check_same_data, check_same_settings, data_checksum
-from .ema import EMA
-from .errors import CheckpointError, ConfigError, Diverged, StartFailed, UserError, error_line
-from .model import ViT
-from .optim import AdamW, lr_at, weight_decay_groups
 from .options import MODEL_KEYS, validate
-from .parallel import default_threads, one_blas_thread, parallelize, threads_warning
-from .resources import check_fits, folder_image_count
-from .runfiles import RunDir, metrics_text, strict_json
 from .runstate import (DeviceTotals, EpochTotals, Resume, RunCheckpoints, RunState, check_resumable, claim_for_resume,
                        init_weights, read_resume, resume_command)
 from .step import Evaluation, train_step

@@ -13,12 +13,12 @@ import enum
 
 import numpy as np
 
-from . import augment as aug
-from .backend import default_rng, get_array_module, seed_for, to_device
-from .data import Dataset, load_dataset
-from .distributed import shard
-from .errors import ConfigError, DataError
-from .trivial_augment import trivial_augment
+from .. import augment as aug
+from ..backend import default_rng, get_array_module, seed_for, to_device
+from ..data import Dataset, load_dataset
+from ..distributed import shard
+from ..errors import ConfigError, DataError
+from ..trivial_augment import trivial_augment
 
 
 class Stream(enum.IntEnum):

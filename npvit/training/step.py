@@ -9,12 +9,12 @@ every number on the model's device until the caller reads it.
 """
 from __future__ import annotations
 
-from . import augment as aug
-from .backend import to_device, to_host_scalar
-from .distributed import shard
-from .inference import predict_logits
-from .losses import softmax_cross_entropy
-from .optim import clip_grad_norm
+from .. import augment as aug
+from ..backend import to_device, to_host_scalar
+from ..distributed import shard
+from ..inference import predict_logits
+from ..losses import softmax_cross_entropy
+from ..optim import clip_grad_norm
 
 
 def train_step(model, opt, x, target, labels, label_smoothing=0.0, grad_clip=0.0, micro_batch=None,

@@ -10,11 +10,11 @@ import json
 import math
 from dataclasses import dataclass
 
-from .backend import BACKENDS, DTYPES
-from .config import DuplicateKey, ViTConfig, no_duplicate_keys
-from .errors import ConfigError
-from . import ops as kernel_sets
-from .ops import get_kernels
+from ..backend import BACKENDS, DTYPES
+from ..config import DuplicateKey, ViTConfig, no_duplicate_keys
+from ..errors import ConfigError
+from .. import ops as kernel_sets
+from ..ops import get_kernels
 
 
 @dataclass(frozen=True)
