@@ -347,8 +347,8 @@ plt.show()
 # ten AdamW steps on the same batches: their losses side by side.
 
 # %%
-from npvit.gradcheck import check_model_gradients, small_vit_config
-small = npvit.ViT(small_vit_config(), dtype="float64", seed=0)
+from npvit.gradcheck import check_model_gradients
+small = npvit.ViT(npvit.ViTConfig.tiny(), dtype="float64", seed=0)
 report = check_model_gradients(small, rng.standard_normal((2, 3, 8, 8)), np.array([1, 3]))
 print(report.summary())
 

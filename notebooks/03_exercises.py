@@ -231,7 +231,7 @@ grade("block", block_backward)
 import importlib.util
 import matplotlib.pyplot as plt
 from npvit.exercises import kernel_set, train_steps
-from npvit.gradcheck import check_model_gradients, small_vit_config
+from npvit.gradcheck import check_model_gradients
 spec = importlib.util.spec_from_file_location("solutions", os.path.join(ROOT, "notebooks", "solutions.py"))
 solutions = importlib.util.module_from_spec(spec); spec.loader.exec_module(solutions)
 
@@ -250,7 +250,7 @@ fns = {f.__name__: yours_or_the_solution(n, f, *example(n)) for n, f in [
     ("attention", attention_backward)]}
 mine = kernel_set("mine", **fns)
 rng = np.random.default_rng(0)
-report = check_model_gradients(npvit.ViT(small_vit_config(), dtype="float64", kernels=mine),
+report = check_model_gradients(npvit.ViT(npvit.ViTConfig.tiny(), dtype="float64", kernels=mine),
                                rng.standard_normal((2, 3, 8, 8)), np.array([1, 3]))
 print(report.summary())
 

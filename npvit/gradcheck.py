@@ -549,24 +549,17 @@ def check_reference_ops(seed=0):
     return reports
 
 
-def small_vit_config():
-    """A ViT small enough to check every parameter in seconds: odd sizes make transposition bugs show."""
-    from .config import ViTConfig
-
-    return ViTConfig(image_size=8, patch_size=4, num_channels=3, hidden_size=12, num_attention_heads=3,
-                     intermediate_size=20, num_hidden_layers=2, num_classes=5, initializer_range=0.2)
-
-
 def check_all(seed=0):
     """Check every layer of a small ViT alone (on the reference set, as a lone layer runs), the loss, every
     reference primitive and composite, then the whole model once on every kernel set that runs here.
     Returns the reports."""
     from . import layers as L
+    from .config import ViTConfig
     from .losses import softmax_cross_entropy
     from .model import ViT
     from .ops import available_kernels
 
-    c = small_vit_config()
+    c = ViTConfig.tiny()
     rng = np.random.default_rng(seed)
     D, H, I, K = c.hidden_size, c.num_attention_heads, c.intermediate_size, c.num_classes
     B, N = 2, c.num_tokens

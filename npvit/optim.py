@@ -10,6 +10,7 @@ arithmetic of an update is the kernel set's (``adamw_update``, ``sgd_update``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,19 +18,28 @@ from .backend import get_array_module, to_device
 from .ops import get_kernels
 
 
-def lr_at(cfg, step, steps_per_epoch):
-    """The learning rate at global step ``step``: linear warmup from 0 over ``warmup_epochs``, then constant,
-    or cosine or linear decay to zero at the end of ``epochs``."""
-    total = cfg["epochs"] * steps_per_epoch
-    warmup = cfg["warmup_epochs"] * steps_per_epoch
+@dataclass(frozen=True)
+class Schedule:
+    """The learning rate over a run: linear warmup from 0 over ``warmup_epochs``, then ``shape``: constant, or
+    cosine or linear decay to zero at the end of ``epochs``; ``lr`` is its peak."""
+    lr: float
+    epochs: int
+    warmup_epochs: float = 0.0
+    shape: str = "constant"             # "constant" | "cosine" | "linear"
+
+
+def lr_at(schedule: Schedule, step, steps_per_epoch):
+    """The learning rate at global step ``step`` of ``schedule``, with ``steps_per_epoch`` steps an epoch."""
+    total = schedule.epochs * steps_per_epoch
+    warmup = schedule.warmup_epochs * steps_per_epoch
     if step < warmup:
-        return cfg["lr"] * (step + 1) / warmup
-    if cfg["schedule"] == "constant":
-        return cfg["lr"]
+        return schedule.lr * (step + 1) / warmup
+    if schedule.shape == "constant":
+        return schedule.lr
     progress = (step - warmup) / max(total - warmup, 1)
-    if cfg["schedule"] == "linear":
-        return cfg["lr"] * (1.0 - progress)
-    return cfg["lr"] * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule.shape == "linear":
+        return schedule.lr * (1.0 - progress)
+    return schedule.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def weight_decay_groups(params: dict, weight_decay: float):

@@ -6,12 +6,12 @@ import numpy as np
 
 from npvit import ViT
 from npvit.distributed import get_world, shard
-from npvit.gradcheck import small_vit_config
+from npvit.config import ViTConfig
 from npvit.optim import AdamW, weight_decay_groups
 from npvit.training.step import train_step
 
 world = get_world()
-model = ViT(small_vit_config(), dtype="float64", seed=0)
+model = ViT(ViTConfig.tiny(), dtype="float64", seed=0)
 opt = AdamW(model, lr=1e-2, weight_decay=0.05, param_groups=weight_decay_groups(model.parameters(), 0.05))
 rng = np.random.default_rng(0)
 for step in range(5):

@@ -4,12 +4,12 @@ import pytest
 from npvit import ViT
 from npvit.checkpoint import load_checkpoint, save_checkpoint
 from npvit.errors import CheckpointError
-from npvit.gradcheck import small_vit_config
+from npvit.config import ViTConfig
 from npvit.optim import AdamW
 
 
 def test_round_trip_is_exact(tmp_path):
-    model = ViT({**small_vit_config().to_dict(), "final_layernorm": True}, seed=4)
+    model = ViT({**ViTConfig.tiny().to_dict(), "final_layernorm": True}, seed=4)
     opt = AdamW(model, lr=1e-3)
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     from npvit import softmax_cross_entropy
@@ -48,7 +48,7 @@ def altered(tmp_path, meta_change=None, array_change=None):
     """A real checkpoint of a model and AdamW, rewritten with its meta.json or one array changed."""
     import json
     from npvit import softmax_cross_entropy
-    model = ViT(small_vit_config(), seed=1)
+    model = ViT(ViTConfig.tiny(), seed=1)
     opt = AdamW(model, lr=1e-3)
     model.backward(softmax_cross_entropy(model(np.ones((2, 3, 8, 8), np.float32)), np.array([0, 1]))[1])
     opt.step()                                      # so that it has moments

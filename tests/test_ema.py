@@ -11,7 +11,7 @@ import pytest
 from npvit import ViT
 from npvit.checkpoint import load_checkpoint, read_checkpoint
 from npvit.ema import EMA
-from npvit.gradcheck import small_vit_config
+from npvit.config import ViTConfig
 from npvit.optim import SGD
 from npvit.parallel import DataParallel
 from npvit.errors import ConfigError
@@ -42,7 +42,7 @@ def sgd_steps(model, opt, ema, rng, steps):
 @pytest.mark.parametrize("decay", [0.5, 0.9, 0.999])
 def test_average_follows_the_formula(decay):
     """a_t = d_t a_{t-1} + (1 - d_t) p_t with d_t = min(decay, (1+t)/(10+t)), a_0 = p_0, per named array."""
-    model = ViT(small_vit_config(), dtype="float64", seed=0)
+    model = ViT(ViTConfig.tiny(), dtype="float64", seed=0)
     opt = SGD(model, lr=0.05, momentum=0.9)
     ema = EMA(model, decay)
     a = {k: v.copy() for k, v in model.parameters().items()}
@@ -57,13 +57,13 @@ def test_average_follows_the_formula(decay):
 
 
 def test_applied_swaps_in_the_average_for_every_thread_and_restores():
-    model = ViT(small_vit_config(), dtype="float64", seed=0)
+    model = ViT(ViTConfig.tiny(), dtype="float64", seed=0)
     opt = SGD(model, lr=0.1)
     ema = EMA(model, 0.8)
     sgd_steps(model, opt, ema, np.random.default_rng(2), 5)
     raw = model.state_dict()
     x = np.random.default_rng(3).standard_normal((8, 3, 8, 8))
-    plain = ViT(small_vit_config(), dtype="float64", seed=9)
+    plain = ViT(ViTConfig.tiny(), dtype="float64", seed=9)
     plain.load_state_dict(ema.averaged_params())
     net = DataParallel(model.eval(), threads=2)          # replicas on two threads share the weights
     with ema.applied():
@@ -80,7 +80,7 @@ def test_applied_swaps_in_the_average_for_every_thread_and_restores():
 
 
 def test_load_continues_and_refuses_misfits():
-    model = ViT(small_vit_config(), dtype="float64", seed=0)
+    model = ViT(ViTConfig.tiny(), dtype="float64", seed=0)
     ema = EMA(model, 0.9)
     saved = {k: v + 1.0 for k, v in model.state_dict().items()}
     ema.load(saved, 7)
@@ -153,7 +153,6 @@ def test_resume_continues_the_average_exactly(ema_run, tmp_path):
 
 def test_init_from_and_export_take_the_average(ema_run, tmp_path):
     from npvit.checkpoint import export_safetensors, read_safetensors
-    from npvit.config import ViTConfig
     from npvit.training.runstate import init_weights
 
     data, out = ema_run

@@ -283,14 +283,15 @@ def mine(**replace):
 
 def test_your_functions_become_a_kernel_set_and_pass_the_whole_model_check():
     from npvit import ViT
-    from npvit.gradcheck import check_model_gradients, small_vit_config
+    from npvit.gradcheck import check_model_gradients
+    from npvit.config import ViTConfig
     kernels = mine()
     assert kernels.origin("attention_backward") == "solutions" and kernels.origin("matmul") == "npvit.ops.reference"
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((2, 3, 8, 8)), rng.integers(0, 5, 2)
-    assert check_model_gradients(ViT(small_vit_config(), dtype="float64", kernels=kernels), x, y).passed()
+    assert check_model_gradients(ViT(ViTConfig.tiny(), dtype="float64", kernels=kernels), x, y).passed()
     # a wrong function shows in the whole-model check, before any training
-    wrong = check_model_gradients(ViT(small_vit_config(), dtype="float64", kernels=mine(softmax_backward=wrong_softmax,
+    wrong = check_model_gradients(ViT(ViTConfig.tiny(), dtype="float64", kernels=mine(softmax_backward=wrong_softmax,
                                                                                 attention_backward=None)),
                                   x, y)
     assert not wrong.passed()

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from npvit import ViT, softmax_cross_entropy
-from npvit.gradcheck import small_vit_config
+from npvit.config import ViTConfig
 from npvit.layers import LayerNorm, Linear
 from npvit.optim import SGD, AdamW, clip_grad_norm
 
-SMALL = small_vit_config().to_dict()
+SMALL = ViTConfig.tiny().to_dict()
 
 
 def backward_once(model, seed=0):

@@ -7,7 +7,7 @@ import torch
 import npvit
 from npvit import ViT, ViTConfig, softmax_cross_entropy
 from npvit.backend import get_xp, to_device, to_numpy
-from npvit.gradcheck import check_model_gradients, small_vit_config
+from npvit.gradcheck import check_model_gradients
 from tests.tolerances import GRADCHECK_TOL
 from tests.helpers import KERNEL_SETS, assert_close, skip_unless_runs, to_torch, torch_device
 from tests.reference.article_vit import ViTForClassfication
@@ -38,7 +38,7 @@ def test_article_model_has_119k_parameters():
                                      "smoothing"])
 def test_whole_model_gradcheck(variant, kernels, backend):
     skip_unless_runs(kernels, backend)
-    c = small_vit_config().to_dict()
+    c = ViTConfig.tiny().to_dict()
     smoothing = 0.0
     if variant == "final_layernorm":
         c["final_layernorm"] = True
@@ -173,7 +173,7 @@ def test_load_state_dict_names_every_problem():
 
 
 def test_return_attention_and_modes():
-    model = ViT(small_vit_config())
+    model = ViT(ViTConfig.tiny())
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     logits, atts = model(x, return_attention=True)
     assert logits.shape == (2, 5) and len(atts) == 2 and atts[0].shape == (2, 3, 5, 5)
@@ -184,7 +184,7 @@ def test_return_attention_and_modes():
 
 
 def test_dropout_is_active_only_in_train_mode():
-    model = ViT({**small_vit_config().to_dict(), "hidden_dropout_prob": 0.3})
+    model = ViT({**ViTConfig.tiny().to_dict(), "hidden_dropout_prob": 0.3})
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
     assert not np.array_equal(model.train()(x), model(x))
     np.testing.assert_array_equal(model.eval()(x), model(x))

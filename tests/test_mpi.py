@@ -70,9 +70,9 @@ def test_two_processes_take_the_one_process_step(tmp_path):
     a, b = np.load(one), np.load(two)
     assert np.abs(a - b).max() <= 1e-10 * np.abs(a).max(), np.abs(a - b).max()
     from npvit import ViT
-    from npvit.gradcheck import small_vit_config
+    from npvit.config import ViTConfig
 
-    start = ViT(small_vit_config(), dtype="float64", seed=0).flat_params
+    start = ViT(ViTConfig.tiny(), dtype="float64", seed=0).flat_params
     assert np.abs(a - start).max() > 1e-3, "the steps should have moved the weights"
 
 

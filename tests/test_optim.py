@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from npvit import ViT, softmax_cross_entropy
-from npvit.gradcheck import small_vit_config
+from npvit.config import ViTConfig
 from npvit.optim import SGD, AdamW, clip_grad_norm, weight_decay_groups
 
 STEPS = 5
@@ -11,7 +11,7 @@ STEPS = 5
 
 def run_both(make_ours, make_theirs, clip=None):
     """Train the same small ViT for a few steps with npvit and with torch.optim; return both state dicts."""
-    model = ViT(small_vit_config(), dtype="float64", seed=0)
+    model = ViT(ViTConfig.tiny(), dtype="float64", seed=0)
     ref = {k: torch.tensor(v, requires_grad=True) for k, v in model.state_dict().items()}
     opt, topt = make_ours(model), make_theirs(ref)
     rng = np.random.default_rng(0)
@@ -79,7 +79,7 @@ def test_weight_decay_groups_exempt_biases_norms_and_embeddings():
 
 def test_state_dict_round_trip_continues_identically():
     def train(opt_from, steps):
-        model = ViT(small_vit_config(), dtype="float64")
+        model = ViT(ViTConfig.tiny(), dtype="float64")
         opt = AdamW(model, lr=1e-2)
         if opt_from is not None:
             model.load_state_dict(opt_from[0])
@@ -101,7 +101,7 @@ def test_state_dict_round_trip_continues_identically():
 
 
 def test_bad_arguments_are_clear_errors():
-    model = ViT(small_vit_config())
+    model = ViT(ViTConfig.tiny())
     with pytest.raises(ValueError, match="learning rate"):
         AdamW(model, lr=-1.0)
     with pytest.raises(ValueError, match="finite"):

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from npvit import DataParallel, ViT, softmax_cross_entropy
-from npvit.gradcheck import check_model_gradients, small_vit_config
+from npvit.gradcheck import check_model_gradients
+from npvit.config import ViTConfig
 from npvit.cli.runner import threads_arg
 from npvit.parallel import check_threads, parallelize
 from npvit.training.step import train_step
@@ -18,7 +19,7 @@ from tests.tolerances import GRADCHECK_TOL
 from tests.helpers import assert_close, rel_err
 from tests.reference.article_vit import ViTForClassfication
 
-SMALL = small_vit_config().to_dict()     # 8x8 images, patch 4, 5 tokens, 5 classes
+SMALL = ViTConfig.tiny().to_dict()     # 8x8 images, patch 4, 5 tokens, 5 classes
 
 
 def step(model, x, labels):
@@ -237,7 +238,7 @@ def test_a_shards_error_reaches_the_caller_after_every_shard_stopped():
 def test_shards_follow_the_callers_floating_point_error_handling():
     """np.errstate is per thread: the shards must see the caller's, or a diverging run prints
     warnings (or fails to raise) from the worker threads alone."""
-    model = DataParallel(ViT(small_vit_config(), dtype="float32", seed=0), 2)
+    model = DataParallel(ViT(ViTConfig.tiny(), dtype="float32", seed=0), 2)
     x = np.full((4, 3, 8, 8), 3e38, dtype=np.float32)          # overflows inside every shard
     with np.errstate(over="raise", invalid="raise"):
         with pytest.raises(FloatingPointError):

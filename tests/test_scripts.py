@@ -129,10 +129,10 @@ def test_flip_test_time_augmentation(trained):
     """log of the mean of the probabilities of an image and its mirror; a mirror-symmetric image is unchanged."""
     from npvit import ViT
     from npvit.inference import predict_logits
-    from npvit.gradcheck import small_vit_config
+    from npvit.config import ViTConfig
     from npvit.losses import log_softmax
 
-    model = ViT(small_vit_config(), dtype="float64", seed=1).eval()
+    model = ViT(ViTConfig.tiny(), dtype="float64", seed=1).eval()
     x = np.random.default_rng(0).standard_normal((3, 3, 8, 8))
     p = np.exp(log_softmax(model(x))) + np.exp(log_softmax(model(np.ascontiguousarray(x[..., ::-1]))))
     np.testing.assert_allclose(predict_logits(model, x, tta_flip=True), np.log(p / 2), rtol=1e-12)

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from npvit.errors import ConfigError
-from npvit.optim import lr_at
+from npvit.optim import Schedule, lr_at
 from npvit.training.options import build_config
 from tests.cifar_fixtures import REPO, write_fake_cifar
 
@@ -140,13 +140,13 @@ def test_config_precedence_and_schedule(tmp_path):
     assert build_config()["recipe"] == "fast80"     # 80% within 30 minutes on every seed measured (README, Accuracy)
     with pytest.raises(ConfigError, match="recipe must be one of"):
         build_config(recipe="nope")
-    cfg = build_config(overrides={"epochs": 10, "warmup_epochs": 2.0, "lr": 1.0, "schedule": "cosine"})
-    lrs = [lr_at(cfg, s, 10) for s in range(100)]
+    schedule = Schedule(lr=1.0, epochs=10, warmup_epochs=2.0, shape="cosine")
+    lrs = [lr_at(schedule, s, 10) for s in range(100)]
     assert lrs[0] == pytest.approx(0.05) and lrs[19] == pytest.approx(1.0)
     assert max(lrs) == pytest.approx(1.0) and lrs[-1] < 1e-3
     assert all(a >= b for a, b in zip(lrs[19:], lrs[20:]))
-    cfg["schedule"] = "linear"                  # straight down from the peak: lr (1 - progress)
-    lrs = [lr_at(cfg, s, 10) for s in range(100)]
+    schedule = Schedule(lr=1.0, epochs=10, warmup_epochs=2.0, shape="linear")   # straight down: lr (1 - progress)
+    lrs = [lr_at(schedule, s, 10) for s in range(100)]
     assert lrs[19] == pytest.approx(1.0) and lrs[20] == pytest.approx(1.0) and lrs[99] == pytest.approx(1 / 80)
     assert lrs[60] == pytest.approx(0.5) and all(a - b == pytest.approx(1 / 80) for a, b in zip(lrs[20:], lrs[21:]))
 
@@ -158,7 +158,7 @@ def test_micro_batches_give_the_same_step(micro, soft):
     import numpy as np
 
     from npvit import ViT
-    from npvit.gradcheck import small_vit_config
+    from npvit.config import ViTConfig
     from npvit.optim import SGD
     from npvit.training.step import train_step
 
@@ -168,7 +168,7 @@ def test_micro_batches_give_the_same_step(micro, soft):
     target = rng.dirichlet(np.ones(5), size=10) if soft else labels
     results = []
     for m in (None, micro):
-        model = ViT(small_vit_config(), dtype="float64", seed=1)
+        model = ViT(ViTConfig.tiny(), dtype="float64", seed=1)
         # SGD, unclipped: unlike AdamW or clipping, it is sensitive to how the chunk gradients are weighted
         opt = SGD(model, lr=0.5, momentum=0.9)
         loss, correct = train_step(model, opt, x, target, labels, label_smoothing=0.1, micro_batch=m)

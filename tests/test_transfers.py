@@ -49,7 +49,7 @@ def test_a_gpu_training_step_never_waits_for_the_device(augment):
     from npvit.augment import normalizer
     from npvit.ema import EMA
     from npvit.optim import AdamW
-    from npvit.training.batches import augment_batch
+    from npvit.training.batches import Augmentation, augment_batch
     from npvit.training.step import train_step
 
     if not hasattr(cupyx, "allow_synchronize"):
@@ -66,7 +66,7 @@ def test_a_gpu_training_step_never_waits_for_the_device(augment):
     before = model.flat_params.copy()
     with cupyx.allow_synchronize(False):
         for step in range(3):
-            x, target = augment_batch(cfg, images, labels, norm, model.dtype, cupy.random.default_rng(step),
+            x, target = augment_batch(Augmentation.of(cfg), images, labels, norm, model.dtype, cupy.random.default_rng(step),
                                       np.random.default_rng(step))
             train_step(model, opt, x, target, labels, 0.1, 1.0)
             ema.update()

@@ -10,6 +10,7 @@ run stopped and resumed, so a resumed run continues bit for bit.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -61,45 +62,71 @@ def norm_stats(cfg, data):
 
 
 # -- augmentation ------------------------------------------------------------------------------------------
-def augment_batch(cfg, images_u8, y, norm, dtype, rng, host_rng):
+@dataclass(frozen=True)
+class Augmentation:
+    """How a training batch is augmented, in this order: TrivialAugment on the pixels (``trivial_augment``, each
+    image with probability ``trivial_augment_prob``); then ``augment`` on the normalised images (none, flip,
+    crop_flip with ``crop_padding``, or article: RandomResizedCrop over ``rrc_scale`` and a flip); then mixup
+    and cutmix (alphas ``mixup``, ``cutmix``; 0 is off) into soft targets over ``num_classes``."""
+    augment: str = "none"
+    crop_padding: int = 4
+    rrc_scale: tuple = (0.8, 1.0)
+    trivial_augment: bool = False
+    trivial_augment_prob: float = 1.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    num_classes: int = 10
+
+    @classmethod
+    def of(cls, cfg) -> "Augmentation":
+        """The augmentation a run's settings ask for."""
+        return cls(cfg["augment"], cfg["crop_padding"], tuple(cfg["rrc_scale"]), cfg["trivial_augment"],
+                   cfg["trivial_augment_prob"], cfg["mixup"], cfg["cutmix"], cfg["num_classes"])
+
+
+def augment_batch(augmentation: Augmentation, images_u8, y, norm, dtype, rng, host_rng):
     """uint8 images (B, C, H, W) and labels y (B,) -> normalised augmented x and targets (labels, or soft
     targets with mixup/cutmix). ``norm``: the (shift, scale) pair of aug.normalizer."""
-    if cfg["trivial_augment"]:          # on the pixels, in [0, 1]; then the rest on the normalised images
-        pixels = trivial_augment(images_u8.astype(dtype) * dtype.type(1 / 255), rng, prob=cfg["trivial_augment_prob"])
+    a = augmentation
+    if a.trivial_augment:               # on the pixels, in [0, 1]; then the rest on the normalised images
+        pixels = trivial_augment(images_u8.astype(dtype) * dtype.type(1 / 255), rng, prob=a.trivial_augment_prob)
         pixels *= dtype.type(255)
         x = aug.normalize(pixels, *norm, dtype)
     else:
         x = aug.normalize(images_u8, *norm, dtype)
-    if cfg["augment"] == "crop_flip":
-        x = aug.random_crop(x, cfg["crop_padding"], rng)
-    if cfg["augment"] == "article":
-        x = aug.random_resized_crop(x, rng, scale=tuple(cfg["rrc_scale"]))
-    if cfg["augment"] != "none":
+    if a.augment == "crop_flip":
+        x = aug.random_crop(x, a.crop_padding, rng)
+    if a.augment == "article":
+        x = aug.random_resized_crop(x, rng, scale=a.rrc_scale)
+    if a.augment != "none":
         x = aug.random_flip(x, rng)
-    if cfg["mixup"] or cfg["cutmix"]:
-        return aug.mixup_cutmix(x, y, cfg["num_classes"], rng, host_rng, cfg["mixup"], cfg["cutmix"])
+    if a.mixup or a.cutmix:
+        return aug.mixup_cutmix(x, y, a.num_classes, rng, host_rng, a.mixup, a.cutmix)
     return x, y
 
 
 # -- the stream ------------------------------------------------------------------------------------------
 class Batches:
-    """``Batches(cfg, x_train, y_train, norm, dtype, world)``: the training images and labels on the model's
-    device, cut into global batches of ``batch_size``; this process (rank) takes its shard of each."""
+    """``Batches(x_train, y_train, batch_size, seed, augmentation, norm, dtype, world)``: the training images and
+    labels on the model's device, cut into global batches of ``batch_size`` in an order drawn from ``seed``;
+    this process (rank) takes its shard of each, augmented as ``augmentation`` says."""
 
-    def __init__(self, cfg, x_train, y_train, norm, dtype, world):
-        self.cfg, self.x, self.y, self.norm, self.dtype, self.world = cfg, x_train, y_train, norm, dtype, world
+    def __init__(self, x_train, y_train, batch_size, seed, augmentation: Augmentation, norm, dtype, world):
+        self.x, self.y, self.batch_size, self.augmentation = x_train, y_train, batch_size, augmentation
+        self.run_seed = seed                                     # the run's --seed: every stream derives from it
+        self.norm, self.dtype, self.world = norm, dtype, world
         self.xp = get_array_module(x_train)
-        self.size, self.batch_size = len(y_train), cfg["batch_size"]
+        self.size = len(y_train)
         self.steps = -(-self.size // self.batch_size)           # per epoch: the last batch may be short
 
     def seed(self, epoch, step, stream):
         """The seed of ``stream`` at (epoch, step): the same on one process as ever, per rank across several."""
         rank = (self.world.rank,) if self.world.size > 1 else ()
-        return seed_for(self.cfg["seed"], epoch, step, int(stream), *rank)
+        return seed_for(self.run_seed, epoch, step, int(stream), *rank)
 
     def order(self, epoch):
         """The epoch's permutation of the training images, on the device (the same on every rank)."""
-        return to_device(np.random.default_rng(seed_for(self.cfg["seed"], epoch)).permutation(self.size), self.xp)
+        return to_device(np.random.default_rng(seed_for(self.run_seed, epoch)).permutation(self.size), self.xp)
 
     def batch(self, order, epoch, i):
         """Step ``i`` of the epoch whose ``order`` is given: (x, targets, labels, global batch size), x and the
@@ -109,5 +136,5 @@ class Batches:
         labels = self.y[idx]
         rng = default_rng(self.xp, self.seed(epoch, i, Stream.AUGMENT))
         host_rng = np.random.default_rng(self.seed(epoch, i, Stream.MIX))
-        x, target = augment_batch(self.cfg, self.x[idx], labels, self.norm, self.dtype, rng, host_rng)
+        x, target = augment_batch(self.augmentation, self.x[idx], labels, self.norm, self.dtype, rng, host_rng)
         return x, target, labels, len(rows)

@@ -30,11 +30,11 @@ from ..distributed import SingleProcess, check_replicas, check_same_data, check_
 from ..ema import EMA
 from ..errors import CheckpointError, ConfigError, Diverged, StartFailed, UserError, error_line
 from ..model import ViT
-from ..optim import AdamW, lr_at, weight_decay_groups
+from ..optim import AdamW, Schedule, lr_at, weight_decay_groups
 from ..parallel import default_threads, one_blas_thread, parallelize, threads_warning
 from ..resources import check_fits, folder_image_count
 from ..runfiles import RunDir, metrics_text, strict_json
-from .batches import Batches, Stream, norm_stats, training_data
+from .batches import Augmentation, Batches, Stream, norm_stats, training_data
 from .console import Console, Progress, StopRequest, epoch_line, start_line
 from .options import MODEL_KEYS, validate
 from .runstate import (DeviceTotals, EpochTotals, Resume, RunCheckpoints, RunState, check_resumable, claim_for_resume,
@@ -165,7 +165,8 @@ def build(cfg, config, resume, run, console, world):
     state.ema_updates = None if ema is None else ema.updates
     # The data goes to the device once; batches are gathered, normalised and augmented there.
     norm = aug.normalizer(xp, mean, std, model.dtype)
-    batches = Batches(cfg, to_device(data.x_train, xp), to_device(data.y_train, xp), norm, model.dtype, world)
+    batches = Batches(to_device(data.x_train, xp), to_device(data.y_train, xp), cfg["batch_size"], cfg["seed"],
+                      Augmentation.of(cfg), norm, model.dtype, world)
     evaluation = Evaluation(data.x_test, data.y_test, norm, cfg["eval_batch_size"], cfg["tta_flip"], world, xp)
     threads = cfg["threads"]
     if threads == "auto" and world.size > 1:         # the cores of a machine shared by its ranks
@@ -173,7 +174,9 @@ def build(cfg, config, resume, run, console, world):
     net = parallelize(model, threads)               # the model, or it on several CPU threads
     checkpoints = RunCheckpoints(run, net, opt, ema, state, {"classes": list(data.classes), "mean": mean, "std": std},
                                  cfg, writer=world.rank == 0)
-    trainer = Trainer(cfg, net, opt, ema, batches, evaluation, run, state, checkpoints, resume, console, world)
+    schedule = Schedule(cfg["lr"], cfg["epochs"], cfg["warmup_epochs"], cfg["schedule"])
+    trainer = Trainer(cfg, net, opt, schedule, ema, batches, evaluation, run, state, checkpoints, resume, console,
+                      world)
     trainer.data_checksum = checksum
     return trainer
 
@@ -183,8 +186,9 @@ class Trainer:
     """One training run in its (locked) run directory, from its parts: ``net`` is the model or the model in
     an execution strategy (DataParallel), and everything of the model is asked of it."""
 
-    def __init__(self, cfg, net, opt, ema, batches, evaluation, run, state, checkpoints, resume, console, world):
-        self.cfg, self.net, self.opt, self.ema, self.batches = cfg, net, opt, ema, batches
+    def __init__(self, cfg, net, opt, schedule, ema, batches, evaluation, run, state, checkpoints, resume, console,
+                 world):
+        self.cfg, self.net, self.opt, self.schedule, self.ema, self.batches = cfg, net, opt, schedule, ema, batches
         self.evaluation, self.run, self.state, self.checkpoints = evaluation, run, state, checkpoints
         self.resume, self.console, self.world = resume, console, world
         self.writer = world.rank == 0                       # rank 0 alone writes files
@@ -255,7 +259,7 @@ class Trainer:
         lr, self.unchecked_from = cfg["lr"], start
         try:
             for i in range(start, steps):
-                lr = lr_at(cfg, epoch * steps + i, steps)                     # the learning rate of this step
+                lr = lr_at(self.schedule, epoch * steps + i, steps)           # the learning rate of this step
                 self.opt.set_lr(lr)
                 x, target, labels, n = self.batches.batch(order, epoch, i)    # this rank's rows, augmented
                 self.net.reseed(self.batches.seed(epoch, i, Stream.DROPOUT))  # dropout masks from (seed, epoch, i)

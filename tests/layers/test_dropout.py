@@ -96,11 +96,12 @@ def test_patch_dropout_is_identity_in_eval_mode_and_at_zero():
 def test_a_model_with_patch_dropout_passes_the_gradient_check():
     """The whole model in training mode, the same tokens chosen at every evaluation (reseeded)."""
     from npvit import ViT, softmax_cross_entropy
-    from npvit.gradcheck import check_function_gradients, small_vit_config
+    from npvit.gradcheck import check_function_gradients
+    from npvit.config import ViTConfig
     from tests.tolerances import GRADCHECK_TOL
 
     for pooling in ("cls", "mean"):
-        model = ViT({**small_vit_config().to_dict(), "patch_dropout": 0.5, "pooling": pooling}, dtype="float64",
+        model = ViT({**ViTConfig.tiny().to_dict(), "patch_dropout": 0.5, "pooling": pooling}, dtype="float64",
                     seed=0)
         rng = np.random.default_rng(1)
         x, y = rng.standard_normal((3, 3, 8, 8)), np.array([0, 1, 2])

@@ -11,7 +11,7 @@ import pytest
 
 import npvit
 from npvit import ViT, softmax_cross_entropy
-from npvit.gradcheck import small_vit_config
+from npvit.config import ViTConfig
 from npvit.ops import REGISTRY, available_kernels, get_kernels, kernels_name
 from npvit.ops.contract import (COMPOSITE_NAMES, PRIMITIVE_NAMES, PRIMITIVES, AttentionCache, Conv2dCache,
                                 CrossEntropyCache, GeluCache, LayerNormCache, LinearCache)
@@ -86,7 +86,7 @@ def test_a_fused_replacement_is_what_the_set_runs():
     ops = KernelSet("mine", ("numpy",), {n: getattr(REFERENCE, n) for n in PRIMITIVE_NAMES},
                     fused={"attention_forward": attention_forward})
     assert ops.fused == ("attention_forward",) and ops.origin("attention_forward") == __name__
-    ViT(small_vit_config(), kernels=ops)(np.zeros((2, 3, 8, 8), np.float32))
+    ViT(ViTConfig.tiny(), kernels=ops)(np.zeros((2, 3, 8, 8), np.float32))
     assert len(calls) == 2                                                  # one per block
 
 
@@ -109,7 +109,7 @@ def counting_set():
 def test_every_gemm_and_sum_of_a_model_goes_through_its_set(pooling):
     """Forward: the patch embedding, per block 4 Linear + 2 attention GEMMs, the classifier. Backward: two GEMMs
     per Linear and convolution, four per attention core; a sum per bias, two for [CLS] and positions."""
-    c = {**small_vit_config().to_dict(), "pooling": pooling}
+    c = {**ViTConfig.tiny().to_dict(), "pooling": pooling}
     L = c["num_hidden_layers"]
     ops, counts = counting_set()
     model = ViT(c, kernels=ops, dtype="float64")
@@ -165,15 +165,15 @@ def test_kernel_sets_are_chosen_by_name_or_given_as_a_set():
     assert get_kernels("reference") is REFERENCE is get_kernels()
     assert get_kernels(REFERENCE) is REFERENCE
     with pytest.raises(ValueError, match="kernels='fused' are CUDA kernels"):
-        ViT(small_vit_config(), kernels="fused")
+        ViT(ViTConfig.tiny(), kernels="fused")
     with pytest.raises(ValueError, match="unknown kernels 'turbo'"):
-        ViT(small_vit_config(), kernels="turbo")
+        ViT(ViTConfig.tiny(), kernels="turbo")
     with pytest.raises(ValueError, match=r"choose one of \['auto', 'numba', 'fused', 'fast', 'reference'\]"):
         get_kernels("turbo")
     import types
     with pytest.raises(ValueError, match="a KernelSet"):
         get_kernels(types.SimpleNamespace(linear_forward=print))
-    m = ViT(small_vit_config(), kernels="reference")
+    m = ViT(ViTConfig.tiny(), kernels="reference")
     assert all(layer.kernels is REFERENCE for _, layer in m.named_layers())
     assert [kernels_name(get_kernels(k)) for k in ("fast", "reference")] == ["fast", "reference"]
 
@@ -191,7 +191,7 @@ def test_auto_picks_numba_on_the_cpu_where_numba_is_installed(monkeypatch):
     assert kernels_name(get_kernels("auto")) == "fast"              # no Numba: fast, and the start line says so
     pytest.importorskip("numba")
     monkeypatch.undo()
-    assert kernels_name(get_kernels("auto")) == "numba" == kernels_name(ViT(small_vit_config()).kernels)
+    assert kernels_name(get_kernels("auto")) == "numba" == kernels_name(ViT(ViTConfig.tiny()).kernels)
 
 
 def test_numba_kernels_say_what_they_need(monkeypatch):

@@ -6,7 +6,7 @@ import pytest
 
 from npvit import ViT, softmax_cross_entropy
 from npvit.backend import get_xp, to_device, to_numpy
-from npvit.gradcheck import small_vit_config
+from npvit.config import ViTConfig
 from npvit.ops import BY_NAME, get_kernels
 from npvit.ops.reference import REFERENCE
 from tests.helpers import FAST_SETS, rel_err, skip_unless_runs
@@ -136,7 +136,7 @@ def test_softmax_in_place_cross_entropy_and_im2col_equal_the_reference(kernels, 
 def test_a_model_computes_the_same_on_every_kernel_set(kernels, dtype):
     backend = BY_NAME[kernels].backends[0]
     skip_unless_runs(kernels, backend)
-    c = {**small_vit_config().to_dict(), "hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2,
+    c = {**ViTConfig.tiny().to_dict(), "hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2,
          "final_layernorm": True}
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((4, 3, 8, 8)).astype(dtype), rng.integers(0, 5, 4)
