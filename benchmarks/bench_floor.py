@@ -90,7 +90,6 @@ def main(argv=None):
     p.add_argument("--json", default=os.path.join(HERE, "results", "floor.json"))
     a = p.parse_args(argv)
     bench.set_threads(1)                     # each shard's GEMMs run on one thread, as in DataParallel
-    sys.path.insert(0, bench.REPO)
     from npvit.runfiles import atomic_write_text
 
     cfg = {**bench.config("article", 4), "patch_dropout": a.patch_dropout}

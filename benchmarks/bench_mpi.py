@@ -24,11 +24,11 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)        # npvit from this checkout (NumPy loads later, after the thread settings)
 
 
 def child_train(threads, steps, warmup):
     os.environ["OPENBLAS_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"] = "1"
-    sys.path.insert(0, REPO)
     import resource
 
     import numpy as np
@@ -64,7 +64,6 @@ def child_train(threads, steps, warmup):
 
 
 def child_allreduce(reps):
-    sys.path.insert(0, REPO)
     import numpy as np
 
     from npvit.distributed import get_world

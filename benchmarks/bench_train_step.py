@@ -26,6 +26,7 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)        # npvit and reference/ from this checkout (no NumPy loaded yet: see set_threads)
 
 MODELS = {
     "article": dict(hidden_size=48, num_hidden_layers=4, num_attention_heads=4, intermediate_size=192),
@@ -45,7 +46,6 @@ def config(model, patch):
 
 def kernels_used(kernels, backend):
     """The name of the kernel set ``kernels`` resolves to on ``backend`` ("auto" -> "numba" or "fast")."""
-    sys.path.insert(0, REPO)
     from npvit.ops import get_kernels, kernels_name
     return kernels_name(get_kernels(kernels, backend))
 
@@ -54,7 +54,6 @@ def kernels_used(kernels, backend):
 def measure(framework, backend, model, patch, batch, repeats, warmup, threads, micro_batch=None, data_parallel=True,
             kernels="auto", patch_dropout=0.0):
     set_threads(threads)
-    sys.path.insert(0, REPO)
     import numpy as np
 
     import npvit
@@ -96,7 +95,7 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
     else:
         import torch
 
-        from tests.reference.article_vit import ViTForClassfication
+        from reference.article_vit import ViTForClassfication
 
         torch.set_num_threads(threads)
         dev = "cuda" if gpu else "cpu"
@@ -218,7 +217,6 @@ def peak_step_memory(step, sync, framework, gpu):
 def profile(backend, model, patch, batch, repeats, threads, kernels="auto"):
     """Exclusive time per layer type, forward and backward, from timers wrapped around every layer."""
     set_threads(threads)
-    sys.path.insert(0, REPO)
     import numpy as np
 
     import npvit
@@ -346,7 +344,6 @@ def main(argv=None):
     if a.child:
         print(json.dumps(measure(**json.loads(a.child))))
         return 0
-    sys.path.insert(0, REPO)
     from npvit.ops import NAMED         # here, not at the top: a child sets its BLAS threads before NumPy loads
     if a.kernels not in NAMED:
         p.error(f"argument --kernels: invalid choice: {a.kernels!r} (choose from {', '.join(NAMED)})")

@@ -42,7 +42,7 @@ def find_checkout(folder):
     return folder
 
 ROOT = find_checkout(os.getcwd())
-sys.path.insert(0, ROOT)                     # npvit from this checkout, and tests/reference/article_vit.py
+sys.path.insert(0, ROOT)                     # npvit from this checkout, and reference/article_vit.py
 import npvit
 import npvit.data
 np.set_printoptions(precision=4, suppress=True, linewidth=110)

@@ -43,7 +43,7 @@ def find_checkout(folder):
     return folder
 
 ROOT = find_checkout(os.getcwd())
-sys.path.insert(0, ROOT)                     # npvit from this checkout, and tests/reference/article_vit.py
+sys.path.insert(0, ROOT)                     # npvit from this checkout, and reference/article_vit.py
 import npvit
 import npvit.data
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
@@ -343,7 +343,7 @@ plt.show()
 # ## 8. The whole model, and ten training steps against the article's PyTorch code
 #
 # The gradient check of every parameter of a small ViT by name; then the article's own
-# `ViTForClassfication` (`tests/reference/article_vit.py`) and npvit, from the same weights, take
+# `ViTForClassfication` (`reference/article_vit.py`) and npvit, from the same weights, take
 # ten AdamW steps on the same batches: their losses side by side.
 
 # %%
@@ -360,7 +360,7 @@ config = {**npvit.ViTConfig().to_dict(), "hidden_size": 24, "num_attention_heads
 ours = npvit.ViT(config, dtype="float64", seed=0)
 opt = AdamW(ours, lr=3e-3, weight_decay=0.05)
 if torch is not None:
-    from tests.reference.article_vit import ViTForClassfication
+    from reference.article_vit import ViTForClassfication
     ref = ViTForClassfication(config).double()
     ref.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
     topt = torch.optim.AdamW(ref.parameters(), lr=3e-3, weight_decay=0.05)

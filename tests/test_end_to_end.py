@@ -10,7 +10,7 @@ import torch
 from npvit import DataParallel, ViT, ViTConfig
 from npvit.optim import AdamW, weight_decay_groups
 from npvit.training.step import train_step
-from tests.reference.article_vit import ViTForClassfication
+from reference.article_vit import ViTForClassfication
 
 CONFIG = {**ViTConfig().to_dict(), "hidden_size": 24, "num_attention_heads": 3, "intermediate_size": 40,
           "num_hidden_layers": 2}

@@ -41,3 +41,12 @@ def test_nothing_below_the_command_line_imports_it():
     found = [os.path.relpath(p, PACKAGE) for p in library_files() if not p.endswith("__main__.py")
              and any(m == "npvit.cli" or m.startswith("npvit.cli.") for m in imports(p))]
     assert not found, f"imports of npvit/cli/ from the library below it: {found}"
+
+
+def test_the_benchmarks_import_nothing_from_the_tests():
+    """The article's PyTorch model they time lives in reference/, where the tests, the benchmarks and the notebooks
+    all read it."""
+    folder = os.path.join(os.path.dirname(PACKAGE), "benchmarks")
+    found = [name for name in os.listdir(folder) if name.endswith(".py")
+             and any(m == "tests" or m.startswith("tests.") for m in imports(os.path.join(folder, name)))]
+    assert not found, found

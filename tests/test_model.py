@@ -10,7 +10,7 @@ from npvit.backend import get_xp, to_device, to_numpy
 from npvit.gradcheck import check_model_gradients
 from tests.tolerances import GRADCHECK_TOL
 from tests.helpers import KERNEL_SETS, assert_close, skip_unless_runs, to_torch, torch_device
-from tests.reference.article_vit import ViTForClassfication
+from reference.article_vit import ViTForClassfication
 
 ARTICLE = ViTConfig().to_dict()
 CONFIGS = {

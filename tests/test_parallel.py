@@ -17,7 +17,7 @@ from npvit.parallel import check_threads, parallelize
 from npvit.training.step import train_step
 from tests.tolerances import GRADCHECK_TOL
 from tests.helpers import assert_close, rel_err
-from tests.reference.article_vit import ViTForClassfication
+from reference.article_vit import ViTForClassfication
 
 SMALL = ViTConfig.tiny().to_dict()     # 8x8 images, patch 4, 5 tokens, 5 classes
 

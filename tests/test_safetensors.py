@@ -15,7 +15,7 @@ from npvit.checkpoint import export_safetensors, load_checkpoint, load_safetenso
 from npvit.errors import CheckpointError  # noqa: E402
 from tests.cifar_fixtures import REPO, write_fake_cifar  # noqa: E402
 from tests.helpers import rel_err  # noqa: E402
-from tests.reference.article_vit import ViTForClassfication  # noqa: E402
+from reference.article_vit import ViTForClassfication  # noqa: E402
 
 CONFIG = {**ViTConfig().to_dict(), "hidden_size": 24, "num_attention_heads": 3, "intermediate_size": 40,
           "num_hidden_layers": 2}

@@ -6,7 +6,7 @@ from npvit.gradcheck import check_layer_gradients
 from npvit.layers import GELU
 from tests.tolerances import GRADCHECK_TOL
 from tests.helpers import compare_with_torch, to_device
-from tests.reference.article_vit import NewGELUActivation
+from reference.article_vit import NewGELUActivation
 
 
 @pytest.mark.parametrize("approximate", ["tanh", "none"])

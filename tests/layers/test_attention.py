@@ -7,7 +7,7 @@ from npvit.gradcheck import check_layer_gradients
 from npvit.layers import MultiHeadSelfAttention
 from tests.tolerances import GRADCHECK_TOL
 from tests.helpers import compare_with_torch, copy_to_torch, prepare, to_device, to_numpy, to_torch
-from tests.reference.article_vit import FasterMultiHeadAttention
+from reference.article_vit import FasterMultiHeadAttention
 
 SHAPES = [(2, 5, 12, 3), (3, 17, 48, 4), (1, 10, 36, 6), (2, 4, 8, 1)]  # (B, N, D, H)
 

@@ -6,7 +6,7 @@ from npvit.gradcheck import check_layer_gradients
 from npvit.layers import MLP, Block, Encoder
 from tests.tolerances import GRADCHECK_TOL
 from tests.helpers import compare_with_torch, to_device
-from tests.reference import article_vit as ref
+from reference import article_vit as ref
 
 
 def cfg(D, H, I, L=2):

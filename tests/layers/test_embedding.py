@@ -5,7 +5,7 @@ from npvit.gradcheck import check_layer_gradients
 from npvit.layers import Embeddings
 from tests.tolerances import GRADCHECK_TOL
 from tests.helpers import compare_with_torch, to_device
-from tests.reference import article_vit as ref
+from reference import article_vit as ref
 
 CASES = [(8, 4, 3, 12), (28, 7, 1, 18), (32, 8, 3, 24)]  # (image, patch, C, D)
 
