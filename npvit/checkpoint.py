@@ -200,16 +200,16 @@ def check_finite(params, path):
                               f"diverged, use an earlier checkpoint")
 
 
-def load_checkpoint(path, backend="numpy", dtype=None, threads=1, averaged=False, config=None):
+def load_checkpoint(path, backend="numpy", dtype=None, averaged=False, config=None):
     """Rebuild the model saved at ``path`` (.npz or .safetensors): returns ``(model, optim_state, meta)``.
 
-    ``dtype`` defaults to the saved one; ``threads`` > 1 (or "auto") wraps the model in DataParallel;
-    pass ``optim_state`` to an optimiser's ``load_state_dict`` to resume. ``averaged``: take the moving
-    average of the weights where the checkpoint keeps one (the weights a run with --ema evaluated).
+    ``dtype`` defaults to the saved one. The model is a plain ViT: running it on several CPU threads
+    (``npvit.DataParallel(model, threads)``) is the caller's choice. Pass ``optim_state`` to an
+    optimiser's ``load_state_dict`` to resume. ``averaged``: take the moving average of the weights
+    where the checkpoint keeps one (the weights a run with --ema evaluated).
     Non-finite weights are refused. ``config``: the model of a .safetensors that carries none.
     """
     from .model import ViT
-    from .parallel import parallelize
 
     ckpt = read_checkpoint(path, config)
     params = evaluated_weights(ckpt.params, ckpt.averaged) if averaged else ckpt.params
@@ -219,7 +219,7 @@ def load_checkpoint(path, backend="numpy", dtype=None, threads=1, averaged=False
         model.load_state_dict(params)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    return parallelize(model, threads), ckpt.optim, ckpt.meta
+    return model, ckpt.optim, ckpt.meta
 
 
 # -- safetensors -------------------------------------------------------------------------
@@ -299,10 +299,9 @@ def read_safetensors(path, config=None):
     return config, params, meta
 
 
-def load_safetensors(path, config=None, backend="numpy", dtype="float32", threads=1):
+def load_safetensors(path, config=None, backend="numpy", dtype="float32"):
     """A ViT with the weights of a .safetensors file (npvit's, or a PyTorch state dict of the article's model)."""
     from .model import ViT
-    from .parallel import parallelize
 
     config, params, _ = read_safetensors(path, config)
     check_finite(params, path)
@@ -311,4 +310,4 @@ def load_safetensors(path, config=None, backend="numpy", dtype="float32", thread
         model.load_state_dict(params)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    return parallelize(model, threads)
+    return model

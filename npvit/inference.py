@@ -12,6 +12,7 @@ from .checkpoint import SHIPPED, load_checkpoint
 from .data import CIFAR10_CLASSES
 from .errors import CheckpointError, ConfigError, DataError
 from .losses import log_softmax
+from .parallel import parallelize
 
 
 # The weights that ship with npvit (a --recipe full run; its model card is in README.md): what predict and
@@ -29,7 +30,7 @@ def load_trained(path, backend="numpy", threads=1, config=None):
         get_xp(backend)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    model, _, meta = load_checkpoint(path, backend=backend, threads=threads, averaged=True, config=config)
+    model, _, meta = load_checkpoint(path, backend=backend, averaged=True, config=config)
     missing = [key for key in ("classes", "mean", "std") if key not in meta]
     if missing and not os.fspath(path).endswith(".safetensors"):
         raise CheckpointError(f"checkpoint {path} has no {missing[0]!r}: it was not written by npvit training")
@@ -37,7 +38,7 @@ def load_trained(path, backend="numpy", threads=1, config=None):
         c = model.config
         meta = {**meta, "mean": [0.5] * c.num_channels, "std": [0.5] * c.num_channels, "assumed": missing,
                 "classes": list(CIFAR10_CLASSES) if c.num_classes == 10 else [f"class {i}" for i in range(c.num_classes)]}
-    return model.eval(), meta
+    return parallelize(model, threads).eval(), meta       # on ``threads`` CPU threads (DataParallel) if more than 1
 
 
 def assumed_note(path, meta):

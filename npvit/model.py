@@ -29,7 +29,7 @@ class ViT(Layer):
 
     ``model(x)`` -> logits (B, K); ``model.backward(dlogits)`` -> dx (B, C, H, W),
     with every parameter gradient added into ``model.gradients()`` (views into one flat
-    buffer, ``model.flat_grads``). ``seed`` sets the weights and the dropout streams
+    buffer, ``model.flat.grads``). ``seed`` sets the weights and the dropout streams
     (``model.reseed(seed)`` sets the latter again). To run batches as shards on several
     CPU threads, wrap the model: ``npvit.DataParallel(model, threads=2)``. ``kernels`` picks the
     implementation of every layer's math, each the same function: one of the sets registered in

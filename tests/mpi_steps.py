@@ -20,5 +20,5 @@ for step in range(5):
     train_step(model, opt, x[rows], y[rows], y[rows], label_smoothing=0.1, grad_clip=0.5, global_batch=len(y),
                reduce_grads=world.allreduce_ if world.size > 1 else None)
 if world.rank == 0:
-    np.save(sys.argv[1], model.flat_params)
+    np.save(sys.argv[1], model.flat.params)
 print(f"rank {world.rank} of {world.size} done")

@@ -23,37 +23,37 @@ def backward_once(model, seed=0):
 
 def assert_views(model):
     for name, p in model.parameters().items():
-        assert np.shares_memory(p, model.flat_params), f"{name} is not a view of flat_params"
+        assert np.shares_memory(p, model.flat.params), f"{name} is not a view of flat_params"
     for name, g in model.gradients().items():
-        assert np.shares_memory(g, model.flat_grads), f"gradient {name} is not a view of flat_grads"
+        assert np.shares_memory(g, model.flat.grads), f"gradient {name} is not a view of flat_grads"
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_parameters_and_gradients_are_views_of_two_buffers(dtype):
     model = ViT(SMALL, dtype=dtype)
-    assert model.flat_params.dtype == model.flat_grads.dtype == np.dtype(dtype)
-    assert model.flat_params.size == model.num_parameters() and model.flat_params.flags.c_contiguous
+    assert model.flat.params.dtype == model.flat.grads.dtype == np.dtype(dtype)
+    assert model.flat.params.size == model.num_parameters() and model.flat.params.flags.c_contiguous
     assert_views(model)
     backward_once(model)
-    assert np.abs(model.flat_grads).sum() > 0
-    np.testing.assert_array_equal(np.concatenate([g.ravel() for g in model.gradients().values()]), model.flat_grads)
+    assert np.abs(model.flat.grads).sum() > 0
+    np.testing.assert_array_equal(np.concatenate([g.ravel() for g in model.gradients().values()]), model.flat.grads)
     model.zero_grad()
-    assert not model.flat_grads.any()
-    before = model.flat_params.copy()
+    assert not model.flat.grads.any()
+    before = model.flat.params.copy()
     model.load_state_dict(ViT(SMALL, dtype=dtype, seed=9).state_dict())      # copied into the views
     assert_views(model)
-    assert not np.array_equal(before, model.flat_params)
+    assert not np.array_equal(before, model.flat.params)
 
 
 def test_deepcopy_and_astype_keep_the_views():
     model = ViT(SMALL)
     twin = copy.deepcopy(model)
-    assert twin.flat_params is not model.flat_params
+    assert twin.flat.params is not model.flat.params
     assert_views(twin)
     twin.astype("float64")
-    assert twin.flat_params.dtype == np.float64
+    assert twin.flat.params.dtype == np.float64
     assert_views(twin)
-    np.testing.assert_allclose(twin.flat_params, model.flat_params, rtol=1e-7)
+    np.testing.assert_allclose(twin.flat.params, model.flat.params, rtol=1e-7)
 
 
 class Counting(np.ndarray):
@@ -110,10 +110,10 @@ def test_clipping_the_flat_buffer_is_clipping_every_gradient():
     a, b = ViT(SMALL, dtype="float64"), ViT(SMALL, dtype="float64")
     backward_once(a)
     backward_once(b)
-    na, nb = clip_grad_norm(a.flat_grads, 0.01), clip_grad_norm(b.gradients(), 0.01)
+    na, nb = clip_grad_norm(a.flat.grads, 0.01), clip_grad_norm(b.gradients(), 0.01)
     assert float(na) == pytest.approx(float(nb), rel=1e-12) and float(na) > 0.01
-    np.testing.assert_allclose(a.flat_grads, b.flat_grads, rtol=1e-12)
-    assert np.linalg.norm(a.flat_grads) == pytest.approx(0.01, rel=1e-4)
+    np.testing.assert_allclose(a.flat.grads, b.flat.grads, rtol=1e-12)
+    assert np.linalg.norm(a.flat.grads) == pytest.approx(0.01, rel=1e-4)
 
 
 def test_casting_the_model_casts_everything_of_its_layout():
@@ -154,7 +154,7 @@ def test_optimiser_errors():
 def test_a_plain_layer_tree_is_flattened_by_its_optimiser():
     layer = Linear(4, 3)
     opt = SGD(layer, lr=0.1)
-    assert np.shares_memory(layer.params["weight"], layer.flat_params)
+    assert np.shares_memory(layer.params["weight"], layer.flat.params)
     layer.forward(np.ones((2, 4)))
     layer.backward(np.ones((2, 3)))
     w = layer.params["weight"].copy()
@@ -164,4 +164,4 @@ def test_a_plain_layer_tree_is_flattened_by_its_optimiser():
         from npvit.layers import GELU
 
         GELU().flatten()
-    assert LayerNorm(3).flatten().flat_params.tolist() == [1, 1, 1, 0, 0, 0]
+    assert LayerNorm(3).flatten().flat.params.tolist() == [1, 1, 1, 0, 0, 0]

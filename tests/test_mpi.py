@@ -72,7 +72,7 @@ def test_two_processes_take_the_one_process_step(tmp_path):
     from npvit import ViT
     from npvit.config import ViTConfig
 
-    start = ViT(ViTConfig.tiny(), dtype="float64", seed=0).flat_params
+    start = ViT(ViTConfig.tiny(), dtype="float64", seed=0).flat.params
     assert np.abs(a - start).max() > 1e-3, "the steps should have moved the weights"
 
 

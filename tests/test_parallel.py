@@ -151,7 +151,7 @@ def test_the_wrapper_follows_load_and_deepcopy_and_refuses_astype():
     assert rel_err(got[0], ref[0]) < 1e-12
     assert all(g.dtype == np.float64 and rel_err(g, ref[3][k]) < 1e-12 for k, g in got[3].items())
     twin = copy.deepcopy(many)
-    assert twin.model is not many.model and all(r.flat_params is twin.model.flat_params for r in twin.replicas)
+    assert twin.model is not many.model and all(r.flat.params is twin.model.flat.params for r in twin.replicas)
     twin.zero_grad()
     assert rel_err(step(twin, x, np.arange(4))[3]["classifier.weight"], ref[3]["classifier.weight"]) < 1e-12
     with pytest.raises(RuntimeError, match="cast the model before wrapping it"):

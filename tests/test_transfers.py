@@ -63,11 +63,11 @@ def test_a_gpu_training_step_never_waits_for_the_device(augment):
     images = cupy.asarray(rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8))
     labels = cupy.asarray(rng.integers(0, 10, 64))
     norm = normalizer(cupy, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), model.dtype)
-    before = model.flat_params.copy()
+    before = model.flat.params.copy()
     with cupyx.allow_synchronize(False):
         for step in range(3):
             x, target = augment_batch(Augmentation.of(cfg), images, labels, norm, model.dtype, cupy.random.default_rng(step),
                                       np.random.default_rng(step))
             train_step(model, opt, x, target, labels, 0.1, 1.0)
             ema.update()
-    assert float(abs(model.flat_params - before).max()) > 0
+    assert float(abs(model.flat.params - before).max()) > 0

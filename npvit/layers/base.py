@@ -86,16 +86,6 @@ class Layer:
         self.flat = FlatParameters(self)
         return self
 
-    @property
-    def flat_params(self):
-        """The flat parameter buffer (every parameter a view into it), or None before flatten()."""
-        return None if self.flat is None else self.flat.params
-
-    @property
-    def flat_grads(self):
-        """The flat gradient buffer (every gradient a view into it), or None before flatten()."""
-        return None if self.flat is None else self.flat.grads
-
     def __deepcopy__(self, memo):
         clone = self.__class__.__new__(self.__class__)
         memo[id(self)] = clone

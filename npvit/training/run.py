@@ -53,8 +53,7 @@ def train(cfg, resume=None, overwrite=False, console=None, callbacks=(), stop=No
     world = world or SingleProcess()
     with contextlib.ExitStack() as stack:
         try:
-            trainer, clear = start(cfg, resume, overwrite, console or Console(speaks=world.rank == 0), world,
-                                   stack)
+            trainer = start(cfg, resume, overwrite, console or Console(speaks=world.rank == 0), world, stack)
             failed = None
         except UserError as e:
             failed = e
@@ -68,16 +67,14 @@ def train(cfg, resume=None, overwrite=False, console=None, callbacks=(), stop=No
             check_same_data(world, trainer.data_checksum)
         trainer.callbacks, trainer.stop = list(callbacks), stop or StopRequest()
         with trainer.stop:              # from the first write on, Ctrl-C and SIGTERM finish it and save
-            if clear:
-                trainer.run.clear()     # --overwrite: the old run goes only once the new one can start
             trainer.begin()
             return trainer.fit()
 
 
 def start(cfg, resume, overwrite, console, world, stack):
     """Everything before the first write: checks, the run directory (rank 0 alone, locked for the run's
-    length through ``stack``), then the parts. Returns the Trainer, and whether --overwrite must clear the
-    directory."""
+    length through ``stack``), then the parts. Returns the Trainer (``clears_first``: --overwrite is to clear
+    the directory's old run when it begins)."""
     validate(cfg)
     try:
         get_xp(cfg["backend"])
@@ -102,7 +99,9 @@ def start(cfg, resume, overwrite, console, world, stack):
             clear = run.claim_fresh(overwrite)
     else:
         run = RunDir(cfg["out_dir"])
-    return build(cfg, config, resume, run, console, world), clear    # nothing written yet
+    trainer = build(cfg, config, resume, run, console, world)          # nothing written yet
+    trainer.clears_first = clear
+    return trainer
 
 
 def check_memory(cfg, config, world):
@@ -125,18 +124,13 @@ def naming(what):
         raise CheckpointError(f"{what}: {e}") from None
 
 
-def resume_into(resume, model, opt, ema):
-    """Load a resumed run's weights, optimiser state and moving average (a run that kept none, or --ema added
-    on resume, starts the average here); its RunState."""
+def resume_into(resume, model, opt):
+    """Load a resumed run's weights and optimiser state; its RunState."""
     ckpt = resume.checkpoint
     with naming(f"checkpoint {resume.path}"):
         model.load_state_dict(ckpt.params)
         opt.load_state_dict(ckpt.optim)
         state = RunState.from_meta(ckpt.meta)
-        if ema is not None:
-            ema.average[...] = model.flat.params
-            if ckpt.averaged:
-                ema.load(ckpt.averaged, state.ema_updates or 0)
     if not resume.same_dir:             # best.npz stays with the run it came from
         state.best_acc = -1.0
     return state
@@ -154,14 +148,17 @@ def build(cfg, config, resume, run, console, world):
     groups = (weight_decay_groups(model.parameters(), cfg["weight_decay"]) if cfg["decay"] == "matrices" else None)
     opt = AdamW(model, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"], param_groups=groups)
     state = RunState(processes=world.size)
-    ema = EMA(model, cfg["ema"]) if cfg["ema"] else None      # the moving average of the weights, if kept
     if resume is not None:
-        state = resume_into(resume, model, opt, ema)
+        state = resume_into(resume, model, opt)
     elif cfg["init_from"]:
         with naming(f"--init-from {cfg['init_from']}"):
             model.load_state_dict(init_weights(cfg["init_from"], config))
-        if ema is not None:
-            ema.average[...] = model.flat.params      # it starts at the weights the run starts from
+    # The moving average of the weights, if kept: it starts at the weights the run starts from, or continues
+    # the resumed run's own.
+    ema = EMA(model, cfg["ema"]) if cfg["ema"] else None
+    if ema is not None and resume is not None and resume.checkpoint.averaged:
+        with naming(f"checkpoint {resume.path}"):
+            ema.load(resume.checkpoint.averaged, state.ema_updates or 0)
     state.ema_updates = None if ema is None else ema.updates
     # The data goes to the device once; batches are gathered, normalised and augmented there.
     norm = aug.normalizer(xp, mean, std, model.dtype)
@@ -177,7 +174,7 @@ def build(cfg, config, resume, run, console, world):
     schedule = Schedule(cfg["lr"], cfg["epochs"], cfg["warmup_epochs"], cfg["schedule"])
     trainer = Trainer(cfg, net, opt, schedule, ema, batches, evaluation, run, state, checkpoints, resume, console,
                       world)
-    trainer.data_checksum = checksum
+    trainer.data_checksum = checksum                # what the ranks compare before the first write
     return trainer
 
 
@@ -193,6 +190,8 @@ class Trainer:
         self.resume, self.console, self.world = resume, console, world
         self.writer = world.rank == 0                       # rank 0 alone writes files
         self.callbacks, self.stop = [], StopRequest()
+        self.clears_first = False                           # --overwrite: clear the old run at begin()
+        self.data_checksum = None
 
     @property
     def steps(self):
@@ -200,7 +199,10 @@ class Trainer:
 
     def begin(self):
         """The run's first writes: a fresh run's initial checkpoint (so --resume always finds one), or a
-        resumed run's metrics.jsonl rewritten from its checkpoint (each epoch once); config.json."""
+        resumed run's metrics.jsonl rewritten from its checkpoint (each epoch once); config.json. With
+        --overwrite the old run goes first, only now that the new one can start."""
+        if self.clears_first:
+            self.run.clear()
         if self.resume is not None:
             if self.writer:
                 self.run.write_text("metrics.jsonl", metrics_text(self.state.history))

@@ -26,7 +26,7 @@ def train_step(model, opt, x, target, labels, label_smoothing=0.0, grad_clip=0.0
     weighted by m / B), with activations m/B the size, which keeps them in cache.
 
     Across processes (npvit/distributed.py) x is this rank's shard of a batch of ``global_batch``
-    rows, each chunk weighted by m / global_batch, and ``reduce_grads(flat_grads)`` sums the
+    rows, each chunk weighted by m / global_batch, and ``reduce_grads(model.flat.grads)`` sums the
     ranks' gradients (one all-reduce) before clipping and the step.
     """
     B = len(labels)
