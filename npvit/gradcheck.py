@@ -495,57 +495,27 @@ def changed_in_place(handed):
 
 def check_reference_ops(seed=0):
     """Check every reference primitive and composite (npvit/ops/reference.py, composites.py) on its own, in
-    float64: its backward against central differences of its forward, for every input and parameter."""
+    float64: its backward against central differences of its forward, for every input it grades. The cases
+    are the contract's catalogue (npvit/ops/cases.py), the one the kernel sets' tests walk too."""
+    from .ops.cases import CASES, DIMS
     from .ops.reference import REFERENCE as R
 
     rng = np.random.default_rng(seed)
-    B, N, D, H, K = 2, 5, 12, 3, 7
-    hs = D // H
-    x, w, b = rng.standard_normal((B, N, D)), rng.standard_normal((K, D)), rng.standard_normal(K)
-    g, beta = 1 + 0.1 * rng.standard_normal(D), rng.standard_normal(D)
-    qkv = rng.standard_normal((3, B, H, N, hs))
-    scores = rng.standard_normal((B, H, N, N))
-    keep = (rng.random((B, H, 1, N)) >= 0.3) / 0.7
-    images, kernel, bias = rng.standard_normal((2, 3, 7, 7)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
 
-    def pair(title, forward, backward, inputs):
-        """L = sum(r * y) for a random r: its gradients from ``backward`` against finite differences."""
-        y, cache = forward()
-        r = rng.standard_normal(y.shape)
-        grads = backward(r, cache)
+    def r(*shape, scale=1.0):
+        return scale * rng.standard_normal(shape)
+
+    reports = []
+    for case in CASES:
+        inputs = case.inputs(r, DIMS)
+        y, cache = case.forward(R, **inputs)
+        dy = rng.standard_normal(np.shape(y))                   # L = sum(dy * y) for a random dy
+        grads = case.backward(R, dy, cache, **inputs)
         grads = grads if isinstance(grads, tuple) else (grads,)
+        graded = {name: inputs[name] for name in case.graded}    # perturbed in place, so forward sees it
         # directions from another stream than the inputs': along u = x itself LayerNorm does not change
-        return check_function_gradients(lambda: r * forward()[0], inputs, dict(zip(inputs, grads)), title=title,
-                                        seed=seed + 1)
-
-    reports = [
-        pair("linear_forward/backward", lambda: R.linear_forward(x, w, b), lambda d, c: R.linear_backward(d, c, w),
-             {"x": x, "w": w, "b": b}),
-        pair("conv2d_forward/backward k3 s2 p1 (im2col, GEMM, col2im)",
-             lambda: R.conv2d_forward(images, kernel, bias, 2, 1), lambda d, c: R.conv2d_backward(d, c, kernel),
-             {"x": images, "w": kernel, "b": bias}),
-        pair("layernorm_forward/backward", lambda: R.layernorm_forward(x, g, beta),
-             lambda d, c: R.layernorm_backward(d, c, g), {"x": x, "w": g, "b": beta}),
-        pair("gelu_forward/backward (tanh)", lambda: R.gelu_forward(x, "tanh"), R.gelu_backward, {"x": x}),
-        pair("gelu_forward/backward (erf)", lambda: R.gelu_forward(x, "none"), R.gelu_backward, {"x": x}),
-        pair("softmax_forward/backward (scale 0.7)", lambda: (R.softmax_forward(scores, 0.7),) * 2,
-             lambda d, att: R.softmax_backward(d, att, 0.7), {"scores": scores}),
-        pair("attention_forward/backward", lambda: R.attention_forward(qkv, hs ** -0.5), R.attention_backward,
-             {"qkv": qkv}),
-        pair("attention_forward/backward ([CLS] query, dropout mask)",
-             lambda: R.attention_forward(qkv, hs ** -0.5, 1, keep), R.attention_backward, {"qkv": qkv}),
-    ]
-    logits = rng.standard_normal((B, K))
-    for title, targets in (("labels", rng.integers(0, K, B)), ("soft targets", rng.dirichlet(np.ones(K), B))):
-        _, cache = R.cross_entropy_forward(logits, targets, 0.1)
-        reports.append(check_function_gradients(lambda t=targets: R.cross_entropy_forward(logits, t, 0.1)[0],
-                                                {"logits": logits}, {"logits": R.cross_entropy_backward(cache)},
-                                                title=f"cross_entropy_forward/backward ({title}, smoothing 0.1)",
-                                                seed=seed + 1))
-    cols_r = rng.standard_normal(R.im2col(images, 3, 3, 2, 1).shape)
-    reports.append(check_function_gradients(lambda: cols_r * R.im2col(images, 3, 3, 2, 1), {"x": images},
-                                            {"x": R.col2im(cols_r, images.shape, 2, 1)},
-                                            title="im2col k3 s2 p1 (backward = col2im)", seed=seed + 1))
+        reports.append(check_function_gradients(lambda: dy * case.forward(R, **inputs)[0], graded,
+                                                dict(zip(case.graded, grads)), title=case.title, seed=seed + 1))
     return reports
 
 

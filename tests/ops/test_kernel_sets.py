@@ -8,6 +8,8 @@ from npvit import ViT, softmax_cross_entropy
 from npvit.backend import get_xp, to_device, to_numpy
 from npvit.config import ViTConfig
 from npvit.ops import BY_NAME, get_kernels
+from npvit.ops.cases import BY_NAME as CASES
+from npvit.ops.cases import DIMS
 from npvit.ops.reference import REFERENCE
 from tests.helpers import FAST_SETS, rel_err, skip_unless_runs
 from tests.tolerances import KERNEL_RTOL
@@ -25,54 +27,19 @@ def random_arrays(xp, dtype, seed=0):
     return r, rng
 
 
-def dropout_mask(xp, dtype, shape, seed=1):
-    keep = np.random.default_rng(seed).random(shape) >= 0.3
-    return to_device((keep / 0.7).astype(dtype), xp)
+# The forward/backward pairs of the contract: npvit/ops/cases.py, the catalogue the gradient checks walk too.
+OPS = list(CASES)
 
 
-def cases(xp, dtype, dims=(B, N, D, H)):
-    """name -> (forward(ops) -> (y, cache), backward(ops, y, cache) -> gradients): each forward/backward pair
-    of the contract, primitives and composites, on fresh random inputs."""
-    r, rng = random_arrays(xp, dtype)
-    B, N, D, H = dims
-    hs = D // H
-    qkv = r(3, B, H, N, hs)
-    images, kernel = r(B, 3, 8, 8), r(D, 3, 4, 4)
-    return {
-        "linear": (lambda ops: ops.linear_forward(r(B, N, D), r(K, D), r(K)),
-                   lambda ops, y, cache: ops.linear_backward(r(*y.shape), cache, r(K, D))),
-        "conv2d_patches": (lambda ops: ops.conv2d_forward(images, kernel, r(D), 4, 0),
-                           lambda ops, y, cache: ops.conv2d_backward(r(*y.shape), cache, kernel)),
-        "conv2d_k3_s2_p1": (lambda ops: ops.conv2d_forward(images, kernel[:, :, :3, :3], r(D), 2, 1),
-                            lambda ops, y, cache: ops.conv2d_backward(r(*y.shape), cache, kernel[:, :, :3, :3])),
-        "layernorm": (lambda ops: ops.layernorm_forward(r(B, N, D, scale=3.0), 1 + r(D), r(D), 1e-5),
-                      lambda ops, y, cache: ops.layernorm_backward(r(*y.shape), cache, 1 + r(D))),
-        "gelu_tanh": (lambda ops: ops.gelu_forward(r(B, N, D, scale=3.0), "tanh"),
-                      lambda ops, y, cache: ops.gelu_backward(r(*y.shape), cache)),
-        "gelu_erf": (lambda ops: ops.gelu_forward(r(B, N, D, scale=3.0), "none"),
-                     lambda ops, y, cache: ops.gelu_backward(r(*y.shape), cache)),
-        "softmax_scaled": (lambda ops: (lambda att: (att, att))(ops.softmax_forward(r(B, H, N, N, scale=4.0), 0.3)),
-                           lambda ops, y, att: ops.softmax_backward(r(*y.shape), att, 0.3)),
-        "attention": (lambda ops: ops.attention_forward(qkv, hs ** -0.5, None, None),
-                      lambda ops, y, cache: ops.attention_backward(r(*y.shape), cache)),
-        "attention_cls_dropout": (lambda ops: ops.attention_forward(qkv, hs ** -0.5, 1,
-                                                                    dropout_mask(xp, dtype, (B, H, 1, N))),
-                                  lambda ops, y, cache: ops.attention_backward(r(*y.shape), cache)),
-    }
-
-
-OPS = ["linear", "conv2d_patches", "conv2d_k3_s2_p1", "layernorm", "gelu_tanh", "gelu_erf", "softmax_scaled",
-       "attention", "attention_cls_dropout"]
-
-
-def assert_set_equals_reference(ops, op, dtype, xp, dims=(B, N, D, H)):
+def assert_set_equals_reference(ops, op, dtype, xp, dims=DIMS):
     results = []
     for kernel_set in (REFERENCE, ops):
-        forward, backward = cases(xp, dtype, dims)[op]  # fresh, identical random inputs for each set
-        y, cache = forward(kernel_set)
-        grads = backward(kernel_set, y, cache)
-        grads = grads if isinstance(grads, tuple) else (grads,)
-        results.append([y, *grads])
+        r, _ = random_arrays(xp, dtype)                 # fresh, identical random inputs for each set
+        case = CASES[op]
+        inputs = case.inputs(r, dims)
+        y, cache = case.forward(kernel_set, **inputs)
+        grads = case.backward(kernel_set, r(*y.shape), cache, **inputs)
+        results.append([y, *(grads if isinstance(grads, tuple) else (grads,))])
     for i, (ref, fast) in enumerate(zip(*results)):
         assert fast.dtype == np.dtype(dtype), f"{op} output {i} is {fast.dtype}"
         assert fast.shape == ref.shape, (op, i, fast.shape, ref.shape)
