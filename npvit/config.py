@@ -39,6 +39,8 @@ class ViTConfig:
                                             # image, rising linearly from 0 in the first block
     patch_dropout: float = 0.0              # in training, the share of each image's patch tokens left out (at
                                             # random) after the embeddings; all of them at evaluation
+    layer_norm_eps: float = 1e-5            # every LayerNorm's epsilon: 1e-5 as the article and PyTorch (transformers'
+                                            # ViT uses 1e-12, timm's 1e-6)
 
     def __post_init__(self):
         for key in INT_KEYS:
@@ -58,6 +60,11 @@ class ViTConfig:
             raise TypeError(f"config initializer_range must be a number, got {r!r}")
         if not (math.isfinite(r) and r > 0):
             raise ValueError(f"config initializer_range must be a positive finite number, got {r}")
+        eps = self.layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+            raise TypeError(f"config layer_norm_eps must be a number, got {eps!r}")
+        if not (math.isfinite(eps) and 0 < eps < 1):
+            raise ValueError(f"config layer_norm_eps must be a small positive number (below 1), got {eps}")
         for key in ("qkv_bias", "use_faster_attention", "final_layernorm"):
             if not isinstance(getattr(self, key), bool):
                 raise TypeError(f"config {key} must be true or false, got {getattr(self, key)!r}")

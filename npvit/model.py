@@ -57,8 +57,9 @@ class ViT(Layer):
                                     c.hidden_dropout_prob, rng=rng, std=std)
         self.encoder = Encoder(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size,
                                c.qkv_bias, c.hidden_dropout_prob, c.attention_probs_dropout_prob,
-                               c.gelu_approximate, rng=rng, std=std, drop_path_rate=c.drop_path_rate)
-        self.layernorm = LayerNorm(c.hidden_size) if c.final_layernorm else None
+                               c.gelu_approximate, rng=rng, std=std, drop_path_rate=c.drop_path_rate,
+                               eps=c.layer_norm_eps)
+        self.layernorm = LayerNorm(c.hidden_size, c.layer_norm_eps) if c.final_layernorm else None
         self.classifier = Linear(c.hidden_size, c.num_classes, rng=rng, std=std)
         # Only when asked for, and last: a model without it keeps its layers (and their dropout seeds) as they were.
         self.patch_dropout = PatchDropout(c.patch_dropout) if c.patch_dropout > 0 else None

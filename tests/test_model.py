@@ -16,6 +16,7 @@ ARTICLE = ViTConfig().to_dict()
 CONFIGS = {
     "article": ARTICLE,
     "patch8": {**ARTICLE, "patch_size": 8, "hidden_size": 24, "num_attention_heads": 3, "intermediate_size": 40},
+    "eps1e-6": {**ARTICLE, "layer_norm_eps": 1e-6},                # another LayerNorm epsilon (timm's)
     "mnist-6heads": {**ARTICLE, "image_size": 28, "patch_size": 7, "num_channels": 1, "hidden_size": 36,
                      "num_attention_heads": 6, "intermediate_size": 72, "num_hidden_layers": 2},
 }
@@ -23,6 +24,9 @@ CONFIGS = {
 
 def torch_model(config, dtype, backend, faster=True):
     m = ViTForClassfication({**config, "use_faster_attention": faster})
+    for module in m.modules():                                  # the article's code has PyTorch's 1e-5 built in
+        if isinstance(module, torch.nn.LayerNorm):
+            module.eps = config.get("layer_norm_eps", 1e-5)
     return m.to(dtype=getattr(torch, dtype), device=torch_device(backend)).eval()
 
 
@@ -35,7 +39,7 @@ def test_article_model_has_119k_parameters():
 
 @pytest.mark.parametrize("kernels", KERNEL_SETS)
 @pytest.mark.parametrize("variant", ["plain", "final_layernorm", "mean_pooling", "erf_gelu", "no_qkv_bias",
-                                     "smoothing"])
+                                     "smoothing", "layer_norm_eps"])
 def test_whole_model_gradcheck(variant, kernels, backend):
     skip_unless_runs(kernels, backend)
     c = ViTConfig.tiny().to_dict()
@@ -51,6 +55,8 @@ def test_whole_model_gradcheck(variant, kernels, backend):
         c["qkv_bias"] = False
     elif variant == "smoothing":
         smoothing = 0.1
+    elif variant == "layer_norm_eps":
+        c["layer_norm_eps"], c["final_layernorm"] = 0.05, True
     model = ViT(c, backend=backend, dtype="float64", seed=3, kernels=kernels)
     xp = model.xp
     rng = np.random.default_rng(0)

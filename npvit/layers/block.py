@@ -41,14 +41,14 @@ class Block(Layer):
     """Pre-norm transformer block: (B, N, D) -> (B, N, D), or (B, 1, D) with cls_only."""
 
     def __init__(self, hidden_size, num_heads, intermediate_size, qkv_bias=True, hidden_dropout=0.0,
-                 attn_dropout=0.0, approximate="tanh", rng=None, std=0.02, drop_path=0.0):
+                 attn_dropout=0.0, approximate="tanh", rng=None, std=0.02, drop_path=0.0, eps=1e-5):
         super().__init__()
         # Defined in the article's order, so parameters() lists names as its state_dict does.
         self.attention = MultiHeadSelfAttention(hidden_size, num_heads, qkv_bias, attn_dropout, hidden_dropout,
                                                 rng=rng, std=std)
-        self.layernorm_1 = LayerNorm(hidden_size)
+        self.layernorm_1 = LayerNorm(hidden_size, eps)
         self.mlp = MLP(hidden_size, intermediate_size, hidden_dropout, approximate, rng=rng, std=std)
-        self.layernorm_2 = LayerNorm(hidden_size)
+        self.layernorm_2 = LayerNorm(hidden_size, eps)
         # Only when asked for: the layers of a model without them (and their dropout seeds) stay as they were.
         self.drop_path_1 = DropPath(drop_path) if drop_path > 0 else None
         self.drop_path_2 = DropPath(drop_path) if drop_path > 0 else None
@@ -82,12 +82,12 @@ class Encoder(Layer):
     """A stack of L blocks: (B, N, D) -> (B, N, D) (or (B, 1, D), cls_only); ``blocks.{i}`` as the article names them."""
 
     def __init__(self, num_layers, hidden_size, num_heads, intermediate_size, qkv_bias=True, hidden_dropout=0.0,
-                 attn_dropout=0.0, approximate="tanh", rng=None, std=0.02, drop_path_rate=0.0):
+                 attn_dropout=0.0, approximate="tanh", rng=None, std=0.02, drop_path_rate=0.0, eps=1e-5):
         super().__init__()
         # stochastic depth rising linearly with depth, 0 in the first block to drop_path_rate in the last (timm's rule)
         rates = [drop_path_rate * i / max(num_layers - 1, 1) for i in range(num_layers)]
         self.blocks = [Block(hidden_size, num_heads, intermediate_size, qkv_bias, hidden_dropout, attn_dropout,
-                             approximate, rng=rng, std=std, drop_path=rate) for rate in rates]
+                             approximate, rng=rng, std=std, drop_path=rate, eps=eps) for rate in rates]
 
     def forward(self, x, cls_only=False):
         """cls_only: the last block computes token 0 only (see Block), returning (B, 1, D)."""

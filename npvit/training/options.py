@@ -122,6 +122,8 @@ MODEL_HELP = dict(
     drop_path_rate="stochastic depth: the last block's chance, per image, of skipping a branch (rising from 0 in "
                    "the first block), in [0, 1)",
     patch_dropout="in training, the share of each image's patch tokens left out at random, in [0, 1)",
+    layer_norm_eps="every LayerNorm's epsilon (1e-5: the article's and PyTorch's; transformers' ViT 1e-12, timm's "
+                   "1e-6)",
 )
 MODEL_CHOICES = {"gelu_approximate": ("tanh", "none"), "pooling": ("cls", "mean")}
 MODEL_OPTIONS = {key: (text, MODEL_CHOICES.get(key, ())) for key, text in MODEL_HELP.items()}

@@ -8,9 +8,9 @@ from tests.tolerances import GRADCHECK_TOL
 from tests.helpers import compare_with_torch, to_device
 
 
-def perturbed(dim, seed=1):
+def perturbed(dim, seed=1, eps=1e-5):
     """A LayerNorm whose weight and bias are not 1 and 0, so their gradients matter."""
-    ln = LayerNorm(dim)
+    ln = LayerNorm(dim, eps)
     rng = np.random.default_rng(seed)
     ln.params["weight"] = 1 + 0.5 * rng.standard_normal(dim)
     ln.params["bias"] = 0.5 * rng.standard_normal(dim)
@@ -23,10 +23,14 @@ def test_gradcheck(shape, xp):
     check_layer_gradients(perturbed(shape[-1]).to(xp), x).assert_ok(GRADCHECK_TOL)
 
 
+@pytest.mark.parametrize("eps", [1e-5, 1e-12, 0.1])        # the article's and PyTorch's; transformers'; a large one
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_matches_torch(dtype, backend):
-    x = 3 + 2 * np.random.default_rng(0).standard_normal((2, 5, 12))
-    compare_with_torch(perturbed(12), torch.nn.LayerNorm(12, eps=1e-5), x, dtype, backend)
+def test_matches_torch(dtype, eps, backend):
+    x = 0.01 * np.random.default_rng(0).standard_normal((2, 5, 12))     # a variance (1e-4) near eps: it matters
+    compare_with_torch(perturbed(12, eps=eps), torch.nn.LayerNorm(12, eps=eps), x, dtype, backend)
+    if eps == 0.1 and dtype == "float64":                       # and it would fail with another epsilon
+        with pytest.raises(AssertionError):
+            compare_with_torch(perturbed(12, eps=1e-5), torch.nn.LayerNorm(12, eps=eps), x, dtype, backend)
 
 
 def test_output_is_normalised():
