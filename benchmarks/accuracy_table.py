@@ -1,4 +1,4 @@
-"""The accuracy of finished (or running) training runs, as the Markdown table of README.md and
+"""The accuracy of finished (or running) training runs, as the Markdown table of docs/accuracy.md and
 docs/experiments.md: per run its recipe and flags, seed, epochs, final and best accuracy, and the
 epochs and minutes (training + evaluation, cumulative) it took to first reach each threshold;
 then, per recipe, the seeds and the mean and spread of their final accuracies.

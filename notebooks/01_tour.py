@@ -179,7 +179,7 @@ print("logits", logits.shape, " probabilities of image 0:", p[0])
 # ## The trained model that ships with npvit
 #
 # `npvit/weights/vit-cifar10.safetensors` (0.5 MB) holds the weights of a `--recipe full` run; its
-# model card is in the README. `npvit predict IMAGE` and `npvit attention` use it when no checkpoint
+# model card is in docs/training.md. `npvit predict IMAGE` and `npvit attention` use it when no checkpoint
 # is given.
 
 # %%
@@ -251,7 +251,7 @@ plt.show()
 #
 # The run that made them (`--recipe full`, seed 44, 100 epochs on 2 CPU cores) evaluated on the
 # test set every 5 epochs; `benchmarks/results/accuracy.json` keeps its curve, with the other runs
-# of README's accuracy table.
+# of the accuracy table in docs/accuracy.md.
 
 # %%
 import json

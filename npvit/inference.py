@@ -15,7 +15,7 @@ from .losses import log_softmax
 from .parallel import parallelize
 
 
-# The weights that ship with npvit (a --recipe full run; its model card is in README.md): what predict and
+# The weights that ship with npvit (a --recipe full run; its model card is in docs/training.md): what predict and
 # attention use when no checkpoint is given.
 PRETRAINED = SHIPPED
 

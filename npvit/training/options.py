@@ -177,11 +177,11 @@ RECIPES = {
 }
 # 80% within 100 epochs: the sprint's model and optimiser for 100 epochs, with a moving average of the weights
 # (0.999) and TrivialAugment on half the images. Chosen on held-out images: without TrivialAugment the model
-# overfits, with it on every image it underfits. Results per seed: README.md and docs/experiments.md.
+# overfits, with it on every image it underfits. Results per seed: docs/accuracy.md and docs/experiments.md.
 RECIPES["full"] = {**RECIPES["sprint"], "epochs": 100, "ema": 0.999, "trivial_augment": True,
                    "trivial_augment_prob": 0.5, "eval_every": 5}
 # 80% within 30 minutes on 2 CPU cores: full, with each image trained on a random 75% of its patch tokens
-# (PatchDropout): cheaper steps, and on held-out images no less accurate. The default. Results: README.md.
+# (PatchDropout): cheaper steps, and on held-out images no less accurate. The default. Results: docs/accuracy.md.
 RECIPES["fast80"] = {**RECIPES["full"], "patch_dropout": 0.25}
 assert set(RECIPES) == set(OPTIONS["recipe"].choices)
 
