@@ -40,6 +40,17 @@ def set_threads(n):
         os.environ[var] = str(n)
 
 
+SETTLED = 0.10          # warm-up ends when the last three steps are within 10% of their median
+MAX_WARMUP = 30
+
+
+def settled(times):
+    if len(times) < 3:
+        return False
+    middle = statistics.median(times)
+    return all(abs(t - middle) <= SETTLED * middle for t in times)
+
+
 def config(model, patch):
     return {**MODELS[model], "patch_size": patch, "image_size": 32, "num_classes": 10, "num_channels": 3}
 
@@ -139,21 +150,26 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
                 forward(x)
             ref.train()
 
-    def timed(fn):
-        for _ in range(warmup):
-            fn()
+    def once(fn):
+        t = time.perf_counter()
+        fn()
         sync()
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            fn()
-            sync()
-            times.append(1000 * (time.perf_counter() - t))
-        return times
+        return 1000 * (time.perf_counter() - t)
+
+    def timed(fn):
+        """(timed steps, warm-up steps): at least ``warmup`` warm-up steps, and more until the last three are
+        within SETTLED of their median (PyTorch's first CPU steps here take 1.5-2x its steady ones), at most
+        MAX_WARMUP; then ``repeats`` timed steps."""
+        warm = [once(fn) for _ in range(warmup)]
+        while len(warm) < MAX_WARMUP and not settled(warm[-3:]):
+            warm.append(once(fn))
+        return [once(fn) for _ in range(repeats)], warm
 
     # Memory first: the first step of a fresh process, before allocators cache anything.
     peak_mb = peak_step_memory(train_step, sync, framework, gpu)
-    out = {"train_ms": timed(train_step), "infer_ms": timed(infer), "peak_mb": peak_mb}
+    (train_ms, train_warm), (infer_ms, infer_warm) = timed(train_step), timed(infer)
+    out = {"train_ms": train_ms, "infer_ms": infer_ms, "peak_mb": peak_mb, "train_warmup_ms": train_warm,
+           "infer_warmup_ms": infer_warm}
     if framework == "npvit" and not gpu:
         import tracemalloc  # NumPy reports its buffers to tracemalloc: a second, allocator-independent reading
 
@@ -325,10 +341,11 @@ def main(argv=None):
     p.add_argument("--patches", nargs="+", type=int, default=[4, 2])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=None,
                    help="default 32 128 256 on the CPU, 256 1024 on the GPU")
-    p.add_argument("--repeats", type=int, default=3, help="timed steps per round")
+    p.add_argument("--repeats", type=int, default=10, help="timed steps per round, after the warm-up")
     p.add_argument("--rounds", type=int, default=2,
                    help="fresh processes per framework, alternating npvit/torch; the median is over all rounds")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=5, help="warm-up steps at least; more until the step time settles "
+                   "(the last three within 10%% of their median), at most 30; reported apart in the JSON")
     p.add_argument("--quick", action="store_true", help="article model, patch 4, batch 256 only")
     p.add_argument("--micro-batch", type=int, default=None,
                    help="npvit runs each training batch in chunks of this size (the same update; see README)")
@@ -369,7 +386,8 @@ def main(argv=None):
     header = (f"{'model':<8}{'tokens':>7}{'batch':>6} | {'train ms':>9}{'torch':>9}{'ratio':>7}{'ref ms':>9}{'ratio':>7} | "
               f"{'infer ms':>9}{'torch':>9}{'ratio':>7}{'ref ms':>9}{'ratio':>7} | {'peak MiB':>9}{'torch':>8}{'ratio':>7}")
     print(f"npvit vs PyTorch, {a.backend}, {a.threads} threads, median of {a.rounds} alternating rounds x "
-          f"{a.repeats} steps, each after {a.warmup} warm-up; peak = extra memory of one training step"
+          f"{a.repeats} steps, each after at least {a.warmup} warm-up steps, more until settled; "
+          f"peak = extra memory of one training step"
           + (f"; npvit in micro-batches of {a.micro_batch}" if a.micro_batch else "")
           + ("" if a.data_parallel or a.backend == "cupy" else "; npvit as one shard (--no-data-parallel)")
           + f"; npvit on its {kernels_used(a.kernels, a.backend)} kernels, ref on its reference kernels (ratio to torch)")
@@ -381,19 +399,26 @@ def main(argv=None):
                 row = {"model": model, "patch": patch, "tokens": (32 // patch) ** 2 + 1, "batch": b}
                 frameworks = ("npvit", "npvit-reference", "torch") + (
                     ("torch-compile", "torch-graph") if a.backend == "cupy" else ())
-                raw = {fw: {"train_ms": [], "infer_ms": []} for fw in frameworks}
+                raw = {fw: {"train_ms": [], "infer_ms": [], "train_warmup_ms": [], "infer_warmup_ms": []}
+                       for fw in frameworks}
                 for rnd in range(a.rounds):
                     for fw in frameworks:
                         r = run_child(dict(framework=fw, backend=a.backend, model=model, patch=patch, batch=b,
                                            repeats=a.repeats, warmup=a.warmup, threads=a.threads,
                                            micro_batch=a.micro_batch if fw != "torch" else None,
                                            data_parallel=a.data_parallel, kernels=a.kernels))
-                        raw[fw]["train_ms"] += r.pop("train_ms")
-                        raw[fw]["infer_ms"] += r.pop("infer_ms")
+                        for k in raw[fw]:           # the timed steps pooled; the warm-up steps kept per round
+                            if k.endswith("warmup_ms"):
+                                raw[fw][k].append(r.pop(k))
+                            else:
+                                raw[fw][k].extend(r.pop(k))
                         if rnd == 0:
                             row.update({f"{fw}_{k}": v for k, v in r.items()})
                 for fw, times in raw.items():
                     for k, v in times.items():
+                        if k.endswith("warmup_ms"):         # per round: the warm-up steps, apart from the timed ones
+                            row[f"{fw}_{k}"] = v
+                            continue
                         row[f"{fw}_{k}"] = statistics.median(v)
                         row[f"{fw}_{k}_all"] = v
                 for k in ("train_ms", "infer_ms", "peak_mb"):
