@@ -305,20 +305,19 @@ def check_intermediates(steps, inputs, grads, autograd=None, eps=1e-3, title="ba
     return report
 
 
-def _float64_copy(layer):
+def _prepared(layer, x, seed):
+    """What every check of a layer or model starts from: a float64 deep copy of it (the caller's is not
+    touched) with dropout off (a random mask would change between evaluations), the input as a float64 copy
+    that may be perturbed, and the random stream of the projections and directions."""
+    from .layers.dropout import Dropout
+
     layer = copy.deepcopy(layer)
     if any(p.dtype != np.float64 for p in layer.parameters().values()):
         layer.astype(np.float64)     # (a wrapper such as DataParallel is made around a float64 model instead)
-    return layer
-
-
-def _dropout_off(layer):
-    # A random mask would change between evaluations, so dropout layers run in eval mode.
-    from .layers.dropout import Dropout
-
     for _, sub in layer.named_layers():
         if isinstance(sub, Dropout):
             sub.training = False
+    return layer, x.astype(np.float64), np.random.default_rng(seed)
 
 
 def check_layer_gradients(layer, x, *, eps=1e-3, n_directions=3, atol=1e-9, seed=0, forward_kwargs=None,
@@ -331,11 +330,8 @@ def check_layer_gradients(layer, x, *, eps=1e-3, n_directions=3, atol=1e-9, seed
     Any object with forward/backward and ``parameters()``/``gradients()``
     dicts (a :class:`npvit.layers.Layer`) can be checked.
     """
-    layer = _float64_copy(layer)
-    _dropout_off(layer)
+    layer, x, rng = _prepared(layer, x, seed)
     kw = forward_kwargs or {}
-    x = x.astype(np.float64)                     # a copy we may perturb
-    rng = np.random.default_rng(seed)
     xp = get_array_module(x)
 
     def out(v):
@@ -362,10 +358,7 @@ def check_model_gradients(model, x, labels, *, label_smoothing=0.0, eps=1e-3, n_
     for the input images (``x``) and every parameter, by name."""
     from .losses import softmax_cross_entropy
 
-    model = _float64_copy(model)
-    _dropout_off(model)
-    x = x.astype(np.float64)
-    rng = np.random.default_rng(seed)
+    model, x, rng = _prepared(model, x, seed)
     logits = model.forward(x)
     _, dlogits = softmax_cross_entropy(logits, labels, label_smoothing)
     model.zero_grad()
