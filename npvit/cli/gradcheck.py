@@ -2,7 +2,7 @@
 set that runs here (``npvit gradcheck``); the checking is npvit/gradcheck.py."""
 import argparse
 
-from ..gradcheck import check_all
+from ..checks import check_all
 
 
 def main(argv=None, prog="npvit gradcheck"):

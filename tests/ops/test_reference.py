@@ -1,6 +1,6 @@
 """The reference set (npvit/ops/reference.py) and the composites over it (composites.py): every backward
-against central differences of its forward, in float64 (npvit.gradcheck.check_reference_ops)."""
-from npvit.gradcheck import check_reference_ops
+against central differences of its forward, in float64 (npvit.checks.check_reference_ops)."""
+from npvit.checks import check_reference_ops
 from tests.tolerances import GRADCHECK_TOL
 
 
