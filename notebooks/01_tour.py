@@ -30,20 +30,11 @@
 # %%
 import os, sys
 import numpy as np
-
-def find_checkout(folder):
-    """The npvit checkout: this folder or one above it, else the one the installed npvit lives in."""
-    folder = os.path.abspath(folder)
-    while not os.path.isfile(os.path.join(folder, "notebooks", "cifar10_sample.npz")):
-        if folder == os.path.dirname(folder):
-            import npvit                     # pip install -e . from the checkout: it is where npvit is
-            return os.path.dirname(os.path.dirname(os.path.abspath(npvit.__file__)))
-        folder = os.path.dirname(folder)
-    return folder
-
-ROOT = find_checkout(os.getcwd())
-sys.path.insert(0, ROOT)                     # npvit from this checkout, and reference/article_vit.py
+sys.path.insert(0, os.path.dirname(os.path.abspath("")))   # a clone used as it is: npvit is beside notebooks/
 import npvit
+from npvit.checkout import find_checkout
+ROOT = find_checkout()                       # the checkout: its notebooks/ and reference/article_vit.py
+sys.path.insert(0, ROOT)
 import npvit.data
 np.set_printoptions(precision=4, suppress=True, linewidth=110)
 # %matplotlib inline

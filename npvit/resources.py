@@ -97,11 +97,6 @@ def available_memory(backend="numpy"):
     return min(found) if found else (None, "on this machine")
 
 
-def available_bytes(backend="numpy"):
-    """The memory a new allocation can count on (see :func:`available_memory`); None where it cannot be read."""
-    return available_memory(backend)[0]
-
-
 # Per cgroup version: the limit file, the usage file, and memory.stat's reclaimable page-cache line (counted
 # as free: the kernel drops that cache before it kills anything).
 CGROUP_FILES = {1: ("memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"),

@@ -55,3 +55,9 @@ def test_each_notebook_is_its_source_script_run(name):
     assert len(mine) == len(built) and not differ, (
         f"notebooks/{name} differs from its source from cell {differ[0] if differ else min(len(mine), len(built))}: "
         f"run python notebooks/build.py {name[:2]}")
+
+
+def test_the_notebooks_find_the_checkout_from_inside_it_or_through_npvit(tmp_path):
+    from npvit.checkout import find_checkout
+    assert find_checkout(FOLDER) == REPO == find_checkout(os.path.join(REPO, "npvit", "ops"))
+    assert find_checkout(str(tmp_path)) == REPO          # outside it: the checkout npvit was installed from

@@ -2,8 +2,8 @@
 reference set (npvit/gradcheck.py, ``npvit gradcheck``) and the tests that every set computes the reference's
 function (tests/ops/test_kernel_sets.py) both walk it.
 
-A case is a function of a kernel set ``ops``: ``inputs(r)`` draws its inputs with ``r(*shape, scale=1)`` (a
-random array of the caller's device and dtype), ``forward(ops, **inputs)`` returns (y, cache) and
+A case is a function of a kernel set ``ops``: ``inputs(r, dims)`` draws its inputs at sizes ``dims`` (B, N,
+D, H) with ``r(*shape, scale=1)`` (a random array of the caller's device and dtype), ``forward(ops, **inputs)`` returns (y, cache) and
 ``backward(ops, dy, cache, **inputs)`` the gradients of the inputs named in ``graded``, in that order.
 Sizes: B images, N tokens, D width, H heads (hs = D / H), K classes; odd, so a transposition shows.
 """

@@ -10,9 +10,8 @@ The parts live where their one job is, beside this file in npvit/training/: the 
 step.py, the batch stream and its named random streams in batches.py, the run state and the
 resume rules in runstate.py, what the terminal shows in console.py, the settings and recipes in
 options.py; the schedule beside the optimiser in npvit/optim.py; the command line in
-npvit/cli/train.py. Every write is atomic, and every
-random draw comes from (seed, epoch, step), so a run killed at any instant and resumed continues
-bit for bit as if it had never stopped.
+npvit/cli/train.py. Every write is atomic, and every random draw comes from (seed, epoch, step),
+so a run killed at any instant and resumed continues bit for bit as if it had never stopped.
 """
 from __future__ import annotations
 
