@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from npvit.cli import run_main  # noqa: E402
 from npvit.errors import UserError  # noqa: E402
-from npvit.training.options import RECIPES, TRAIN_DEFAULTS  # noqa: E402
+from npvit.training.settings import RECIPES, Settings, build_config  # noqa: E402
 from npvit.runfiles import read_metrics  # noqa: E402
 
 # Settings that are not the recipe's own and do not change what is trained or measured.
@@ -40,9 +40,7 @@ def run_name(row):
 
 def flags(cfg):
     """The settings where the run differs from its recipe, as flags (--init torch --ema 0.999 ...)."""
-    from npvit.config import ViTConfig
-
-    base = {**TRAIN_DEFAULTS, **ViTConfig().to_dict(), **RECIPES.get(cfg.get("recipe"), {})}
+    base = (build_config(recipe=cfg["recipe"]) if cfg.get("recipe") in RECIPES else Settings()).to_dict()
     out = []
     for key, value in cfg.items():
         if key in NOT_RECIPE or key not in base or base[key] == value:

@@ -11,36 +11,44 @@ INT_KEYS = ("patch_size", "hidden_size", "num_hidden_layers", "num_attention_hea
 PROB_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate", "patch_dropout")
 
 
+def key(default, help, choices=()):
+    """A config key: its default, and what the command line says of it (help text, and the choices of the two
+    keys that have them); ``ViTConfig.help()`` reads them back."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": tuple(choices)})
+
+
 @dataclass
 class ViTConfig:
     """The reference model: patch 4 on 32x32 images, D 48, 4 layers, 4 heads, MLP 192 (~119k parameters)."""
 
-    patch_size: int = 4
-    hidden_size: int = 48
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    intermediate_size: int = 192
-    hidden_dropout_prob: float = 0.0
-    attention_probs_dropout_prob: float = 0.0
-    initializer_range: float = 0.02
-    image_size: int = 32
-    num_classes: int = 10
-    num_channels: int = 3
-    qkv_bias: bool = True
-    # The article's training script passes this; npvit always uses the fused QKV projection,
-    # which computes the same function as the per-head one, so both values are accepted.
-    use_faster_attention: bool = True
+    patch_size: int = key(4, "P, the side of the square patches each image is cut into")
+    hidden_size: int = key(48, "D, the width of every token")
+    num_hidden_layers: int = key(4, "L, the number of transformer blocks")
+    num_attention_heads: int = key(4, "H, the attention heads of a block (hidden_size must divide by it)")
+    intermediate_size: int = key(192, "I, the hidden width of each block's MLP")
+    hidden_dropout_prob: float = key(0.0, "dropout after the embeddings, each attention output and each MLP, in "
+                                     "[0, 1)")
+    attention_probs_dropout_prob: float = key(0.0, "dropout on the attention probabilities, in [0, 1)")
+    initializer_range: float = key(0.02, "std of the article's N(0, std) initialisation of the weight matrices")
+    image_size: int = key(32, "the side of the square input images, in pixels")
+    num_classes: int = key(10, "K, the number of classes")
+    num_channels: int = key(3, "C, the channels of the input images (3: RGB, 1: grey)")
+    qkv_bias: bool = key(True, "biases in the query, key and value projections")
+    # The article's training script passes this; npvit always uses the fused QKV projection, which computes the
+    # same function as the per-head one, so both values are accepted.
+    use_faster_attention: bool = key(True, "the article's flag; npvit always computes the fused form, the same "
+                                     "function")
     # npvit extras, off by default so the model is the article's.
-    gelu_approximate: str = "tanh"          # "tanh" (article's NewGELUActivation) or "none" (exact erf)
-    final_layernorm: bool = False           # a LayerNorm on the encoder output before the classifier
-    pooling: str = "cls"                    # what the classifier reads: "cls" (the [CLS] token, the article's)
-                                            # or "mean" (the average of the patch tokens, global average pooling)
-    drop_path_rate: float = 0.0             # stochastic depth: the last block's chance of skipping a branch per
-                                            # image, rising linearly from 0 in the first block
-    patch_dropout: float = 0.0              # in training, the share of each image's patch tokens left out (at
-                                            # random) after the embeddings; all of them at evaluation
-    layer_norm_eps: float = 1e-5            # every LayerNorm's epsilon: 1e-5 as the article and PyTorch (transformers'
-                                            # ViT uses 1e-12, timm's 1e-6)
+    gelu_approximate: str = key("tanh", "GELU: tanh (the article's) or none (exact, erf)", ("tanh", "none"))
+    final_layernorm: bool = key(False, "a LayerNorm on the encoder's output before the classifier")
+    pooling: str = key("cls", "what the classifier reads: cls (the [CLS] token, the article's) or mean (the mean of "
+                       "the patch tokens)", ("cls", "mean"))
+    drop_path_rate: float = key(0.0, "stochastic depth: the last block's chance, per image, of skipping a branch "
+                                "(rising from 0 in the first block), in [0, 1)")
+    patch_dropout: float = key(0.0, "in training, the share of each image's patch tokens left out at random, in "
+                               "[0, 1)")
+    layer_norm_eps: float = key(1e-5, "every LayerNorm's epsilon (1e-5: the article's and PyTorch's; transformers' "
+                                "ViT 1e-12, timm's 1e-6)")
 
     def __post_init__(self):
         for key in INT_KEYS:
@@ -96,6 +104,11 @@ class ViTConfig:
     @classmethod
     def keys(cls):
         return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def help(cls) -> dict:
+        """{key: (help text, choices)}, in the keys' order: what the command line says of each."""
+        return {f.name: (f.metadata["help"], f.metadata["choices"]) for f in dataclasses.fields(cls)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ViTConfig":

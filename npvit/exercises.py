@@ -24,7 +24,6 @@ arguments of the first case to try your function on.
 """
 from __future__ import annotations
 
-import math
 import os
 import traceback
 from dataclasses import dataclass, field

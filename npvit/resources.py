@@ -45,30 +45,31 @@ def activation_bytes_per_image(c, itemsize, training=True):
     return per_image * itemsize
 
 
-def estimate(cfg, config, threads=1, train_images=50_000, test_images=10_000) -> dict:
-    """The bytes a run of ``cfg`` (its training options) on model ``config`` will need, by part. The dataset is
-    counted whole: --train-limit and --test-limit take their images from it once it is read. A batch holds no
-    more images than the run trains on, and an evaluation batch no more than it evaluates."""
-    itemsize = np.dtype(cfg["dtype"]).itemsize
+def estimate(settings, threads=1, train_images=50_000, test_images=10_000) -> dict:
+    """The bytes a run of ``settings`` (its Settings: the training options and the model) will need, by part.
+    The dataset is counted whole: --train-limit and --test-limit take their images from it once it is read. A
+    batch holds no more images than the run trains on, and an evaluation batch no more than it evaluates."""
+    s, config = settings, settings.model
+    itemsize = np.dtype(s.dtype).itemsize
     P = num_parameters(config)
-    shards = threads if cfg["backend"] == "numpy" else 1
+    shards = threads if s.backend == "numpy" else 1
     image = config.num_channels * config.image_size ** 2
-    used = min(train_images, cfg["train_limit"] or train_images)
-    held_out = min(cfg["val_split"] or 0, used)
-    evaluated = held_out or min(test_images, cfg["test_limit"] or test_images)
-    batch = max(1, min(cfg["batch_size"], used - held_out))
-    eval_batch = max(1, min(cfg["eval_batch_size"], evaluated))
+    used = min(train_images, s.train_limit or train_images)
+    held_out = min(s.val_split or 0, used)
+    evaluated = held_out or min(test_images, s.test_limit or test_images)
+    batch = max(1, min(s.batch_size, used - held_out))
+    eval_batch = max(1, min(s.eval_batch_size, evaluated))
     parts = {
         "parameters and gradients": P * itemsize * (2 + (shards if shards > 1 else 0)),
-        "optimiser state": P * itemsize * (2 + (1 if cfg["decay"] == "matrices" else 0)),
-        "moving average": P * itemsize if cfg["ema"] else 0,
+        "optimiser state": P * itemsize * (2 + (1 if s.decay == "matrices" else 0)),
+        "moving average": P * itemsize if s.ema else 0,
         # a training step's (its augmented batch too) or an evaluation batch's, whichever is larger: both run
         # through the same layers (and shards), whose caches the next forward replaces
-        "activations": max(min(cfg["micro_batch"] or batch, batch) * activation_bytes_per_image(config, itemsize)
-                           + batch * image * itemsize * (8 if cfg["trivial_augment"] else 4),
+        "activations": max(min(s.micro_batch or batch, batch) * activation_bytes_per_image(config, itemsize)
+                           + batch * image * itemsize * (8 if s.trivial_augment else 4),
                            eval_batch * activation_bytes_per_image(config, itemsize, training=False)
-                           * (2 if cfg["tta_flip"] else 1)),
-        "dataset": (train_images + test_images) * image * (2 if cfg["backend"] == "cupy" else 1),
+                           * (2 if s.tta_flip else 1)),
+        "dataset": (train_images + test_images) * image * (2 if s.backend == "cupy" else 1),
     }
     return parts
 
@@ -172,20 +173,20 @@ def gib(n):
     return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 28 else f"{n / 2 ** 20:.0f} MiB"
 
 
-def check_fits(cfg, config, threads, train_images=50_000, test_images=10_000, available=None):
-    """None if the run fits (or nothing can be said), else the one line that says it does not: the estimate,
-    its largest parts, and what is available."""
-    parts = estimate(cfg, config, threads, train_images, test_images)
-    need = sum(parts.values()) + (BASELINE_BYTES if cfg["backend"] == "numpy" else 0)
-    where = "on the GPU" if cfg["backend"] == "cupy" else "on this machine"
+def check_fits(settings, threads, train_images=50_000, test_images=10_000, available=None):
+    """None if the run of ``settings`` fits (or nothing can be said), else the one line that says it does not:
+    the estimate, its largest parts, and what is available."""
+    parts = estimate(settings, threads, train_images, test_images)
+    need = sum(parts.values()) + (BASELINE_BYTES if settings.backend == "numpy" else 0)
+    where = "on the GPU" if settings.backend == "cupy" else "on this machine"
     if available is None:
-        have, where = available_memory(cfg["backend"])
+        have, where = available_memory(settings.backend)
     else:
         have = available
     if have is None or need <= have:
         return None
     largest = ", ".join(f"{name} {gib(n)}" for name, n in sorted(parts.items(), key=lambda kv: -kv[1])[:3] if n)
-    return (f"this run would need about {gib(need)} of memory ({largest}; {num_parameters(config):,} parameters), "
+    return (f"this run would need about {gib(need)} of memory ({largest}; {num_parameters(settings.model):,} parameters), "
             f"more than the {gib(have)} available {where}: make the model or --batch-size smaller (or use "
             f"--micro-batch), or pass --no-memory-check to try anyway")
 

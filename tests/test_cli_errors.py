@@ -152,7 +152,7 @@ def test_progress_lines_when_not_a_terminal(monkeypatch):
 
     monkeypatch.setattr(console, "PLAIN_PROGRESS_S", 0)
     stream = io.StringIO()
-    bar = console.Progress({"progress": True, "epochs": 3}, steps=20, start=0, epoch=0, stream=stream)
+    bar = console.Progress(True, steps=20, start=0, epoch=0, epochs=3, stream=stream)
     for i in range(1, 21):
         bar.step()
         if i % 10 == 0:

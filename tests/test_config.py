@@ -49,7 +49,7 @@ def test_bad_config_is_a_clear_error(change, error, match):
 def test_every_recipe_pins_what_it_trains_with():
     """A recipe names every setting that changes what is trained, so a change of a default (say --init's)
     never changes a recipe's runs behind its back; and each builds into a valid config."""
-    from npvit.training.options import RECIPES, build_config
+    from npvit.training.settings import RECIPES, build_config
 
     training = {"epochs", "batch_size", "lr", "weight_decay", "decay", "warmup_epochs", "schedule", "label_smoothing",
                 "augment", "normalize", "mixup", "cutmix", "grad_clip", "ema", "trivial_augment", "trivial_augment_prob",
@@ -57,9 +57,12 @@ def test_every_recipe_pins_what_it_trains_with():
     for name, recipe in RECIPES.items():
         assert training <= set(recipe), f"recipe {name} leaves {sorted(training - set(recipe))} to the defaults"
         cfg = build_config(recipe=name)
-        assert cfg["recipe"] == name and all(cfg[k] == v for k, v in recipe.items())
-    assert build_config(recipe="sprint")["pooling"] == "mean" and build_config(recipe="article")["pooling"] == "cls"
-    sprint, full = build_config(recipe="sprint"), build_config(recipe="full")   # full: the sprint's model, longer
+        flat = cfg.to_dict()
+        assert cfg.recipe == name and all(flat[k] == (list(v) if isinstance(v, tuple) else v)
+                                          for k, v in recipe.items())
+    assert build_config(recipe="sprint").model.pooling == "mean" and build_config(recipe="article").model.pooling == "cls"
+    sprint = build_config(recipe="sprint").to_dict()
+    full = build_config(recipe="full").to_dict()                                # full: the sprint's model, longer
     assert {k for k in sprint if sprint[k] != full[k]} == {"recipe", "epochs", "ema", "trivial_augment",
                                                            "trivial_augment_prob", "eval_every"}
 
@@ -69,11 +72,11 @@ def test_numba_kernels_without_numba_are_a_config_error(monkeypatch):
 
     import npvit.ops
     from npvit.errors import ConfigError
-    from npvit.training.options import build_config
+    from npvit.training.settings import build_config
     monkeypatch.delitem(sys.modules, "npvit.ops.numba_cpu", raising=False)
     monkeypatch.delattr(npvit.ops, "numba_cpu", raising=False)
     monkeypatch.setitem(sys.modules, "numba", None)                # as if Numba were not installed
     monkeypatch.setattr(npvit.ops, "find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r"kernels='numba' need Numba, which is not installed \(pip install numba"):
         build_config(overrides={"kernels": "numba"})
-    assert build_config(overrides={"kernels": "auto"})["kernels"] == "auto"     # auto runs fast without it
+    assert build_config(overrides={"kernels": "auto"}).kernels == "auto"     # auto runs fast without it

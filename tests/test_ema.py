@@ -15,7 +15,7 @@ from npvit.config import ViTConfig
 from npvit.optim import SGD
 from npvit.parallel import DataParallel
 from npvit.errors import ConfigError
-from npvit.training.options import build_config
+from npvit.training.settings import build_config
 from tests.cifar_fixtures import REPO, write_fake_cifar
 
 TRAIN = [sys.executable, os.path.join(REPO, "scripts", "train.py")]
@@ -95,9 +95,9 @@ def test_load_continues_and_refuses_misfits():
 
 
 def test_config_rules():
-    assert build_config(overrides={"ema": 0.999})["ema"] == 0.999
-    assert build_config(recipe="sprint")["ema"] == 0.0 and build_config(recipe="article")["ema"] == 0.0
-    assert build_config(recipe="full")["ema"] == 0.999
+    assert build_config(overrides={"ema": 0.999}).ema == 0.999
+    assert build_config(recipe="sprint").ema == 0.0 and build_config(recipe="article").ema == 0.0
+    assert build_config(recipe="full").ema == 0.999
     with pytest.raises(ConfigError, match="ema must be a number in"):
         build_config(overrides={"ema": 1.0})
     with pytest.raises(ConfigError, match="needs --ema"):

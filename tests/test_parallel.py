@@ -107,7 +107,7 @@ def test_one_thread_training_holds_blas_to_one_thread(tmp_path):
     from threadpoolctl import threadpool_info
 
     from npvit.training.console import Console
-    from npvit.training.options import build_config
+    from npvit.training.settings import build_config
     from npvit.training.run import train
     from tests.cifar_fixtures import write_fake_cifar
 

@@ -9,7 +9,7 @@ import pytest
 
 from npvit import ViT, ViTConfig
 from npvit.errors import ConfigError
-from npvit.training.options import build_config
+from npvit.training.settings import build_config
 from npvit.resources import BASELINE_BYTES, check_fits, estimate, num_parameters
 from tests.cifar_fixtures import REPO, write_fake_cifar
 
@@ -51,15 +51,14 @@ def test_the_refusal_names_what_is_available_and_the_flag_lets_a_run_try(tmp_pat
     with pytest.raises(ConfigError, match=r"more than the 1 MiB available on this machine"):
         train(cfg, console=Console(log=lambda *a: None))
     assert not (tmp_path / "run").exists()
-    history = train({**cfg, "memory_check": False}, console=Console(log=lambda *a: None))
+    history = train(cfg.replace(memory_check=False), console=Console(log=lambda *a: None))
     assert len(history) == 1
 
 
 def test_check_fits_counts_the_gpu_for_a_cupy_run():
     cfg = build_config(overrides={"backend": "cupy", "threads": 1})
-    config = ViTConfig(**{k: cfg[k] for k in ViTConfig.keys()})
-    assert check_fits(cfg, config, 1, available=10 * 2 ** 30) is None
-    assert "available on the GPU" in check_fits(cfg, config, 1, available=2 ** 20)
+    assert check_fits(cfg, 1, available=10 * 2 ** 30) is None
+    assert "available on the GPU" in check_fits(cfg, 1, available=2 ** 20)
 
 
 PEAK = ("import subprocess, resource, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
@@ -84,8 +83,7 @@ def test_the_estimate_is_within_half_and_double_of_the_measured_peak(tmp_path, f
     peak = int(kib) * 1024
     overrides = {k[2:].replace("-", "_"): (int(v) if v.isdigit() else v) for k, v in zip(flags[2::2], flags[3::2])}
     cfg = build_config(recipe=flags[1], overrides={**overrides, "threads": 2})
-    config = ViTConfig(**{k: cfg[k] for k in ViTConfig.keys()})
-    need = sum(estimate(cfg, config, 2, 5 * per_batch, per_batch).values()) + BASELINE_BYTES
+    need = sum(estimate(cfg, 2, 5 * per_batch, per_batch).values()) + BASELINE_BYTES
     assert 0.5 < need / peak < 2.0, f"estimate {need / 2 ** 20:.0f} MiB, measured peak {peak / 2 ** 20:.0f} MiB"
 
 
@@ -199,8 +197,7 @@ def test_a_run_in_a_small_child_cgroup_is_refused_not_killed(tmp_path):
 
 def test_a_batch_is_counted_no_larger_than_the_images_it_draws_from():
     cfg = build_config(overrides={"threads": 1, "batch_size": 4096, "eval_batch_size": 8192})
-    config = ViTConfig(**{k: cfg[k] for k in ViTConfig.keys()})
-    small = estimate({**cfg, "train_limit": 100, "test_limit": 50}, config, 1)
-    same = estimate({**cfg, "batch_size": 100, "eval_batch_size": 50, "train_limit": 100, "test_limit": 50}, config, 1)
+    small = estimate(cfg.replace(train_limit=100, test_limit=50), 1)
+    same = estimate(cfg.replace(batch_size=100, eval_batch_size=50, train_limit=100, test_limit=50), 1)
     assert small == same
-    assert estimate(cfg, config, 1)["activations"] > small["activations"]
+    assert estimate(cfg, 1)["activations"] > small["activations"]

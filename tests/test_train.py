@@ -9,7 +9,7 @@ import pytest
 
 from npvit.errors import ConfigError
 from npvit.optim import Schedule, lr_at
-from npvit.training.options import build_config
+from npvit.training.settings import build_config
 from tests.cifar_fixtures import REPO, write_fake_cifar
 
 TRAIN = [sys.executable, os.path.join(REPO, "scripts", "train.py")]
@@ -136,8 +136,8 @@ def test_config_precedence_and_schedule(tmp_path):
     f = tmp_path / "c.json"
     f.write_text(json.dumps({"recipe": "article", "lr": 0.5, "hidden_size": 64}))
     cfg = build_config(file=str(f), overrides={"lr": 0.25})
-    assert cfg["recipe"] == "article" and cfg["batch_size"] == 256 and cfg["hidden_size"] == 64 and cfg["lr"] == 0.25
-    assert build_config()["recipe"] == "fast80"     # 80% within 30 minutes on every seed measured (README, Accuracy)
+    assert cfg.recipe == "article" and cfg.batch_size == 256 and cfg.model.hidden_size == 64 and cfg.lr == 0.25
+    assert build_config().recipe == "fast80"     # 80% within 30 minutes on every seed measured (README, Accuracy)
     with pytest.raises(ConfigError, match="recipe must be one of"):
         build_config(recipe="nope")
     schedule = Schedule(lr=1.0, epochs=10, warmup_epochs=2.0, shape="cosine")

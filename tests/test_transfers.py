@@ -8,7 +8,7 @@ import pytest
 
 from npvit import backend
 from npvit.training.console import Console
-from npvit.training.options import build_config
+from npvit.training.settings import build_config
 from npvit.training.run import train
 from tests.cifar_fixtures import write_fake_cifar
 
@@ -49,15 +49,14 @@ def test_a_gpu_training_step_never_waits_for_the_device(augment):
     from npvit.augment import normalizer
     from npvit.ema import EMA
     from npvit.optim import AdamW
-    from npvit.training.batches import Augmentation, augment_batch
+    from npvit.training.batches import augment_batch
     from npvit.training.step import train_step
 
     if not hasattr(cupyx, "allow_synchronize"):
         pytest.skip("this CuPy has no cupyx.allow_synchronize")
     cfg = build_config(overrides=dict(augment=augment, mixup=0.2, cutmix=1.0, trivial_augment=True, backend="cupy",
                                       threads=1, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1))
-    model = ViT({k: cfg[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                                     "hidden_dropout_prob", "attention_probs_dropout_prob")}, backend="cupy")
+    model = ViT(cfg.model, backend="cupy")
     opt, ema = AdamW(model, lr=1e-3), EMA(model, 0.99)
     rng = np.random.default_rng(0)
     images = cupy.asarray(rng.integers(0, 256, (64, 3, 32, 32), dtype=np.uint8))
@@ -66,7 +65,7 @@ def test_a_gpu_training_step_never_waits_for_the_device(augment):
     before = model.flat.params.copy()
     with cupyx.allow_synchronize(False):
         for step in range(3):
-            x, target = augment_batch(Augmentation.of(cfg), images, labels, norm, model.dtype, cupy.random.default_rng(step),
+            x, target = augment_batch(cfg.augmentation, images, labels, norm, model.dtype, cupy.random.default_rng(step),
                                       np.random.default_rng(step))
             train_step(model, opt, x, target, labels, 0.1, 1.0)
             ema.update()

@@ -3,7 +3,7 @@ import argparse
 
 from ..checkpoint import export_safetensors
 from ..errors import UserError
-from ..training.options import model_config_from
+from ..training.settings import model_config_from
 from ..runfiles import check_writable
 from .runner import add_foreign_args
 

@@ -20,7 +20,7 @@ import sys
 from ..config import ViTConfig
 from ..errors import UserError, error_line
 from ..inference import PRETRAINED, assumed_note, load_trained
-from ..training.options import MODEL_OPTIONS, model_config_from
+from ..training.settings import model_config_from
 
 USAGE_ERROR = 2
 
@@ -90,7 +90,7 @@ def add_model_args(parser, note=None):
     its help, its choices and ``note(key)`` (the default to show); values land in ``args`` under the key."""
     group = parser.add_argument_group("model (the article's config keys)")
     for key, default in ViTConfig().to_dict().items():
-        text, choices = MODEL_OPTIONS[key]
+        text, choices = ViTConfig.help()[key]
         kw = dict(dest=key, default=argparse.SUPPRESS, help=f"{text} ({note(key) if note else f'default: {default}'})")
         if isinstance(default, bool):
             group.add_argument(flag(key), action=argparse.BooleanOptionalAction, **kw)

@@ -1,6 +1,6 @@
 """``scripts/train.py`` and ``npvit train``: the command line of training.
 
-Flags come from the option table (npvit/training/options.py); settings come from defaults < --recipe <
+Flags come from the fields of the settings record (npvit/training/settings.py); settings come from defaults < --recipe <
 --config FILE < flags, or, with --resume, from the resumed run's own settings with the flags on
 top. The run itself is npvit/training/run.py.
 """
@@ -12,7 +12,7 @@ import sys
 from ..training.console import Console, StopRequest
 from ..distributed import get_world
 from ..errors import Diverged, ReplicasDiffer, StartFailed, UserError, error_line
-from ..training.options import ALL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, build_config, default_text
+from ..training.settings import ALL_KEYS, OPTIONS, RECIPES, TRAIN_DEFAULTS, build_config, default_text
 from ..training.runstate import read_resume, resume_source
 from ..training.run import train
 from .runner import SafeStream, add_model_args, flag, threads_arg
@@ -58,8 +58,8 @@ def make_parser(prog="scripts/train.py"):
 
 
 def config_from_args(args):
-    """The run's config from the parsed flags: a fresh run's, or a resumed run's own settings with the flags
-    on top (its directory as out_dir unless --out-dir branches it elsewhere). Returns (config, the Resume
+    """The run's Settings from the parsed flags: a fresh run's, or a resumed run's own settings with the flags
+    on top (its directory as out_dir unless --out-dir branches it elsewhere). Returns (settings, the Resume
     record of the checkpoint, read here once, or None)."""
     config_file, resume = args.pop("config"), args.pop("resume")
     if not resume:
@@ -78,14 +78,14 @@ def main(argv=None, prog="scripts/train.py", callbacks=()):
     or the output was closed, 2 for a usage error."""
     args = vars(make_parser(prog).parse_args(argv))
     overwrite = args.pop("overwrite")
-    cfg, resume = config_from_args(args)
+    settings, resume = config_from_args(args)
     stop = StopRequest()
     out = SafeStream(sys.stdout, on_broken=lambda: stop.request("output closed"))
     err = SafeStream(sys.stderr, on_broken=lambda: stop.request("output closed"))
     world = get_world()
     console = Console(log=lambda msg: print(msg, file=out), err=err, speaks=world.rank == 0)
     try:
-        train(cfg, resume, overwrite, console=console, callbacks=callbacks, stop=stop, world=world)
+        train(settings, resume, overwrite, console=console, callbacks=callbacks, stop=stop, world=world)
     except Diverged as e:                   # every rank diverges at the same step: their totals are the same
         if world.rank == 0:
             print(f"error: {e}", file=err)

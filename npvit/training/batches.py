@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -30,23 +31,36 @@ class Stream(enum.IntEnum):
 
 
 # -- the data a run trains and evaluates on ----------------------------------------------------------
-def training_data(cfg) -> Dataset:
-    """The dataset ``cfg`` names, checked against the model, limited, and split: with ``val_split`` N the
-    last N training images become the evaluation set (the test set goes unused)."""
+@dataclass(frozen=True)
+class DataSource:
+    """Which images a run reads: ``dataset`` (cifar10 or folder) from ``data_dir`` (CIFAR-10 downloaded there
+    if absent and ``download``), the first ``train_limit`` / ``test_limit`` of them (None: all), with the last
+    ``val_split`` training images held out for evaluation (0: evaluate on the test set)."""
+    dataset: str = "cifar10"
+    data_dir: str = "./data"
+    download: bool = True
+    train_limit: Optional[int] = None
+    test_limit: Optional[int] = None
+    val_split: int = 0
+
+
+def training_data(source: DataSource, config) -> Dataset:
+    """The dataset ``source`` names, checked against the model's ``config`` (a ViTConfig), limited, and split:
+    with ``val_split`` N the last N training images become the evaluation set (the test set goes unused)."""
+    C, S = config.num_channels, config.image_size
     try:
-        data = load_dataset(cfg["dataset"], cfg["data_dir"], cfg["image_size"], cfg["num_channels"],
-                            cfg["download"])
+        data = load_dataset(source.dataset, source.data_dir, S, C, source.download)
     except DataError as e:
-        if cfg["dataset"] == "cifar10" and not cfg["download"] and "not found" in str(e):
+        if source.dataset == "cifar10" and not source.download and "not found" in str(e):
             raise DataError(f"{e} (or drop --no-download to download it there)") from None
         raise
-    if data.x_train.shape[1:] != (cfg["num_channels"], cfg["image_size"], cfg["image_size"]):
+    if data.x_train.shape[1:] != (C, S, S):
         raise ConfigError(f"the data's images are {data.x_train.shape[1:]} (C, H, W) but the model expects "
-                          f"num_channels={cfg['num_channels']}, image_size={cfg['image_size']}")
-    if len(data.classes) != cfg["num_classes"]:
-        raise ConfigError(f"the data has {len(data.classes)} classes but num_classes={cfg['num_classes']}")
-    data = data.limit(cfg["train_limit"], cfg["test_limit"])
-    n = cfg["val_split"]
+                          f"num_channels={C}, image_size={S}")
+    if len(data.classes) != config.num_classes:
+        raise ConfigError(f"the data has {len(data.classes)} classes but num_classes={config.num_classes}")
+    data = data.limit(source.train_limit, source.test_limit)
+    n = source.val_split
     if n:
         if n >= len(data.y_train):
             raise ConfigError(f"val_split {n} leaves no training images (there are {len(data.y_train)})")
@@ -54,10 +68,12 @@ def training_data(cfg) -> Dataset:
     return data
 
 
-def norm_stats(cfg, data):
-    """The (mean, std) per channel the images are normalised with: the article's 0.5, or the data's own."""
-    if cfg["normalize"] == "half":
-        return [0.5] * cfg["num_channels"], [0.5] * cfg["num_channels"]
+def norm_stats(normalize, data):
+    """The (mean, std) per channel the images are normalised with: ``normalize`` "half" is the article's 0.5,
+    "dataset" the training images' own."""
+    if normalize == "half":
+        channels = data.x_train.shape[1]
+        return [0.5] * channels, [0.5] * channels
     return data.channel_stats()
 
 
@@ -76,12 +92,6 @@ class Augmentation:
     mixup: float = 0.0
     cutmix: float = 0.0
     num_classes: int = 10
-
-    @classmethod
-    def of(cls, cfg) -> "Augmentation":
-        """The augmentation a run's settings ask for."""
-        return cls(cfg["augment"], cfg["crop_padding"], tuple(cfg["rrc_scale"]), cfg["trivial_augment"],
-                   cfg["trivial_augment_prob"], cfg["mixup"], cfg["cutmix"], cfg["num_classes"])
 
 
 def augment_batch(augmentation: Augmentation, images_u8, y, norm, dtype, rng, host_rng):

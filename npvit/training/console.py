@@ -33,17 +33,17 @@ class Progress:
     """One epoch's progress: a tqdm bar on a terminal; elsewhere (a log file) a plain line every
     PLAIN_PROGRESS_S seconds; nothing with --no-progress."""
 
-    def __init__(self, cfg, steps, start, epoch, stream):
+    def __init__(self, show, steps, start, epoch, epochs, stream):
         self.steps, self.stream = steps, stream
         self.bar, self.plain = None, False
-        if cfg["progress"] and stream.isatty():
+        if show and stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{cfg['epochs']}", unit="step",
+            self.bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                             dynamic_ncols=True, leave=False, file=stream)
-        elif cfg["progress"]:
+        elif show:
             self.plain, self.last = True, time.monotonic()
-        self.desc = f"epoch {epoch + 1}/{cfg['epochs']}"
+        self.desc = f"epoch {epoch + 1}/{epochs}"
 
     def step(self):
         if self.bar is not None:
@@ -98,17 +98,19 @@ class StopRequest:
             signal.signal(s, h)
 
 
-def start_line(cfg, net, train_images, eval_images, steps, world_size, out_dir):
-    """The line a run starts with: the model, the data, the steps, and where it writes."""
+def start_line(settings, net, train_images, eval_images, steps, world_size, out_dir):
+    """The line a run starts with (``settings``: the run's Settings): the model, the data, the steps, and where
+    it writes."""
     from ..ops import kernels_name
 
-    split = "held-out (val)" if cfg["val_split"] else "test"
+    s = settings
+    split = "held-out (val)" if s.val_split else "test"
     n = getattr(net, "threads", 1)
-    threads = f", {n} thread{'s' if n != 1 else ''}" if cfg["backend"] == "numpy" else ""
+    threads = f", {n} thread{'s' if n != 1 else ''}" if s.backend == "numpy" else ""
     processes = f", {world_size} processes" if world_size > 1 else ""
     return (f"npvit: {net.num_parameters():,} parameters, {train_images} train / {eval_images} {split} images, "
-            f"{steps} steps of {cfg['batch_size']} per epoch, recipe {cfg['recipe']}, {cfg['backend']} "
-            f"{cfg['dtype']}, kernels {kernels_name(net.kernels)}{threads}{processes}; writing to {out_dir}")
+            f"{steps} steps of {s.batch_size} per epoch, recipe {s.recipe}, {s.backend} "
+            f"{s.dtype}, kernels {kernels_name(net.kernels)}{threads}{processes}; writing to {out_dir}")
 
 
 def epoch_line(r, epochs):

@@ -1,6 +1,6 @@
 """Training a ViT: a run set up in reading order, then the epoch loop as a list of steps.
 
-    train(cfg)      checks everything before the first write (start), builds the parts (build),
+    train(settings) checks everything before the first write (start), builds the parts (build),
                     then runs the epochs (Trainer.fit) in the run directory it holds locked
     Trainer         one epoch at a time: for each step the learning rate, the batch, the step, the
                     moving average, the totals; after each epoch the evaluation, metrics.jsonl and
@@ -9,7 +9,7 @@
 The parts live where their one job is, beside this file in npvit/training/: the step math in
 step.py, the batch stream and its named random streams in batches.py, the run state and the
 resume rules in runstate.py, what the terminal shows in console.py, the settings and recipes in
-options.py; the schedule beside the optimiser in npvit/optim.py; the command line in
+settings.py; the schedule beside the optimiser in npvit/optim.py; the command line in
 npvit/cli/train.py. Every write is atomic, and every random draw comes from (seed, epoch, step),
 so a run killed at any instant and resumed continues bit for bit as if it had never stopped.
 """
@@ -24,18 +24,17 @@ import numpy as np
 
 from .. import augment as aug
 from ..backend import get_xp, to_device
-from ..config import ViTConfig
 from ..distributed import SingleProcess, check_replicas, check_same_data, check_same_settings, data_checksum
 from ..ema import EMA
 from ..errors import CheckpointError, ConfigError, Diverged, StartFailed, UserError, error_line
 from ..model import ViT
-from ..optim import AdamW, Schedule, lr_at, weight_decay_groups
+from ..optim import AdamW, lr_at, weight_decay_groups
 from ..parallel import default_threads, one_blas_thread, parallelize, threads_warning
 from ..resources import check_fits, folder_image_count
 from ..runfiles import RunDir, metrics_text, strict_json
-from .batches import Augmentation, Batches, Stream, norm_stats, training_data
+from .batches import Batches, Stream, norm_stats, training_data
 from .console import Console, Progress, StopRequest, epoch_line, start_line
-from .options import MODEL_KEYS, validate
+from .settings import Settings
 from .runstate import (DeviceTotals, EpochTotals, Resume, RunCheckpoints, RunState, check_resumable, claim_for_resume,
                        init_weights, read_resume, resume_command)
 from .step import Evaluation, train_step
@@ -44,15 +43,18 @@ LOG_EVERY = 10          # steps between reads of the running loss: progress disp
 
 
 # -- starting a run ----------------------------------------------------------------------------------------
-def train(cfg, resume=None, overwrite=False, console=None, callbacks=(), stop=None, world=None):
-    """Run the training that ``cfg`` describes in ``cfg["out_dir"]`` (or continue one: ``resume`` is a run
+def train(settings, resume=None, overwrite=False, console=None, callbacks=(), stop=None, world=None):
+    """Run the training that ``settings`` (a Settings, or the flat dict of a config.json) describe in their
+    ``out_dir`` (or continue one: ``resume`` is a run
     directory, a checkpoint file, or a Resume record already read); returns the list of per-epoch metrics.
     ``callbacks``: functions ``f(trainer, epoch, steps_done)`` called after every step, for tests and tools
     that steer a run from outside the loop. ``world``: the processes of an MPI run (npvit/distributed.py)."""
     world = world or SingleProcess()
     with contextlib.ExitStack() as stack:
         try:
-            trainer = start(cfg, resume, overwrite, console or Console(speaks=world.rank == 0), world, stack)
+            if not isinstance(settings, Settings):
+                settings = Settings.from_dict(settings)
+            trainer = start(settings, resume, overwrite, console or Console(speaks=world.rank == 0), world, stack)
             failed = None
         except UserError as e:
             failed = e
@@ -62,7 +64,7 @@ def train(cfg, resume=None, overwrite=False, console=None, callbacks=(), stop=No
                 raise failed
             raise StartFailed(world.gather(error_line(failed) if failed is not None else None))
         if world.size > 1:              # the ranks agree on every setting and on the data each read, or all stop
-            check_same_settings(world, cfg)
+            check_same_settings(world, settings.to_dict())
             check_same_data(world, trainer.data_checksum)
         trainer.callbacks, trainer.stop = list(callbacks), stop or StopRequest()
         with trainer.stop:              # from the first write on, Ctrl-C and SIGTERM finish it and save
@@ -70,46 +72,44 @@ def train(cfg, resume=None, overwrite=False, console=None, callbacks=(), stop=No
             return trainer.fit()
 
 
-def start(cfg, resume, overwrite, console, world, stack):
+def start(settings: Settings, resume, overwrite, console, world, stack):
     """Everything before the first write: checks, the run directory (rank 0 alone, locked for the run's
     length through ``stack``), then the parts. Returns the Trainer (``clears_first``: --overwrite is to clear
     the directory's old run when it begins)."""
-    validate(cfg)
     try:
-        get_xp(cfg["backend"])
+        get_xp(settings.backend)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if world.size > 1 and cfg["backend"] != "numpy":
+    if world.size > 1 and settings.backend != "numpy":
         raise ConfigError("training on several processes runs on the numpy backend (GPUs would need NCCL)")
-    config = ViTConfig.from_dict({k: cfg[k] for k in MODEL_KEYS})       # the model's config, once
-    if cfg["memory_check"]:                                             # before anything is allocated
-        check_memory(cfg, config, world)
+    if settings.memory_check:                                           # before anything is allocated
+        check_memory(settings, world)
     if resume is not None and not isinstance(resume, Resume):
         resume = read_resume(resume)
     if resume is not None:
-        check_resumable(resume, config, world.size)
+        check_resumable(resume, settings.model, world.size)
     clear = False
     if world.rank == 0:                 # rank 0 alone owns the run directory; the others write nothing there
-        run = stack.enter_context(RunDir(cfg["out_dir"]))
+        run = stack.enter_context(RunDir(settings.out_dir))
         if resume is not None:
             same_dir, clear = claim_for_resume(run, resume.path, overwrite)
             resume = resume._replace(same_dir=same_dir)
         else:
             clear = run.claim_fresh(overwrite)
     else:
-        run = RunDir(cfg["out_dir"])
-    trainer = build(cfg, config, resume, run, console, world)          # nothing written yet
+        run = RunDir(settings.out_dir)
+    trainer = build(settings, resume, run, console, world)          # nothing written yet
     trainer.clears_first = clear
     return trainer
 
 
-def check_memory(cfg, config, world):
+def check_memory(settings, world):
     """Refuse, in one line, a run whose estimated memory exceeds what this machine (or GPU) has."""
-    threads = cfg["threads"]
+    threads = settings.threads
     if threads == "auto":
-        threads = max(1, default_threads() // world.local_size) if cfg["backend"] == "numpy" else 1
-    counts = (50_000, 10_000) if cfg["dataset"] == "cifar10" else folder_image_count(cfg["data_dir"])
-    refusal = check_fits(cfg, config, threads, *counts)
+        threads = max(1, default_threads() // world.local_size) if settings.backend == "numpy" else 1
+    counts = (50_000, 10_000) if settings.dataset == "cifar10" else folder_image_count(settings.data_dir)
+    refusal = check_fits(settings, threads, *counts)
     if refusal:
         raise ConfigError(refusal)
 
@@ -135,44 +135,42 @@ def resume_into(resume, model, opt):
     return state
 
 
-def build(cfg, config, resume, run, console, world):
+def build(s: Settings, resume, run, console, world):
     """The parts of a run, in reading order: data, model, optimiser, state (resumed or new), moving average,
     the batch stream and the evaluation set on the model's device, the model on its CPU threads."""
-    data = training_data(cfg)
+    data = training_data(s.data, s.model)
     checksum = data_checksum(data.x_train, data.y_train, data.x_test, data.y_test) if world.size > 1 else None
-    mean, std = norm_stats(cfg, data)
-    xp = get_xp(cfg["backend"])
-    model = ViT(config, backend=cfg["backend"], dtype=cfg["dtype"], seed=cfg["seed"], kernels=cfg["kernels"],
-                init=cfg["init"])
-    groups = (weight_decay_groups(model.parameters(), cfg["weight_decay"]) if cfg["decay"] == "matrices" else None)
-    opt = AdamW(model, lr=cfg["lr"], betas=tuple(cfg["betas"]), weight_decay=cfg["weight_decay"], param_groups=groups)
+    mean, std = norm_stats(s.normalize, data)
+    xp = get_xp(s.backend)
+    model = ViT(s.model, backend=s.backend, dtype=s.dtype, seed=s.seed, kernels=s.kernels, init=s.init)
+    groups = weight_decay_groups(model.parameters(), s.weight_decay) if s.decay == "matrices" else None
+    opt = AdamW(model, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay, param_groups=groups)
     state = RunState(processes=world.size)
     if resume is not None:
         state = resume_into(resume, model, opt)
-    elif cfg["init_from"]:
-        with naming(f"--init-from {cfg['init_from']}"):
-            model.load_state_dict(init_weights(cfg["init_from"], config))
+    elif s.init_from:
+        with naming(f"--init-from {s.init_from}"):
+            model.load_state_dict(init_weights(s.init_from, s.model))
     # The moving average of the weights, if kept: it starts at the weights the run starts from, or continues
     # the resumed run's own.
-    ema = EMA(model, cfg["ema"]) if cfg["ema"] else None
+    ema = EMA(model, s.ema) if s.ema else None
     if ema is not None and resume is not None and resume.checkpoint.averaged:
         with naming(f"checkpoint {resume.path}"):
             ema.load(resume.checkpoint.averaged, state.ema_updates or 0)
     state.ema_updates = None if ema is None else ema.updates
     # The data goes to the device once; batches are gathered, normalised and augmented there.
     norm = aug.normalizer(xp, mean, std, model.dtype)
-    batches = Batches(to_device(data.x_train, xp), to_device(data.y_train, xp), cfg["batch_size"], cfg["seed"],
-                      Augmentation.of(cfg), norm, model.dtype, world)
-    evaluation = Evaluation(data.x_test, data.y_test, norm, cfg["eval_batch_size"], cfg["tta_flip"], world, xp)
-    threads = cfg["threads"]
+    batches = Batches(to_device(data.x_train, xp), to_device(data.y_train, xp), s.batch_size, s.seed,
+                      s.augmentation, norm, model.dtype, world)
+    plan = s.evaluation
+    evaluation = Evaluation(data.x_test, data.y_test, norm, plan.batch_size, plan.tta_flip, world, xp)
+    threads = s.threads
     if threads == "auto" and world.size > 1:         # the cores of a machine shared by its ranks
         threads = max(1, default_threads() // world.local_size)
     net = parallelize(model, threads)               # the model, or it on several CPU threads
     checkpoints = RunCheckpoints(run, net, opt, ema, state, {"classes": list(data.classes), "mean": mean, "std": std},
-                                 cfg, writer=world.rank == 0)
-    schedule = Schedule(cfg["lr"], cfg["epochs"], cfg["warmup_epochs"], cfg["schedule"])
-    trainer = Trainer(cfg, net, opt, schedule, ema, batches, evaluation, run, state, checkpoints, resume, console,
-                      world)
+                                 s.to_dict(), writer=world.rank == 0)
+    trainer = Trainer(s, net, opt, ema, batches, evaluation, run, state, checkpoints, resume, console, world)
     trainer.data_checksum = checksum                # what the ranks compare before the first write
     return trainer
 
@@ -182,9 +180,11 @@ class Trainer:
     """One training run in its (locked) run directory, from its parts: ``net`` is the model or the model in
     an execution strategy (DataParallel), and everything of the model is asked of it."""
 
-    def __init__(self, cfg, net, opt, schedule, ema, batches, evaluation, run, state, checkpoints, resume, console,
-                 world):
-        self.cfg, self.net, self.opt, self.schedule, self.ema, self.batches = cfg, net, opt, schedule, ema, batches
+    def __init__(self, settings: Settings, net, opt, ema, batches, evaluation, run, state, checkpoints, resume,
+                 console, world):
+        self.settings, self.net, self.opt, self.ema, self.batches = settings, net, opt, ema, batches
+        self.schedule, self.plan, self.rule = settings.lr_schedule, settings.evaluation, settings.step_rule
+        self.epochs = settings.epochs
         self.evaluation, self.run, self.state, self.checkpoints = evaluation, run, state, checkpoints
         self.resume, self.console, self.world = resume, console, world
         self.writer = world.rank == 0                       # rank 0 alone writes files
@@ -210,30 +210,31 @@ class Trainer:
         else:
             self.checkpoints.save("latest.npz")
         if self.writer:
-            self.run.write_text("config.json", json.dumps(strict_json(self.cfg), indent=2, allow_nan=False) + "\n")
+            self.run.write_text("config.json", json.dumps(strict_json(self.settings.to_dict()), indent=2,
+                                                          allow_nan=False) + "\n")
         self.note_settings()
 
     def note_settings(self):
-        cfg = self.cfg
-        if cfg["warmup_epochs"] >= cfg["epochs"]:
-            self.console.log(f"note: warmup ({cfg['warmup_epochs']} epochs) lasts the whole run of {cfg['epochs']}: "
-                             f"the learning rate never reaches {cfg['lr']}; set --warmup-epochs to change that")
-        if threads_warning(cfg["threads"]):
-            self.console.note(threads_warning(cfg["threads"]))
-        self.console.log(start_line(cfg, self.net, self.batches.size, self.evaluation.total, self.steps, self.world.size,
+        s = self.schedule
+        if s.warmup_epochs >= s.epochs:
+            self.console.log(f"note: warmup ({s.warmup_epochs} epochs) lasts the whole run of {s.epochs}: "
+                             f"the learning rate never reaches {s.lr}; set --warmup-epochs to change that")
+        if threads_warning(self.settings.threads):
+            self.console.note(threads_warning(self.settings.threads))
+        self.console.log(start_line(self.settings, self.net, self.batches.size, self.evaluation.total, self.steps, self.world.size,
                                     self.run.path))
 
     def fit(self):
         """Train from the current state to the last epoch, or until a stop is requested; the history."""
-        cfg, state = self.cfg, self.state
-        if state.epoch >= cfg["epochs"]:
+        state = self.state
+        if state.epoch >= self.epochs:
             self.console.log(f"nothing to do: this run already finished {state.epoch} epochs; "
                              f"pass --epochs to train longer")
         self.net.train()
         self.stop.note = self.console.err
         # A diverging run overflows; the loop reports that itself (diverged), so NumPy's warnings would be noise.
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"), one_blas_thread(self.net):
-            for epoch in range(state.epoch, cfg["epochs"]):
+            for epoch in range(state.epoch, self.epochs):
                 finished, totals, lr = self.train_epoch(epoch)
                 if finished:
                     self.end_of_epoch(epoch, totals, lr)
@@ -250,22 +251,22 @@ class Trainer:
     def train_epoch(self, epoch):
         """The steps of one epoch from where the state stands: (finished, the epoch's totals, last lr).
         Unfinished: a stop was requested; ``state.step`` then says how far it went."""
-        cfg, state, steps = self.cfg, self.state, self.steps
+        state, steps, rule = self.state, self.steps, self.rule
         resuming = epoch == state.epoch
         start = state.step if resuming else 0
         before = state.partial if resuming and state.partial is not None else EpochTotals()
         order = self.batches.order(epoch)
-        progress = Progress(cfg, steps, start, epoch, self.console.err)
+        progress = Progress(self.settings.progress, steps, start, epoch, self.epochs, self.console.err)
         running = DeviceTotals(self.batches.xp)
-        lr, self.unchecked_from = cfg["lr"], start
+        lr, self.unchecked_from = self.schedule.lr, start
         try:
             for i in range(start, steps):
                 lr = lr_at(self.schedule, epoch * steps + i, steps)           # the learning rate of this step
                 self.opt.set_lr(lr)
                 x, target, labels, n = self.batches.batch(order, epoch, i)    # this rank's rows, augmented
                 self.net.reseed(self.batches.seed(epoch, i, Stream.DROPOUT))  # dropout masks from (seed, epoch, i)
-                loss, correct = train_step(self.net, self.opt, x, target, labels, cfg["label_smoothing"],
-                                           cfg["grad_clip"], cfg["micro_batch"], global_batch=n,
+                loss, correct = train_step(self.net, self.opt, x, target, labels, rule.label_smoothing,
+                                           rule.grad_clip, rule.micro_batch, global_batch=n,
                                            reduce_grads=self.world.allreduce_ if self.world.size > 1 else None)
                 if self.ema is not None:
                     self.ema.update()
@@ -273,7 +274,8 @@ class Trainer:
                 progress.step()
                 if i % LOG_EVERY == LOG_EVERY - 1 or i == steps - 1:
                     self.check_running(epoch, i + 1, before, running, lr, progress)
-                if cfg["check_replicas"] and (epoch * steps + i + 1) % cfg["check_replicas"] == 0:
+                every = self.settings.check_replicas
+                if every and (epoch * steps + i + 1) % every == 0:
                     check_replicas(self.world, self.net.flat.params, epoch, i + 1)
                 for callback in self.callbacks:
                     callback(self, epoch, i + 1)
@@ -301,11 +303,11 @@ class Trainer:
         crash between any two of these writes resumes from latest.npz and rewrites the rest identically, and
         metrics.jsonl never lists an epoch that latest.npz does not hold (but with --save-every N > 1, whose
         epochs between saves are done again on resume)."""
-        cfg, state = self.cfg, self.state
+        state = self.state
         record = {"epoch": epoch + 1, "train_loss": totals.loss_sum / totals.seen,
                   "train_acc": totals.correct / totals.seen, "lr": lr, "seconds": totals.seconds,
                   "images_per_s": totals.seen / totals.seconds}
-        if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]:
+        if self.plan.due(epoch, self.epochs):
             record.update(self.score_epoch())
         state.history.append(strict_json(record))
         state.epoch, state.step, state.partial = epoch + 1, 0, None
@@ -313,18 +315,18 @@ class Trainer:
         if acc > state.best_acc:
             state.best_acc = acc
             self.checkpoints.save("best.npz")
-        if (epoch + 1) % cfg["save_every"] == 0 or epoch + 1 == cfg["epochs"] or self.stop.requested:
+        if (epoch + 1) % self.settings.save_every == 0 or epoch + 1 == self.epochs or self.stop.requested:
             self.checkpoints.save("latest.npz")
         if self.writer:                     # after the checkpoint that holds the epoch (with --save-every 1)
             self.run.write_text("metrics.jsonl", metrics_text(state.history))
-        self.console.log(epoch_line(record, cfg["epochs"]))
+        self.console.log(epoch_line(record, self.epochs))
 
     def score_epoch(self):
         """The evaluation of an epoch: loss and accuracy on the held-out or test images (of the moving
         average where the run keeps one, and with --eval-raw of the raw weights too), and its seconds."""
-        split = "val" if self.cfg["val_split"] else "test"      # held-out training images, or the test set
+        split = self.plan.split                                 # held-out training images, or the test set
         t0, out = time.perf_counter(), {}
-        if self.cfg["eval_raw"]:
+        if self.plan.raw:
             out[f"raw_{split}_loss"], out[f"raw_{split}_acc"] = self.evaluation.score(self.net)
         with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
             out[f"{split}_loss"], out[f"{split}_acc"] = self.evaluation.score(self.net)

@@ -93,12 +93,13 @@ class DeviceTotals:
 
 class RunCheckpoints:
     """A run's checkpoints in its directory: ``save(name)`` writes the state as it stands now (weights,
-    optimiser state, moving average, the run state and history, the training config, and the data's
-    classes and normalisation), on rank 0 only; ``kept()`` says where latest.npz stands."""
+    optimiser state, moving average, the run state and history, the run's settings (``train_config``: the flat
+    dict of config.json), and the data's classes and normalisation), on rank 0 only; ``kept()`` says where
+    latest.npz stands."""
 
-    def __init__(self, run, net, opt, ema, state: RunState, data_meta, cfg, writer=True):
+    def __init__(self, run, net, opt, ema, state: RunState, data_meta, train_config, writer=True):
         self.run, self.net, self.opt, self.ema, self.state = run, net, opt, ema, state
-        self.data_meta, self.cfg, self.writer = data_meta, cfg, writer
+        self.data_meta, self.train_config, self.writer = data_meta, train_config, writer
         self.saved = state.describe_saved()
 
     def save(self, name):
@@ -112,7 +113,7 @@ class RunCheckpoints:
             state.ema_updates = self.ema.updates
         if self.writer:
             meta = {**self.data_meta, "train": state.train_meta(), "history": state.history,
-                    "train_config": self.cfg}
+                    "train_config": self.train_config}
             try:
                 arrays = checkpoint_arrays(self.net, self.opt, meta=strict_json(meta),
                                            averaged=self.ema.averaged_params() if self.ema is not None else None)

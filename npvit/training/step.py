@@ -1,7 +1,9 @@
 """The math of one training step, and of scoring a model on a set of images.
 
+    StepRule:          what a step does besides the model and the optimiser (label smoothing, clip, chunks)
     train_step:        forward and backward over micro-batches, all-reduce, clip, optimiser step
     loss_and_accuracy: the mean loss and accuracy of a model over uint8 images, in eval mode
+    EvalPlan:          when and how a run is evaluated
     Evaluation:        a run's evaluation set on the model's device, scored by every rank for its part
 
 Both take the model or its execution strategy (DataParallel, or an MPI rank's part) and leave
@@ -9,12 +11,25 @@ every number on the model's device until the caller reads it.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 from .. import augment as aug
 from ..backend import to_device, to_host_scalar
 from ..distributed import shard
 from ..inference import predict_logits
 from ..losses import softmax_cross_entropy
 from ..optim import clip_grad_norm
+
+
+@dataclass(frozen=True)
+class StepRule:
+    """What a training step does besides the model and the optimiser: the loss's ``label_smoothing``, the
+    clip of the global gradient norm (``grad_clip``; 0 is off), and the chunks of ``micro_batch`` rows the
+    batch runs through forward and backward in (None: the whole batch at once)."""
+    label_smoothing: float = 0.0
+    grad_clip: float = 0.0
+    micro_batch: Optional[int] = None
 
 
 def train_step(model, opt, x, target, labels, label_smoothing=0.0, grad_clip=0.0, micro_batch=None,
@@ -69,6 +84,22 @@ def loss_and_accuracy(model, x_u8, y, mean, std, batch_size=500, tta_flip=False)
     model.train(was_training)
     preds = xp.concatenate(preds)
     return to_host_scalar(loss_sum) / len(y), to_host_scalar((preds == y).mean()), preds
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """When and how a run is evaluated: after every ``every`` epochs and the last, in batches of
+    ``batch_size``, averaged with the mirror images if ``tta_flip``, the raw weights too (beside their moving
+    average) if ``raw``; on ``split``, "val" (held-out training images) or "test"."""
+    every: int = 1
+    batch_size: int = 500
+    tta_flip: bool = False
+    raw: bool = False
+    split: str = "test"
+
+    def due(self, epoch, epochs):
+        """Whether the run evaluates after epoch ``epoch`` (0-based) of ``epochs``."""
+        return (epoch + 1) % self.every == 0 or epoch + 1 == epochs
 
 
 class Evaluation:

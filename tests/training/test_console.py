@@ -20,12 +20,12 @@ def test_the_epoch_line_says_the_split_it_was_scored_on():
 def test_progress_without_a_terminal_is_a_plain_line_every_so_often(monkeypatch):
     out = io.StringIO()                                          # not a terminal
     monkeypatch.setattr(console, "PLAIN_PROGRESS_S", 0.0)
-    p = Progress({"progress": True, "epochs": 5}, steps=20, start=0, epoch=1, stream=out)
+    p = Progress(True, steps=20, start=0, epoch=1, epochs=5, stream=out)
     p.step()
     p.show(10, 0.75, 0.5, 1234.0, 3e-3)
     assert out.getvalue() == "epoch 2/5 step 10/20 | loss 0.7500 acc 0.500 | 1234 img/s | lr 3.00e-03\n"
     quiet = io.StringIO()
-    Progress({"progress": False, "epochs": 5}, 20, 0, 1, quiet).show(10, 0.75, 0.5, 1234.0, 3e-3)
+    Progress(False, 20, 0, 1, 5, quiet).show(10, 0.75, 0.5, 1234.0, 3e-3)
     assert quiet.getvalue() == ""
 
 
