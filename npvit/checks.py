@@ -8,7 +8,7 @@ import numpy as np
 
 from . import layers as L
 from .config import ViTConfig
-from .gradcheck import check_function_gradients, check_layer_gradients, check_model_gradients
+from .gradcheck import check_gradients, check_layer_gradients, check_model_gradients
 from .losses import softmax_cross_entropy
 from .model import ViT
 from .ops import available_kernels
@@ -34,8 +34,8 @@ def check_reference_ops(seed=0):
         grads = grads if isinstance(grads, tuple) else (grads,)
         graded = {name: inputs[name] for name in case.graded}    # perturbed in place, so forward sees it
         # directions from another stream than the inputs': along u = x itself LayerNorm does not change
-        reports.append(check_function_gradients(lambda: dy * case.forward(R, **inputs)[0], graded,
-                                                dict(zip(case.graded, grads)), title=case.title, seed=seed + 1))
+        reports.append(check_gradients(lambda: case.forward(R, **inputs)[0], graded, dict(zip(case.graded, grads)),
+                                       r=dy, title=case.title, seed=seed + 1))
     return reports
 
 
@@ -65,9 +65,8 @@ def check_all(seed=0):
     logits = rng.standard_normal((B, K))
     labels = rng.integers(0, K, size=B)
     _, dlogits = softmax_cross_entropy(logits, labels, 0.1)
-    reports.append(check_function_gradients(lambda: softmax_cross_entropy(logits, labels, 0.1)[0],
-                                            {"logits": logits}, {"logits": dlogits},
-                                            title="softmax_cross_entropy (label smoothing 0.1)"))
+    reports.append(check_gradients(lambda: softmax_cross_entropy(logits, labels, 0.1)[0], {"logits": logits},
+                                   {"logits": dlogits}, title="softmax_cross_entropy (label smoothing 0.1)"))
     reports += check_reference_ops(seed)
     for kernels in available_kernels("numpy"):
         report = check_model_gradients(ViT(c, dtype="float64", seed=seed, kernels=kernels), images, labels)

@@ -33,6 +33,7 @@ import numpy as np
 
 from .gradcheck import (GradcheckError, PrecisionError, check_pair, checked_gradient, describe_difference,
                         numerical_gradient)
+from .ops import cases as catalogue
 from .ops.reference import REFERENCE as R
 
 B, N, D, H, K = 2, 5, 12, 3, 7          # small odd sizes: a transposition bug shows
@@ -61,49 +62,58 @@ class Exercise:
     mistakes: tuple = ()                # (what the mistake is, wrong function with the learner's signature)
 
 
-def _cases_linear(rng):
-    x, w, b = rng.standard_normal((B, N, D)), rng.standard_normal((K, D)), rng.standard_normal(K)
+def _catalogue(name, rng, dims=(B, N, D, H)):
+    """Case ``name`` of the contract's catalogue (npvit/ops/cases.py), drawn in float64 from ``rng`` at ``dims``:
+    (its graded inputs, the reference forward as a function of them alone, its other inputs). The exercises
+    grade the same forward/backward pairs that ``npvit gradcheck`` and the kernel sets' tests walk."""
+    case = catalogue.BY_NAME[name]
+    drawn = case.inputs(lambda *shape, scale=1.0: scale * rng.standard_normal(shape), dims)
+    fixed = {k: v for k, v in drawn.items() if k not in case.graded}
 
-    def call(fn, dy, cache, w=w):
+    def forward(**graded):
+        return case.forward(R, **graded, **fixed)
+    return {k: drawn[k] for k in case.graded}, forward, fixed
+
+
+def _cases_linear(rng):
+    inputs, forward, _ = _catalogue("linear", rng)
+    w = inputs["w"]
+
+    def call(fn, dy, cache):
         return fn(dy, cache, w.copy())
-    return [Case("x (B, N, D) -> y (B, N, K)", lambda x, w, b: R.linear_forward(x, w, b), {"x": x, "w": w, "b": b},
-                 call, {"x": ("image", "token", "feature"), "w": ("output", "input"), "b": ("output",)},
+    return [Case("x (B, N, D) -> y (B, N, K)", forward, inputs, call,
+                 {"x": ("image", "token", "feature"), "w": ("output", "input"), "b": ("output",)},
                  {"B*N, the number of rows: a sum where a mean belongs?": B * N,
                   "1/(B*N), 1 / the number of rows: a mean where a sum belongs?": 1 / (B * N)},
                  lambda dy, cache: (dy, cache, w.copy()))]
 
 
 def _cases_cross_entropy(rng):
-    logits, labels = rng.standard_normal((B + 3, K)), rng.integers(0, K, B + 3)
-
-    def forward(logits):
-        return R.cross_entropy_forward(logits, labels, 0.1)
-    return [Case("label smoothing 0.1", forward, {"logits": logits}, lambda fn, dy, cache: (dy * fn(cache),),
+    rows = B + 3
+    inputs, forward, _ = _catalogue("cross_entropy_labels", rng, (rows, N, D, H))     # smoothing 0.1
+    return [Case("label smoothing 0.1", forward, inputs, lambda fn, dy, cache: (dy * fn(cache),),
                  {"logits": ("image", "class")},
-                 {"B: the loss is the batch's mean, so divide by B": B + 3, "1/B: divided by B twice?": 1 / (B + 3)},
+                 {"B: the loss is the batch's mean, so divide by B": rows, "1/B: divided by B twice?": 1 / rows},
                  lambda dy, cache: (cache,))]
 
 
 def _cases_gelu(rng):
-    return [Case("tanh form", lambda x: R.gelu_forward(x, "tanh"), {"x": 2 * rng.standard_normal((B, N, D))},
-                 lambda fn, dy, cache: fn(dy, cache), {"x": ("image", "token", "feature")},
-                 args=lambda dy, cache: (dy, cache))]
+    inputs, forward, _ = _catalogue("gelu_tanh", rng)
+    return [Case("tanh form", forward, inputs, lambda fn, dy, cache: fn(dy, cache),
+                 {"x": ("image", "token", "feature")}, args=lambda dy, cache: (dy, cache))]
 
 
 def _cases_softmax(rng):
-    def forward(scores):
-        att = R.softmax_forward(scores)
-        return att, att
-    return [Case("rows of (B, H, N, N)", forward, {"scores": 2 * rng.standard_normal((B, H, N, N))},
-                 lambda fn, dy, att: fn(dy, att), {"scores": ("image", "head", "row", "column")},
-                 args=lambda dy, att: (dy, att))]
+    inputs, forward, _ = _catalogue("softmax", rng)
+    return [Case("rows of (B, H, N, N)", forward, inputs, lambda fn, dy, att: fn(dy, att),
+                 {"scores": ("image", "head", "row", "column")}, args=lambda dy, att: (dy, att))]
 
 
 def _cases_layernorm(rng):
-    x, w, b = 2 * rng.standard_normal((B, N, D)), 1 + 0.1 * rng.standard_normal(D), rng.standard_normal(D)
-    return [Case("x (B, N, D)", lambda x, w, b: R.layernorm_forward(x, w, b), {"x": x, "w": w, "b": b},
-                 lambda fn, dy, cache: fn(dy, cache, w.copy()), {"x": ("image", "token", "feature"),
-                                                                 "w": ("feature",), "b": ("feature",)},
+    inputs, forward, _ = _catalogue("layernorm", rng)
+    w = inputs["w"]
+    return [Case("x (B, N, D)", forward, inputs, lambda fn, dy, cache: fn(dy, cache, w.copy()),
+                 {"x": ("image", "token", "feature"), "w": ("feature",), "b": ("feature",)},
                  {"D, the width": D, "1/D, 1 / the width": 1 / D}, lambda dy, cache: (dy, cache, w.copy()))]
 
 
@@ -123,36 +133,35 @@ def _cases_embeddings(rng):
 
 def _cases_col2im(rng):
     cases = []
-    for title, shape, k, stride, pad in (("patches: kernel 4 = stride 4, no padding", (B, 3, 8, 8), 4, 4, 0),
-                                         ("overlapping windows: kernel 3, stride 2, padding 1", (B, 3, 7, 7), 3, 2,
-                                          1)):
-        def forward(x, k=k, stride=stride, pad=pad):
-            return R.im2col(x, k, k, stride, pad), x.shape
+    for name, title, stride, pad in (("im2col_patches", "patches: kernel 4 = stride 4, no padding", 4, 0),
+                                     ("im2col", "overlapping windows: kernel 3, stride 2, padding 1", 2, 1)):
+        inputs, forward, _ = _catalogue(name, rng)
+        shape = inputs["x"].shape
 
-        def call(fn, dcols, x_shape, stride=stride, pad=pad):
-            return (fn(dcols, x_shape, stride, pad),)
-        cases.append(Case(title, forward, {"x": rng.standard_normal(shape)}, call,
-                          {"x": ("image", "channel", "row", "column")},
-                          args=lambda dcols, x_shape, stride=stride, pad=pad: (dcols, x_shape, stride, pad)))
+        def call(fn, dcols, cache, shape=shape, stride=stride, pad=pad):
+            return (fn(dcols, shape, stride, pad),)
+        cases.append(Case(title, forward, inputs, call, {"x": ("image", "channel", "row", "column")},
+                          args=lambda dcols, cache, shape=shape, stride=stride, pad=pad: (dcols, shape, stride, pad)))
     return cases
 
 
 def _cases_attention(rng):
     hs = 3                              # sqrt(hs) = 1.73: a missing scale is told apart from a factor of 2
     scale = hs ** -0.5
-    q, k, v = (rng.standard_normal((B, H, N, hs)) for _ in range(3))
-    keep = (rng.random((B, H, N, N)) >= 0.3) / 0.7                # attention dropout's mask, p = 0.3
     cases = []
-    for title, nq, mask in (("no dropout, every token asks", None, None),
-                            ("dropout mask (p = 0.3)", None, keep),
-                            ("only [CLS] asks (num_queries = 1)", 1, None)):
-        def forward(q, k, v, nq=nq, mask=mask):
-            return R.attention_forward(np.stack([q, k, v]), scale, nq, None if mask is None else mask[:, :, :nq])
+    for name, title in (("attention", "no dropout, every token asks"),
+                        ("attention_dropout", "dropout mask (p = 0.3)"),
+                        ("attention_cls", "only [CLS] asks (num_queries = 1)")):
+        graded, on_qkv, _ = _catalogue(name, rng, (B, N, H * hs, H))
+        q, k, v = graded["qkv"]                                  # (B, H, N, hs) each: graded apart
+
+        def forward(q, k, v, on_qkv=on_qkv):
+            return on_qkv(qkv=np.stack([q, k, v]))
 
         def call(fn, dctx, cache):
             dqkv = checked_gradient(fn(dctx, cache), "qkv", cache.qkv.shape, "attention_backward")
             return dqkv[0], dqkv[1], dqkv[2]
-        cases.append(Case(title, forward, {"q": q, "k": k, "v": v}, call,
+        cases.append(Case(title, forward, {"q": q.copy(), "k": k.copy(), "v": v.copy()}, call,
                           {n: ("image", "head", "token", "feature") for n in "qkv"},
                           {"sqrt(hs) = 1/scale: the scale 1/sqrt(hs) is missing": 1 / scale,
                            "the scale 1/sqrt(hs): applied once too often": scale}, lambda dctx, cache: (dctx, cache)))

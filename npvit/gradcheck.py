@@ -13,11 +13,14 @@ random unit directions u and compare the directional derivative two ways:
 and report the worst relative error per parameter. ``npvit gradcheck`` runs the checks listed in
 npvit/checks.py (every primitive, layer and the whole model) and prints one table each.
 
-To check a pair of one's own (a backward you wrote, a new layer), the public API:
+One engine, :func:`check_gradients` (a function of named float64 arrays against their analytic
+gradients), and thin wrappers that prepare its three arguments for what one usually checks:
 
     check_pair(forward, backward, {"x": x, "w": w})   forward(**inputs) -> (y, cache),
                                                        backward(dy, cache) -> one gradient per input
     check_layer_gradients(layer, x)                   any Layer (forward/backward, parameters, gradients)
+    check_model_gradients(model, x, labels)           a ViT under softmax cross-entropy
+    check_gradients(f, inputs, grads)                 anything else: a free function, a loss
 
 Each returns a report (``print(report)`` shows the table, ``report.passed()``, ``report.hint()``
 names the wrong array); the common mistakes (float32 inputs, a backward returning the wrong
@@ -110,16 +113,21 @@ class GradcheckReport:
         return "\n".join(lines)
 
 
-def _directional_check(out_fn, r, arrays, grads, names, eps, n_directions, atol, rng, title):
-    """Core loop: arrays[name] is perturbed in place along random unit directions and restored.
+def check_gradients(f, inputs: dict, grads: dict, *, r=1.0, eps=1e-3, n_directions=3, atol=1e-9, seed=0,
+                    title="function") -> GradcheckReport:
+    """The check every other is made of. ``f()`` computes an output y from the float64 arrays ``inputs``, which
+    are perturbed in place (and restored); ``grads`` holds, under the same names, the analytic gradient of
+    L = sum(r * y), ``r`` a fixed projection (1 for a scalar loss). Each is compared with the finite
+    differences of L along ``n_directions`` random unit directions; ``seed`` is an int or a Generator.
 
-    ``out_fn()`` returns the output y; L = sum(r * y). The outputs are subtracted
-    elementwise before the projection, so the large common part of y cancels
-    exactly instead of costing digits in a big sum.
+    The outputs are subtracted elementwise before the projection, so the large common part of y cancels
+    exactly instead of costing digits in a big sum. Free functions (im2col, a loss) are checked with it
+    directly; layers, models and forward/backward pairs through the wrappers below.
     """
+    rng = np.random.default_rng(seed)                   # a Generator passes through unchanged
     report = GradcheckReport(title)
-    for name in names:
-        p, g = arrays[name], grads[name]
+    for name in inputs:
+        p, g = inputs[name], grads[name]
         xp = get_array_module(p)
         worst = None
         for _ in range(n_directions):
@@ -127,13 +135,13 @@ def _directional_check(out_fn, r, arrays, grads, names, eps, n_directions, atol,
             u /= xp.sqrt((u * u).sum())
             analytic = float((g * u).sum())
             original = p.copy()
-            f = {}
+            y = {}
             for step in (-2, -1, 1, 2):
                 p[...] = original + (step * eps) * u
-                f[step] = out_fn()
+                y[step] = f()
             p[...] = original
             # fourth-order central difference: error O(eps^4) instead of O(eps^2)
-            numeric = float((r * (8.0 * (f[1] - f[-1]) - (f[2] - f[-2]))).sum()) / (12.0 * eps)
+            numeric = float((r * (8.0 * (y[1] - y[-1]) - (y[2] - y[-2]))).sum()) / (12.0 * eps)
             rel = abs(analytic - numeric) / max(abs(analytic), abs(numeric), atol)
             if worst is None or rel > worst.rel_error:
                 worst = GradcheckRow(name, tuple(p.shape), rel, analytic, numeric)
@@ -346,8 +354,8 @@ def check_layer_gradients(layer, x, *, eps=1e-3, n_directions=3, atol=1e-9, seed
     dx = checked_gradient(dx, "x", x.shape, "backward")
     arrays = {"x": x, **layer.parameters()}
     grads = {"x": dx, **{k: g.copy() for k, g in layer.gradients().items()}}
-    report = _directional_check(lambda: out(x), r, arrays, grads, list(arrays), eps, n_directions, atol, rng,
-                                title or type(layer).__name__)
+    report = check_gradients(lambda: out(x), arrays, grads, r=r, eps=eps, n_directions=n_directions, atol=atol,
+                             seed=rng, title=title or type(layer).__name__)
     report.notes += changed_in_place({"dy": (dy, r)})
     return report
 
@@ -369,18 +377,8 @@ def check_model_gradients(model, x, labels, *, label_smoothing=0.0, eps=1e-3, n_
     def loss():
         return softmax_cross_entropy(model.forward(x), labels, label_smoothing)[0]
 
-    return _directional_check(loss, 1.0, arrays, grads, list(arrays), eps, n_directions, atol, rng,
-                              "ViT (softmax cross-entropy)")
-
-
-def check_function_gradients(fn, inputs: dict, grads: dict, *, eps=1e-3, n_directions=3, atol=1e-9, seed=0,
-                             title="function") -> GradcheckReport:
-    """Check a function ``fn()`` of the float64 arrays ``inputs`` (perturbed in place) against the
-    analytic ``grads`` (same keys) of sum(fn()): for free functions such as im2col or the loss.
-    For a random projection, have ``fn`` return ``r * y``."""
-    rng = np.random.default_rng(seed)
-    return _directional_check(fn, 1.0, inputs, grads, list(inputs), eps, n_directions, atol, rng,
-                              title)
+    return check_gradients(loss, arrays, grads, eps=eps, n_directions=n_directions, atol=atol, seed=rng,
+                           title="ViT (softmax cross-entropy)")
 
 
 def check_pair(forward, backward, inputs: dict, *, eps=1e-3, n_directions=3, atol=1e-9, seed=0,
@@ -439,7 +437,8 @@ def check_pair(forward, backward, inputs: dict, *, eps=1e-3, n_directions=3, ato
         raise GradcheckError(f"backward returned {len(grads)} gradient{'s' if len(grads) != 1 else ''} for the "
                              f"{len(names)} inputs ({', '.join(names)}): one per input, in that order")
     grads = {name: checked_gradient(g, name, inputs[name].shape, "backward") for name, g in zip(names, grads)}
-    report = _directional_check(lambda: r * run()[0], 1.0, arrays, grads, names, eps, n_directions, atol, rng, title)
+    report = check_gradients(lambda: run()[0], arrays, grads, r=r, eps=eps, n_directions=n_directions, atol=atol,
+                             seed=rng, title=title)
     report.notes += changed_in_place({"dy": (dy, r), "cache": (cache_given, cache)})
     return report
 

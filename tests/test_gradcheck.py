@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from npvit.cli.gradcheck import main
-from npvit.gradcheck import check_intermediates, check_layer_gradients, run_steps
+from npvit.gradcheck import check_gradients, check_intermediates, check_layer_gradients, run_steps
 from npvit.layers import GELU, Linear, LayerNorm
 
 
@@ -37,6 +37,21 @@ def test_wrong_backward_is_caught(layer, bad):
     assert {r.name: r.rel_error for r in report.rows}[bad] > 1e-4
     with pytest.raises(AssertionError, match="gradient check failed"):
         report.assert_ok(1e-6)
+
+
+@pytest.mark.parametrize("projected", [False, True])
+def test_the_engine_passes_a_right_gradient_and_fails_a_wrong_one(projected):
+    """check_gradients, which every wrapper calls: y = x * sin(w) elementwise, L = sum(r * y)."""
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((4, 5)), rng.standard_normal((4, 5))
+    r = rng.standard_normal((4, 5)) if projected else 1.0
+    right = {"x": r * np.sin(w), "w": r * x * np.cos(w)}
+    assert check_gradients(lambda: x * np.sin(w), {"x": x, "w": w}, right, r=r).worst < 1e-9
+    wrong = {"x": right["x"], "w": r * x * np.sin(w)}                  # the derivative of sin taken as sin
+    report = check_gradients(lambda: x * np.sin(w), {"x": x, "w": w}, wrong, r=r)
+    assert [row.name for row in report.failing()] == ["w"]
+    seeded = check_gradients(lambda: x * np.sin(w), {"x": x, "w": w}, wrong, r=r, seed=np.random.default_rng(0))
+    assert [row.rel_error for row in seeded.rows] == [row.rel_error for row in report.rows]  # an int or a Generator
 
 
 def test_checker_does_not_modify_the_callers_layer():

@@ -1,6 +1,7 @@
 """The forward/backward pairs of the kernel-set contract as cases, in one catalogue: the gradient checks of the
-reference set (npvit/gradcheck.py, ``npvit gradcheck``) and the tests that every set computes the reference's
-function (tests/ops/test_kernel_sets.py) both walk it.
+reference set (npvit/checks.py, ``npvit gradcheck``), the tests that every set computes the reference's
+function (tests/ops/test_kernel_sets.py) and the learners' exercises (npvit/exercises.py, which add to a case
+how the learner's function is called and what its mistakes look like) all walk it.
 
 A case is a function of a kernel set ``ops``: ``inputs(r, dims)`` draws its inputs at sizes ``dims`` (B, N,
 D, H) with ``r(*shape, scale=1)`` (a random array of the caller's device and dtype), ``forward(ops, **inputs)`` returns (y, cache) and
@@ -59,6 +60,10 @@ CASES = (
          lambda r, d: {"x": r(d[0], d[1], d[2], scale=3.0)},
          lambda ops, x: ops.gelu_forward(x, "none"),
          lambda ops, dy, cache, x: ops.gelu_backward(dy, cache), ("x",)),
+    Case("softmax", "softmax_forward/backward",
+         lambda r, d: {"scores": r(d[0], d[3], d[1], d[1], scale=2.0)},
+         lambda ops, scores: (lambda att: (att, att))(ops.softmax_forward(scores)),
+         lambda ops, dy, att, scores: ops.softmax_backward(dy, att), ("scores",)),
     Case("softmax_scaled", "softmax_forward/backward (scale 0.3)",
          lambda r, d: {"scores": r(d[0], d[3], d[1], d[1], scale=4.0)},
          lambda ops, scores: (lambda att: (att, att))(ops.softmax_forward(scores, 0.3)),
@@ -66,6 +71,14 @@ CASES = (
     Case("attention", "attention_forward/backward",
          lambda r, d: {"qkv": r(3, d[0], d[3], d[1], d[2] // d[3])},
          lambda ops, qkv: ops.attention_forward(qkv, qkv.shape[-1] ** -0.5, None, None),
+         lambda ops, dy, cache, qkv: ops.attention_backward(dy, cache), ("qkv",)),
+    Case("attention_dropout", "attention_forward/backward (dropout mask)",
+         lambda r, d: {"qkv": r(3, d[0], d[3], d[1], d[2] // d[3]), "mask": _keep(r, (d[0], d[3], d[1], d[1]))},
+         lambda ops, qkv, mask: ops.attention_forward(qkv, qkv.shape[-1] ** -0.5, None, mask),
+         lambda ops, dy, cache, qkv, mask: ops.attention_backward(dy, cache), ("qkv",)),
+    Case("attention_cls", "attention_forward/backward ([CLS] query)",
+         lambda r, d: {"qkv": r(3, d[0], d[3], d[1], d[2] // d[3])},
+         lambda ops, qkv: ops.attention_forward(qkv, qkv.shape[-1] ** -0.5, 1, None),
          lambda ops, dy, cache, qkv: ops.attention_backward(dy, cache), ("qkv",)),
     Case("attention_cls_dropout", "attention_forward/backward ([CLS] query, dropout mask)",
          lambda r, d: {"qkv": r(3, d[0], d[3], d[1], d[2] // d[3]), "mask": _keep(r, (d[0], d[3], 1, d[1]))},
@@ -79,6 +92,10 @@ CASES = (
          lambda r, d: {"logits": r(d[0], K), "targets": _soft(r(d[0], K))},
          lambda ops, logits, targets: ops.cross_entropy_forward(logits, targets, 0.1),
          lambda ops, dy, cache, logits, targets: dy * ops.cross_entropy_backward(cache), ("logits",)),
+    Case("im2col_patches", "im2col patches: kernel 4 = stride 4 (backward = col2im)",
+         lambda r, d: {"x": r(d[0], 3, 8, 8)},
+         lambda ops, x: (ops.im2col(x, 4, 4, 4, 0), None),
+         lambda ops, dy, cache, x: ops.col2im(dy, x.shape, 4, 0), ("x",)),
     Case("im2col", "im2col k3 s2 p1 (backward = col2im)",
          lambda r, d: {"x": r(d[0], 3, 7, 7)},
          lambda ops, x: (ops.im2col(x, 3, 3, 2, 1), None),

@@ -96,7 +96,7 @@ def test_patch_dropout_is_identity_in_eval_mode_and_at_zero():
 def test_a_model_with_patch_dropout_passes_the_gradient_check():
     """The whole model in training mode, the same tokens chosen at every evaluation (reseeded)."""
     from npvit import ViT, softmax_cross_entropy
-    from npvit.gradcheck import check_function_gradients
+    from npvit.gradcheck import check_gradients
     from npvit.config import ViTConfig
     from tests.tolerances import GRADCHECK_TOL
 
@@ -117,6 +117,6 @@ def test_a_model_with_patch_dropout_passes_the_gradient_check():
         dx = model.backward(d)
         arrays = {"x": x, **model.parameters()}
         grads = {"x": dx, **{k: g.copy() for k, g in model.gradients().items()}}
-        report = check_function_gradients(lambda: loss_and_grad()[0], arrays, grads, title=f"patch dropout, {pooling}")
+        report = check_gradients(lambda: loss_and_grad()[0], arrays, grads, title=f"patch dropout, {pooling}")
         report.assert_ok(GRADCHECK_TOL)
         assert not dx[:, :, 0].all()                                      # some patches got no gradient
