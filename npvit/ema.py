@@ -30,10 +30,8 @@ class EMA:
     def __init__(self, model, decay=0.999):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
-        if model.flat is None:
-            model.flatten()
         self.model, self.decay = model, float(decay)
-        self.flat = model.flat
+        self.flat = model.owner("average")
         self._average = self.flat.companion(self.flat.params)     # a_0 = p_0
         self.updates = 0
 

@@ -37,28 +37,66 @@ class Companion:
         self.array = array
 
 
-class FlatParameters:
-    """``FlatParameters(tree)``: moves the values of every parameter of ``tree`` (a Layer) into one
-    contiguous array, ``params``, and gives every gradient a zero view into another, ``grads``; each
-    layer's ``params``/``grads`` dict entries become views into them, in the tree's order."""
+class Views(dict):
+    """A flat layer's ``params`` or ``grads``: each entry a view into the owner's buffer. Assigning to an entry
+    writes the values into its view (``layer.params["weight"] = w`` copies w in), so the buffer stays the one
+    place the values live; a new name or another shape is a ValueError."""
 
-    def __init__(self, tree):
+    def __setitem__(self, key, value):
+        if key not in self:
+            raise ValueError(f"{key!r} is not a parameter of this layer (it has {list(self)}): a layer's parameters "
+                             f"are fixed when it is built")
+        view = dict.__getitem__(self, key)
+        if tuple(np.shape(value)) != view.shape:
+            raise ValueError(f"{key!r} has shape {view.shape}; got an array of shape {tuple(np.shape(value))}")
+        view[...] = value
+
+    def bind(self, key, view):
+        """Make entry ``key`` the view ``view`` (the owner's relinking)."""
+        dict.__setitem__(self, key, view)
+
+    def __deepcopy__(self, memo):
+        return Views({k: copy.deepcopy(v, memo) for k, v in self.items()})
+
+
+def _bind(layer, key, param_view, grad_view):
+    """Entry ``key`` of the layer's ``params`` and ``grads``: views (making the dicts Views where they are not)."""
+    for attr, view in (("params", param_view), ("grads", grad_view)):
+        if view is None:
+            continue
+        entries = getattr(layer, attr)
+        if not isinstance(entries, Views):
+            entries = Views(entries)
+            setattr(layer, attr, entries)
+        entries.bind(key, view)
+
+
+class FlatParameters:
+    """``FlatParameters(tree, dtype=None, xp=None)``: moves the values of every parameter of ``tree`` (a Layer)
+    into one contiguous array, ``params`` (in ``dtype`` on ``xp``'s device if given, else as they are), and
+    gives every gradient a zero view into another, ``grads``; each layer's ``params``/``grads`` dict entries
+    become views into them, in the tree's order. Every layer below ``tree`` that has parameters gets a
+    :class:`FlatWindow` as its ``flat``: its own part of these buffers (a subtree's parameters are
+    contiguous, the tree's order being depth first)."""
+
+    def __init__(self, tree, dtype=None, xp=None):
         self.entries = [(f"{lname}.{k}" if lname else k, layer, k)
                         for lname, layer in tree.named_layers() for k in layer.params]   # (name, layer, key)
         if not self.entries:
             raise ValueError("flatten: this layer tree has no parameters")
         values = [layer.params[k] for _, layer, k in self.entries]
         dtypes = {v.dtype for v in values}
-        if len(dtypes) != 1:
+        if len(dtypes) != 1 and dtype is None:
             raise ValueError(f"flatten: parameters of one tree must share a dtype, found {sorted(map(str, dtypes))}")
         self.layout, offset = {}, 0
         for (name, _, _), v in zip(self.entries, values):
             self.layout[name] = Slot(offset, v.size, tuple(v.shape))
             offset += v.size
-        xp = get_array_module(*values)
-        self.params = xp.empty(offset, dtype=dtypes.pop())
+        xp = xp or get_array_module(*values)
+        self.root = tree
+        self.params = xp.empty(offset, dtype=dtype or dtypes.pop())
         for (name, _, _), v in zip(self.entries, values):
-            self.view(self.params, name)[...] = v
+            self.view(self.params, name)[...] = to_device(v, xp)      # cast (and moved) on the way in
         self.grads = xp.zeros_like(self.params)
         self._companions = weakref.WeakSet()
         self.relink()
@@ -131,10 +169,17 @@ class FlatParameters:
 
     # -- the layers' views -----------------------------------------------------------------------
     def relink(self):
-        """Make every layer's ``params``/``grads`` entry a view into the buffers (again)."""
+        """Make every layer's ``params``/``grads`` entry a view into the buffers (again), and every layer below
+        the root that has parameters a window of them."""
         for name, layer, k in self.entries:
-            layer.params[k] = self.view(self.params, name)
-            layer.grads[k] = self.view(self.grads, name)
+            _bind(layer, k, self.view(self.params, name), self.view(self.grads, name))
+        self._windows()
+
+    def _windows(self):
+        for prefix, layer in self.root.named_layers():
+            slots = [slot for name, slot in self.layout.items() if name.startswith(prefix + ".")]
+            if prefix and slots:
+                layer.flat = FlatWindow(self, slots[0].offset, slots[-1].offset + slots[-1].size)
 
     def replica(self, tree):
         """The owner for ``tree``, a replica of this owner's tree (the same layout, built by
@@ -144,10 +189,12 @@ class FlatParameters:
                         for lname, layer in tree.named_layers() for k in layer.params]
         if [e[0] for e in twin.entries] != [e[0] for e in self.entries]:
             raise ValueError("a replica must have its original's parameters")
+        twin.root = tree
         twin.grads = self.xp.zeros_like(self.params)
         twin._companions = weakref.WeakSet()
         for name, layer, k in twin.entries:
-            layer.grads[k] = twin.view(twin.grads, name)
+            _bind(layer, k, None, twin.view(twin.grads, name))
+        twin._windows()
         return twin
 
     def __deepcopy__(self, memo):
@@ -157,6 +204,25 @@ class FlatParameters:
         memo[id(self)] = twin
         twin.layout = self.layout
         twin.params, twin.grads = self.params.copy(), self.grads.copy()
+        twin.root = copy.deepcopy(self.root, memo)
         twin.entries = [(name, copy.deepcopy(layer, memo), k) for name, layer, k in self.entries]
         twin._companions = weakref.WeakSet()
         return twin
+
+
+class FlatWindow:
+    """The ``flat`` of a layer below the root of a flattened tree: its own part of the root's buffers
+    (``params``, ``grads``: views, contiguous), for what a part of a model does on its own (zero its
+    gradients). What changes the buffers themselves (casting, moving, an optimiser's layout) is asked of the
+    root, ``owner``: a part of a tree cannot change the dtype or device of its parameters alone."""
+
+    def __init__(self, owner: FlatParameters, start: int, stop: int):
+        self.owner, self.start, self.stop = owner, start, stop
+
+    @property
+    def params(self):
+        return self.owner.params[self.start:self.stop]
+
+    @property
+    def grads(self):
+        return self.owner.grads[self.start:self.stop]

@@ -67,7 +67,7 @@ class ViT(Layer):
             torch_default_init(self, rng)
         elif init != "article":
             raise ValueError(f"unknown init {init!r}; choose 'article' or 'torch'")
-        self.astype(self.dtype).to(self.xp).flatten()          # one array of parameters, one of gradients (self.flat)
+        self.flatten(self.dtype, self.xp)          # one array of parameters, one of gradients (self.flat), on the device
         self.use_kernels(kernels, backend)
         self.reseed(seed)
 
@@ -229,11 +229,12 @@ def torch_default_init(model, rng):
         if isinstance(layer, (Linear, Conv2d)):
             w = layer.params["weight"]
             bound = 1.0 / np.sqrt(w[0].size)                      # fan_in: Din, or C * k * k
-            for name, p in layer.params.items():
-                layer.params[name] = rng.uniform(-bound, bound, p.shape)
+            for p in layer.params.values():
+                p[...] = rng.uniform(-bound, bound, p.shape)
         elif isinstance(layer, Embeddings):
             for name in ("cls_token", "position_embeddings"):
-                layer.params[name] = rng.standard_normal(layer.params[name].shape)
+                p = layer.params[name]
+                p[...] = rng.standard_normal(p.shape)
 
 
 def _as_numpy(v):

@@ -67,10 +67,8 @@ class Optimizer:
     SLOTS = ()              # the names of the state arrays a step keeps (e.g. exp_avg)
 
     def __init__(self, model, defaults: dict, param_groups=None):
-        if model.flat is None:
-            model.flatten()
         self.model = model
-        self.flat = model.flat
+        self.flat = model.owner("optimise")
         names = self.flat.names()
         for key, value in defaults.items():
             if isinstance(value, float) and not math.isfinite(value):

@@ -8,7 +8,8 @@ import torch
 
 from npvit import ViT, softmax_cross_entropy
 from npvit.config import ViTConfig
-from npvit.layers import LayerNorm, Linear
+from npvit.flat import FlatParameters, FlatWindow
+from npvit.layers import GELU, MLP, LayerNorm, Linear
 from npvit.optim import SGD, AdamW, clip_grad_norm
 
 SMALL = ViTConfig.tiny().to_dict()
@@ -151,17 +152,54 @@ def test_optimiser_errors():
         AdamW(model, param_groups=[{"params": list(model.parameters()), "betas": (0.5, 0.5)}])
 
 
-def test_a_plain_layer_tree_is_flattened_by_its_optimiser():
+def test_every_layer_is_flat_from_birth_and_its_optimiser_steps_the_buffer():
     layer = Linear(4, 3)
-    opt = SGD(layer, lr=0.1)
+    assert isinstance(layer.flat, FlatParameters)
     assert np.shares_memory(layer.params["weight"], layer.flat.params)
+    opt = SGD(layer, lr=0.1)
     layer.forward(np.ones((2, 4)))
     layer.backward(np.ones((2, 3)))
     w = layer.params["weight"].copy()
     opt.step()
     np.testing.assert_allclose(layer.params["weight"], w - 0.1 * 2.0)
     with pytest.raises(ValueError, match="no parameters"):
-        from npvit.layers import GELU
-
         GELU().flatten()
-    assert LayerNorm(3).flatten().flat.params.tolist() == [1, 1, 1, 0, 0, 0]
+    assert GELU().flat is None and GELU().astype(np.float32).zero_grad() is None    # nothing to hold
+    assert LayerNorm(3).flat.params.tolist() == [1, 1, 1, 0, 0, 0]
+
+
+def test_the_outermost_layer_owns_the_buffers_and_its_parts_hold_windows():
+    mlp = MLP(6, 10)
+    assert isinstance(mlp.flat, FlatParameters) and isinstance(mlp.dense_2.flat, FlatWindow)
+    assert np.shares_memory(mlp.dense_2.flat.params, mlp.flat.params)
+    assert mlp.dense_2.flat.params.size == 10 * 6 + 6
+    np.testing.assert_array_equal(mlp.dense_2.flat.params[:60], mlp.dense_2.params["weight"].ravel())
+    mlp.flat.grads.fill(1.0)
+    mlp.dense_2.zero_grad()                                     # a part zeros its own window only
+    assert not mlp.dense_2.flat.grads.any() and mlp.dense_1.flat.grads.all()
+
+
+def test_assigning_a_parameter_writes_into_the_buffer():
+    layer = Linear(4, 3)
+    w = np.arange(12.0).reshape(3, 4)
+    layer.params["weight"] = w                                  # copied into its view: the buffer holds it
+    np.testing.assert_array_equal(layer.flat.params[:12], w.ravel())
+    assert np.shares_memory(layer.params["weight"], layer.flat.params)
+    with pytest.raises(ValueError, match=r"'weight' has shape \(3, 4\); got an array of shape \(4, 3\)"):
+        layer.params["weight"] = w.T
+    with pytest.raises(ValueError, match="'scale' is not a parameter of this layer"):
+        layer.params["scale"] = np.ones(3)
+
+
+def test_a_part_cannot_change_the_buffers_but_a_copy_of_it_can():
+    mlp = MLP(6, 10)
+    for change, doing in ((lambda l: l.astype(np.float32), "cast"), (lambda l: SGD(l, lr=0.1), "optimise")):
+        with pytest.raises(ValueError, match=f"{doing} a Linear that is part of a bigger layer tree: .* \\(MLP\\)"):
+            change(mlp.dense_1)
+    part = copy.deepcopy(mlp.dense_1)                           # its own buffers, as if built alone
+    assert isinstance(part.flat, FlatParameters) and not np.shares_memory(part.flat.params, mlp.flat.params)
+    np.testing.assert_array_equal(part.params["weight"], mlp.dense_1.params["weight"])
+    assert part.astype(np.float32).params["weight"].dtype == np.float32
+    whole = copy.deepcopy(mlp)                                  # a whole tree: its parts window the copy's buffers
+    assert np.shares_memory(whole.dense_1.flat.params, whole.flat.params)
+    assert not np.shares_memory(whole.flat.params, mlp.flat.params)

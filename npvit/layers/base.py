@@ -6,9 +6,13 @@ names, e.g. "weight", "bias"). ``forward(x)`` caches what ``backward`` needs;
 attributes (a list of layers is numbered like torch's ModuleList), so the full
 name of a parameter is its attribute path: ``encoder.blocks.0.mlp.dense_1.weight``.
 
-``flatten()`` gives a tree its flat buffers (npvit/flat.py, ``self.flat``): the
-dict entries become views into one parameter array and one gradient array, which
-the optimiser, the moving average, checkpoints and all-reduce ask for through it.
+Parameters are flat from birth: once a layer is made (its ``__init__`` done), the
+values of its parameters and of every layer below it move into one parameter array
+and one gradient array (npvit/flat.py), whose owner is ``self.flat``; the dict
+entries are views into them, and each layer below holds a window of them. The
+optimiser, the moving average, checkpoints and all-reduce ask the owner for the
+buffers. A layer built into a bigger one (a Linear inside an MLP) hands its
+parameters to the bigger one's buffers, so the outermost layer owns them.
 """
 from __future__ import annotations
 
@@ -16,18 +20,28 @@ import copy
 
 import numpy as np
 
-from ..backend import get_array_module, seed_for, to_device
-from ..flat import FlatParameters
+from ..backend import get_array_module, seed_for
+from ..flat import FlatParameters, FlatWindow
 from ..ops import get_kernels
 from ..ops.kernelset import KernelSet
 from ..ops.reference import REFERENCE
 
 
-class Layer:
+class _FlatFromBirth(type):
+    """Makes a layer's parameters flat as soon as it is built: after the outermost ``__init__`` returns."""
+
+    def __call__(cls, *args, **kwargs):
+        layer = super().__call__(*args, **kwargs)
+        if layer.flat is None and any(l.params for _, l in layer.named_layers()):
+            layer.flatten()
+        return layer
+
+
+class Layer(metaclass=_FlatFromBirth):
     # The kernel set this layer's math runs on (npvit/ops): the reference, the one to read, unless
     # use_kernels says otherwise (a ViT picks the fastest that runs, kernels="auto").
     kernels = REFERENCE
-    flat = None             # the flat buffers' owner (npvit/flat.py), once flatten() has made it
+    flat = None             # the flat buffers' owner (npvit/flat.py), or a window of its parent's; None: no parameters
 
     def __init__(self):
         self.params: dict = {}
@@ -72,27 +86,42 @@ class Layer:
                 for lname, layer in self.named_layers() for p, arr in layer.grads.items()}
 
     def zero_grad(self):
-        if self.flat is not None:
+        if self.flat is not None:                   # the owner's buffer, or this layer's window of it
             self.flat.grads.fill(0)
-            return
-        for _, layer in self.named_layers():
-            for g in layer.grads.values():
-                g.fill(0)
 
     # -- flat buffers -------------------------------------------------------
-    def flatten(self):
-        """All parameters in one contiguous array, all gradients in another, owned by ``self.flat``
-        (npvit/flat.py); ``params``/``grads`` entries become views into them. Values are kept. Returns self."""
-        self.flat = FlatParameters(self)
+    def flatten(self, dtype=None, xp=None):
+        """All parameters of this tree in one contiguous array, all gradients in another, owned by ``self.flat``
+        (npvit/flat.py), in ``dtype`` on ``xp``'s device if given; ``params``/``grads`` entries become views into
+        them and every layer below gets its window. Values are kept. Every layer is flattened when built; a
+        ViT flattens itself again in its dtype and device. Returns self."""
+        self.flat = FlatParameters(self, dtype, xp)
         return self
+
+    def owner(self, doing) -> FlatParameters:
+        """The owner of this layer's buffers, for ``doing`` something to all of them; a layer that is part of a
+        bigger one cannot (ValueError naming what to do instead)."""
+        if isinstance(self.flat, FlatWindow):
+            raise ValueError(f"{doing} a {type(self).__name__} that is part of a bigger layer tree: its parameters "
+                             f"live in the buffers of the tree's outermost layer ({type(self.flat.owner.root).__name__})"
+                             f"; do it to that one, or to a copy of this part (copy.deepcopy)")
+        if self.flat is None:
+            raise ValueError(f"{doing} a {type(self).__name__}: it has no parameters")
+        return self.flat
 
     def __deepcopy__(self, memo):
         clone = self.__class__.__new__(self.__class__)
         memo[id(self)] = clone
-        for name, value in vars(self).items():
+        alone = isinstance(self.flat, FlatWindow) and id(self.flat.owner) not in memo   # a part, copied on its own
+        items = sorted(vars(self).items(), key=lambda kv: kv[0] != "flat")   # the owner first: parts find it
+        for name, value in items:
             shared = isinstance(value, KernelSet)                 # the kernel set is shared, not copied
+            if name == "flat" and alone:
+                continue
             setattr(clone, name, value if shared else copy.deepcopy(value, memo))
-        if clone.flat is not None:
+        if alone:                                   # its own buffers, as if built alone
+            clone.flatten()
+        elif isinstance(clone.flat, FlatParameters):
             clone.flat.relink()
         return clone
 
@@ -124,26 +153,17 @@ class Layer:
         return int(sum(p.size for p in self.parameters().values()))
 
     def astype(self, dtype):
-        """Cast every parameter (and its gradient) to ``dtype``: through the flat buffers' owner where the
-        tree has one (everything of its layout follows), else array by array."""
+        """Cast every parameter (and its gradient) to ``dtype``, through the flat buffers' owner: everything of
+        its layout follows (an optimiser's moments, the moving average). A layer without parameters is left as
+        it is. Returns self."""
         if self.flat is not None:
-            self.flat.cast(dtype)
-            return self
-        for _, layer in self.named_layers():
-            for k in layer.params:
-                layer.params[k] = layer.params[k].astype(dtype)
-                layer.grads[k] = layer.grads[k].astype(dtype)
+            self.owner("cast").cast(dtype)
         return self
 
     def to(self, xp):
-        """Move every parameter and gradient to ``xp``'s device, as ``astype`` does."""
+        """Move every parameter and gradient to ``xp``'s device, as ``astype`` casts them. Returns self."""
         if self.flat is not None:
-            self.flat.move(xp)
-            return self
-        for _, layer in self.named_layers():
-            for k in layer.params:
-                layer.params[k] = to_device(layer.params[k], xp)
-                layer.grads[k] = to_device(layer.grads[k], xp)
+            self.owner("move").move(xp)
         return self
 
     def replicate(self):
@@ -156,7 +176,7 @@ class Layer:
                 setattr(clone, name, value.replicate())
             elif isinstance(value, (list, tuple)) and value and all(isinstance(v, Layer) for v in value):
                 setattr(clone, name, type(value)(v.replicate() for v in value))
-        if self.flat is not None:
+        if isinstance(self.flat, FlatParameters):     # the owner's replica; its parts get windows of it
             clone.flat = self.flat.replica(clone)     # the same parameter buffer, its own gradient buffer
         return clone
 
