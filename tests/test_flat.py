@@ -24,7 +24,7 @@ def backward_once(model, seed=0):
 
 def assert_views(model):
     for name, p in model.parameters().items():
-        assert np.shares_memory(p, model.flat.params), f"{name} is not a view of flat_params"
+        assert np.shares_memory(p, model.flat.params), f"{name} is not a view of model.flat.params"
     for name, g in model.gradients().items():
         assert np.shares_memory(g, model.flat.grads), f"gradient {name} is not a view of flat_grads"
 
