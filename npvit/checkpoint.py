@@ -99,7 +99,8 @@ def save_checkpoint(path, model, optimizer=None, meta=None, averaged=None):
 
 
 def read_checkpoint(path, config=None) -> Checkpoint:
-    """The Checkpoint record of a file (.npz written by npvit, or .safetensors), as host arrays. ``config``
+    """The Checkpoint record of a file (.npz written by npvit, or .safetensors) or of a transformers model
+    directory (npvit/interop.py), as host arrays. ``config``
     (a ViTConfig or dict): the model of a .safetensors that carries none (a PyTorch state dict)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -109,6 +110,13 @@ def read_checkpoint(path, config=None) -> Checkpoint:
         raise CheckpointError(f"{path} is what is left of a run that an interrupted --overwrite was deleting, not "
                               f"a finished run's checkpoint: start that run again with --overwrite, or use another "
                               f"checkpoint")
+    if os.path.isdir(path):
+        from .interop import is_hf_dir, read_hf
+
+        if is_hf_dir(path):
+            return read_hf(path)
+        raise CheckpointError(f"{path} is a directory, not a checkpoint: give a run's latest.npz or best.npz, or a "
+                              f"transformers model directory (config.json and model.safetensors)")
     if not os.path.isfile(path):
         if os.path.basename(path) == "best.npz" and os.path.isfile(os.path.join(folder, "latest.npz")):
             raise CheckpointError(f"no checkpoint at {path} yet: a run writes best.npz at its first evaluation "

@@ -18,8 +18,8 @@ classifies from [CLS] (the article's), that token's attention to each patch aver
 (the article's figure) and its attention rollout; for one that classifies from the mean of the patch tokens,
 the attention each patch receives from them, and their rollout."""
     p = argparse.ArgumentParser(prog=prog, description=main.__doc__)
-    p.add_argument("checkpoint", nargs="?", help="a .npz written by scripts/train.py, or a .safetensors (default: "
-                   "the weights that ship with npvit)")
+    p.add_argument("checkpoint", nargs="?", help="a .npz written by scripts/train.py, a .safetensors or a transformers "
+                   "model directory (default: the weights that ship with npvit)")
     p.add_argument("--data-dir", default="./data", help="folder holding cifar-10-batches-py/ (or the image folder)")
     p.add_argument("--dataset", choices=["cifar10", "folder"], default="cifar10")
     p.add_argument("-n", type=positive_int, default=10, help="how many test images")

@@ -13,8 +13,8 @@ from .runner import add_foreign_args, positive_int, threads_arg, trained
 def main(argv=None, prog=None):
     """Test accuracy, per-class accuracy and confusion matrix of a trained checkpoint."""
     p = argparse.ArgumentParser(prog=prog, description=main.__doc__)
-    p.add_argument("checkpoint", help="a .npz written by scripts/train.py (e.g. runs/vit/best.npz), or a "
-                   ".safetensors exported from one")
+    p.add_argument("checkpoint", help="a .npz written by scripts/train.py (e.g. runs/vit/best.npz), a "
+                   ".safetensors exported from one, or a transformers model directory (save_pretrained's)")
     p.add_argument("--data-dir", default="./data", help="folder holding cifar-10-batches-py/ (or the image folder)")
     p.add_argument("--dataset", choices=["cifar10", "folder"], default="cifar10")
     p.add_argument("--test-limit", type=positive_int, metavar="N", help="only the first N test images")

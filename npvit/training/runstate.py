@@ -172,10 +172,18 @@ def read_resume(path) -> Resume:
     return Resume(ckpt_path, ckpt)
 
 
-def check_model(ckpt: Checkpoint, config, path, what):
-    """Refuse a checkpoint of another model than ``config`` (a ViTConfig), or with non-finite weights."""
-    if ckpt.config != config:
-        diff = {k: (v, getattr(config, k)) for k, v in ckpt.config.to_dict().items() if getattr(config, k) != v}
+# The model keys that act in training only (or only at initialisation): weights made with other values of these
+# compute the same function, so --init-from may start a run with its own (fine-tuning with patch dropout, say).
+TRAINING_ONLY = ("hidden_dropout_prob", "attention_probs_dropout_prob", "drop_path_rate", "patch_dropout",
+                 "initializer_range", "use_faster_attention")
+
+
+def check_model(ckpt: Checkpoint, config, path, what, ignore=()):
+    """Refuse a checkpoint of another model than ``config`` (a ViTConfig; the keys in ``ignore`` may differ),
+    or with non-finite weights."""
+    diff = {k: (v, getattr(config, k)) for k, v in ckpt.config.to_dict().items()
+            if getattr(config, k) != v and k not in ignore}
+    if diff:
         raise CheckpointError(f"{what} is for another model: (file, requested) differ in {diff}")
     check_finite(ckpt.params, path)
     check_finite(ckpt.averaged, path)
@@ -192,10 +200,11 @@ def check_resumable(resume: Resume, config, processes):
 
 
 def init_weights(path, config):
-    """The weights of --init-from, which must be of the model ``config``: the ones its run evaluated (their
-    moving average where it kept one, --ema)."""
+    """The weights of --init-from, which must be of the model ``config`` (its dropouts, patch dropout and
+    stochastic depth aside: they act in training only): the ones its run evaluated (their moving average where it
+    kept one, --ema). A transformers model directory will do (npvit/interop.py)."""
     ckpt = read_checkpoint(path, config)          # a .safetensors saved outside npvit: the run's model
-    check_model(ckpt, config, path, f"--init-from {path}")
+    check_model(ckpt, config, path, f"--init-from {path}", ignore=TRAINING_ONLY)
     return evaluated_weights(ckpt.params, ckpt.averaged)
 
 

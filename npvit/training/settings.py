@@ -99,8 +99,9 @@ class Settings:
     download: bool = option(True, "download CIFAR-10 if absent (--no-download to forbid)", "bool")
     out_dir: str = option("runs/vit", "the run directory: checkpoints (latest.npz, best.npz), metrics.jsonl, "
         "config.json; must be empty or new (see --resume, --overwrite)", "path")
-    init_from: Optional[str] = option(None, "start from the weights of this checkpoint (.npz or .safetensors) of the same "
-        "model (their moving average if its run kept one, --ema)", "path|none")
+    init_from: Optional[str] = option(None, "start from the weights of this checkpoint (.npz, .safetensors or a "
+        "transformers model directory) of the same model, its dropouts aside (their moving average if its run kept "
+        "one, --ema)", "path|none")
     check_replicas: int = option(0, "MPI runs: every N steps check that all processes hold the same weights (a "
         "checksum; debug, 0 = off)", "int>=0")
     eval_every: int = option(1, "evaluate on the test set every N epochs", "int>0")
