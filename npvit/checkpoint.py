@@ -297,10 +297,17 @@ def read_safetensors(path, config=None):
         diff = {k: (v, getattr(config, k)) for k, v in own.to_dict().items() if getattr(config, k) != v}
         raise CheckpointError(f"{path} is for another model than the config given: (file, given) differ in {diff}")
     config = own or config
+    from .interop import config_from_timm_kwargs, is_timm_state, state_from_timm
+
+    timm = is_timm_state(params)
+    if timm and config is None and "timm_kwargs" in metadata:   # written by npvit export --format timm
+        config = config_from_timm_kwargs(json.loads(metadata["timm_kwargs"]), path)
     if config is None:
         raise CheckpointError(f"{path} carries no model config (it was saved outside npvit, e.g. by "
                               f"safetensors.torch.save_file): give it with --config FILE or the model flags "
                               f"(--hidden-size ...), or load_safetensors(path, config=...) in Python")
+    if timm:                                # a timm VisionTransformer's state dict: into the article's names
+        params = state_from_timm(params, config)
     meta["dtype"] = str(next(iter(params.values())).dtype) if params else "float32"
     if meta["dtype"] not in ("float32", "float64"):
         meta["dtype"] = "float32"

@@ -1,4 +1,6 @@
-"""Hugging Face transformers' ViT in and out of npvit: ``ViTForImageClassification`` as ``save_pretrained``
+"""Other libraries' ViTs in and out of npvit: Hugging Face transformers' (below) and timm's (at the end).
+
+Hugging Face transformers' ViT in and out of npvit: ``ViTForImageClassification`` as ``save_pretrained``
 writes it (a directory of config.json, model.safetensors and, from an image processor, preprocessor_config.json)
 or in memory, to an npvit ViT and back. Nothing here imports torch or transformers to read or write files.
 
@@ -312,3 +314,184 @@ def to_hf(model, classes=None):
                               f"unexpected {unexpected}")
     return hf.eval()
 
+
+
+# -- timm ------------------------------------------------------------------------------------------------------
+# timm's VisionTransformer, as ``timm.models.vision_transformer.VisionTransformer`` holds it: one fused qkv (the
+# same Q, K, V row order as npvit's), ``norm`` the final LayerNorm (``final_norm``), ``head`` the classifier on
+# the [CLS] token (``global_pool='token'``) or the mean of the patch tokens (``'avg'`` with ``fc_norm=False``).
+TIMM_TOP = {"embedding.cls_token": "cls_token", "embedding.position_embeddings": "pos_embed",
+            "embedding.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+            "embedding.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+            "layernorm.weight": "norm.weight", "layernorm.bias": "norm.bias",
+            "classifier.weight": "head.weight", "classifier.bias": "head.bias"}
+TIMM_BLOCK = {"attention.qkv_projection": "attn.qkv", "attention.output_projection": "attn.proj",
+              "layernorm_1": "norm1", "mlp.dense_1": "mlp.fc1", "mlp.dense_2": "mlp.fc2", "layernorm_2": "norm2"}
+TIMM_ACT = {"none": "gelu", "tanh": "gelu_tanh"}
+
+
+def is_timm_state(state) -> bool:
+    """Whether a state dict is in timm's VisionTransformer names."""
+    return "patch_embed.proj.weight" in state and "cls_token" in state
+
+
+def state_from_timm(state: dict, config: ViTConfig) -> dict:
+    """npvit's state dict from a timm VisionTransformer's (of the model ``config``); every array used once,
+    or one line naming the rest (register tokens, layer scale, a norm after pooling, ...)."""
+    left = {k: _host(v) for k, v in state.items()}
+    names = dict(TIMM_TOP)
+    if not config.final_layernorm:
+        del names["layernorm.weight"], names["layernorm.bias"]
+    for i in range(config.num_hidden_layers):
+        for ours, theirs in TIMM_BLOCK.items():
+            for kind in ("weight", "bias"):
+                if kind == "bias" and ours == "attention.qkv_projection" and not config.qkv_bias:
+                    continue
+                names[f"encoder.blocks.{i}.{ours}.{kind}"] = f"blocks.{i}.{theirs}.{kind}"
+    missing = [theirs for theirs in names.values() if theirs not in left]
+    if missing:
+        raise CheckpointError(f"the timm weights lack {', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''} "
+                              f"(for npvit's {config.num_hidden_layers} blocks, final_layernorm "
+                              f"{str(config.final_layernorm).lower()}, qkv_bias {str(config.qkv_bias).lower()})")
+    out = {ours: left.pop(theirs) for ours, theirs in names.items()}
+    if left:
+        raise CheckpointError(f"the timm weights hold arrays npvit's ViT has no place for: "
+                              f"{', '.join(sorted(left)[:4])}{', ...' if len(left) > 4 else ''}")
+    return out
+
+
+def state_to_timm(params: dict, config: ViTConfig) -> dict:
+    """A timm VisionTransformer's state dict from npvit's (the model of :func:`timm_kwargs`)."""
+    out = {}
+    for ours, v in params.items():
+        if ours.startswith("encoder.blocks."):
+            i, rest = ours[len("encoder.blocks."):].split(".", 1)
+            part, kind = rest.rsplit(".", 1)
+            out[f"blocks.{i}.{TIMM_BLOCK[part]}.{kind}"] = v
+        else:
+            out[TIMM_TOP[ours]] = v
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def timm_kwargs(config: ViTConfig) -> dict:
+    """The keyword arguments of a timm ``VisionTransformer`` that computes what npvit's ``config`` does (JSON:
+    the LayerNorm's epsilon as ``norm_eps``, which :func:`make_timm` turns into timm's ``norm_layer``)."""
+    D, I = config.hidden_size, config.intermediate_size
+    return {"img_size": config.image_size, "patch_size": config.patch_size, "in_chans": config.num_channels,
+            "num_classes": config.num_classes, "global_pool": "token" if config.pooling == "cls" else "avg",
+            "embed_dim": D, "depth": config.num_hidden_layers, "num_heads": config.num_attention_heads,
+            "mlp_ratio": (I + 0.5) / D,                        # timm's int(D * mlp_ratio) is then exactly I
+            "qkv_bias": config.qkv_bias, "class_token": True, "no_embed_class": False,
+            "final_norm": config.final_layernorm, "fc_norm": False, "act_layer": TIMM_ACT[config.gelu_approximate],
+            "norm_eps": config.layer_norm_eps}
+
+
+def make_timm(kwargs: dict):
+    """A timm VisionTransformer from :func:`timm_kwargs` (needs timm)."""
+    import functools
+
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+    kwargs = dict(kwargs)
+    eps = kwargs.pop("norm_eps")
+    return VisionTransformer(**kwargs, norm_layer=functools.partial(torch.nn.LayerNorm, eps=eps))
+
+
+def config_from_timm(model) -> ViTConfig:
+    """The ViTConfig of a timm VisionTransformer in memory, or one line naming what npvit cannot express."""
+    import torch.nn as nn
+
+    def refuse(what):
+        raise CheckpointError(f"this timm VisionTransformer has {what}, which npvit's ViT does not express")
+    if type(model).__name__ != "VisionTransformer":
+        raise CheckpointError(f"a timm {type(model).__name__}: npvit reads timm's VisionTransformer")
+    if getattr(model, "num_reg_tokens", 0):
+        refuse(f"{model.num_reg_tokens} register tokens")
+    if not model.has_class_token or model.no_embed_class:
+        refuse("no [CLS] token" if not model.has_class_token else "positions for the patches only (no_embed_class)")
+    if model.global_pool not in ("token", "avg") or getattr(model, "attn_pool", None) is not None:
+        refuse(f"global_pool {model.global_pool!r}")
+    if model.global_pool == "avg" and getattr(model, "pool_include_prefix", False):
+        refuse("the [CLS] token in its average (pool_include_prefix)")
+    block = model.blocks[0]
+    for name, part in (("layer scale (init_values)", getattr(block, "ls1", None)),
+                       ("a norm after pooling (fc_norm)", model.fc_norm), ("a norm before the blocks (pre_norm)",
+                                                                             model.norm_pre),
+                       ("query/key norms (qk_norm)", getattr(block.attn, "q_norm", None)),
+                       ("a norm inside attention (scale_attn_norm)", getattr(block.attn, "norm", None)),
+                       ("a norm inside the MLP (scale_mlp_norm)", getattr(block.mlp, "norm", None)),
+                       ("a norm after the patch embedding", getattr(model.patch_embed, "norm", None))):
+        if part is not None and not isinstance(part, nn.Identity):
+            refuse(name)
+    if type(block.attn).__name__ != "Attention" or type(block.mlp).__name__ != "Mlp":
+        refuse(f"{type(block.attn).__name__} attention and a {type(block.mlp).__name__} MLP (npvit: Attention, Mlp)")
+    act = block.mlp.act                 # torch's GELU (exact or tanh), or timm's own GELU and GELUTanh
+    approximate = getattr(act, "approximate", None) if isinstance(act, nn.GELU) else \
+        {"GELU": "none", "GELUTanh": "tanh"}.get(type(act).__name__)
+    if approximate not in ("none", "tanh"):
+        refuse(f"a {type(act).__name__} activation (npvit: GELU, exact or tanh)")
+    if block.attn.proj.bias is None or block.mlp.fc1.bias is None:
+        refuse("projections without biases")
+    size, patch = model.patch_embed.img_size, model.patch_embed.patch_size
+    if size[0] != size[1] or patch[0] != patch[1]:
+        refuse(f"non-square images or patches ({size}, {patch})")
+    final = not isinstance(model.norm, nn.Identity)
+    try:
+        return ViTConfig(patch_size=patch[0], hidden_size=model.embed_dim, num_hidden_layers=len(model.blocks),
+                         num_attention_heads=block.attn.num_heads, intermediate_size=block.mlp.fc1.out_features,
+                         image_size=size[0], num_classes=model.num_classes,
+                         num_channels=model.patch_embed.proj.in_channels, qkv_bias=block.attn.qkv.bias is not None,
+                         gelu_approximate=approximate, final_layernorm=final,
+                         pooling="cls" if model.global_pool == "token" else "mean", layer_norm_eps=block.norm1.eps)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"timm model: {e}") from None
+
+
+def from_timm(model, backend="numpy", dtype="float32"):
+    """An npvit ViT from a timm VisionTransformer in memory, with the same logits."""
+    from .model import ViT
+
+    config = config_from_timm(model)
+    vit = ViT(config, backend=backend, dtype=dtype)
+    vit.load_state_dict(state_from_timm(model.state_dict(), config))
+    return vit
+
+
+def to_timm(model):
+    """A timm VisionTransformer with ``model``'s weights (needs timm and torch)."""
+    import torch
+
+    timm_model = make_timm(timm_kwargs(model.config))
+    timm_model.to(torch.float64 if model.dtype == np.float64 else torch.float32)
+    state = {k: torch.from_numpy(v) for k, v in state_to_timm(model.state_dict(), model.config).items()}
+    timm_model.load_state_dict(state, strict=True)
+    return timm_model.eval()
+
+
+def save_timm(model, path, dtype=None):
+    """Write ``model``'s weights as a .safetensors of timm's names, with the VisionTransformer's keyword
+    arguments in its metadata (``timm_kwargs``: ``make_timm(json.loads(...))`` builds it), atomically."""
+    from .runfiles import atomic_write
+
+    params = {k: (v.astype(dtype) if dtype else v) for k, v in model.state_dict().items()}
+    st = _safetensors_numpy()
+    blob = st.save(state_to_timm(params, model.config),
+                   metadata={"format": "pt", "timm_kwargs": json.dumps(timm_kwargs(model.config))})
+    atomic_write(path, lambda f: f.write(blob))
+    return path
+
+
+def config_from_timm_kwargs(kwargs: dict, where="timm_kwargs") -> ViTConfig:
+    """The ViTConfig of :func:`timm_kwargs`' dict (a file written by ``npvit export --format timm``)."""
+    try:
+        D = kwargs["embed_dim"]
+        return ViTConfig(patch_size=kwargs["patch_size"], hidden_size=D, num_hidden_layers=kwargs["depth"],
+                         num_attention_heads=kwargs["num_heads"], intermediate_size=int(D * kwargs["mlp_ratio"]),
+                         image_size=kwargs["img_size"], num_classes=kwargs["num_classes"],
+                         num_channels=kwargs["in_chans"], qkv_bias=kwargs["qkv_bias"],
+                         gelu_approximate={v: k for k, v in TIMM_ACT.items()}[kwargs["act_layer"]],
+                         final_layernorm=kwargs["final_norm"],
+                         pooling={"token": "cls", "avg": "mean"}[kwargs["global_pool"]],
+                         layer_norm_eps=kwargs["norm_eps"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: damaged timm keyword arguments ({type(e).__name__}: {e})") from None

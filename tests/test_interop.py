@@ -190,3 +190,96 @@ def test_every_program_takes_a_transformers_directory(cls_run, tmp_path):
                         "--pooling", "cls", "--final-layernorm", "--layer-norm-eps", "1e-5", "--no-progress",
                         "--threads", "1"], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+# -- timm ------------------------------------------------------------------------------------------------------
+# (depth, width, heads, MLP, image, patch, global_pool, final_norm, act, eps, qkv_bias): timm's defaults (token,
+# final norm, exact GELU, 1e-6), the mean of the patch tokens, the article's model (no final norm, tanh, 1e-5).
+TIMM_CONFIGS = [(2, 24, 3, 40, 16, 4, "token", True, "gelu", 1e-6, True),
+                (1, 20, 5, 36, 12, 3, "avg", True, "gelu_tanh", 1e-6, False),
+                (2, 12, 4, 48, 32, 4, "token", False, "gelu_tanh", 1e-5, True)]
+TIMM_IDS = ["token-exact", "avg-tanh-5-heads", "article"]
+
+
+def made_timm(c, dtype=torch.float64, seed=0, **extra):
+    import functools
+
+    timm = pytest.importorskip("timm")
+    L, D, H, I, S, P, pool, final, act, eps, bias = c
+    torch.manual_seed(seed)
+    m = timm.models.vision_transformer.VisionTransformer(
+        img_size=S, patch_size=P, embed_dim=D, depth=L, num_heads=H, mlp_ratio=I / D, num_classes=7, global_pool=pool,
+        final_norm=final, fc_norm=False, act_layer=act, qkv_bias=bias,
+        norm_layer=functools.partial(torch.nn.LayerNorm, eps=eps), **extra)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return m.to(dtype).eval()
+
+
+@pytest.mark.parametrize("c", TIMM_CONFIGS, ids=TIMM_IDS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_timm_logits_and_gradients_equal_timm(c, dtype):
+    from npvit.interop import from_timm, state_to_timm
+    m = made_timm(c, getattr(torch, dtype))
+    x, labels = images((None,) * 4 + (c[4],)).astype(dtype), np.array([0, 3, 6])
+    logits = m(torch.from_numpy(x))
+    vit = from_timm(m, dtype=dtype)
+    want = logits.detach().numpy()
+    tol = 1e-10 if dtype == "float64" else 2e-5
+    np.testing.assert_allclose(vit.eval()(x), want, rtol=0, atol=tol * np.abs(want).max())
+    if dtype == "float64":
+        torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
+        vit.zero_grad()
+        vit.backward(softmax_cross_entropy(vit(x), labels)[1])
+        ours = state_to_timm(vit.grad_dict(), vit.config)
+        for k, p in m.named_parameters():
+            np.testing.assert_allclose(ours[k], p.grad.numpy(), rtol=0,
+                                       atol=1e-10 * max(np.abs(p.grad.numpy()).max(), 1e-3), err_msg=k)
+
+
+def test_timm_round_trip_and_export(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from npvit.interop import from_timm, make_timm, timm_kwargs, to_timm
+    m = made_timm(TIMM_CONFIGS[1], torch.float32)
+    vit = from_timm(m)
+    back = to_timm(vit)                                              # theirs -> npvit -> theirs, bit for bit
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), back.state_dict().values()))
+    x = torch.from_numpy(images((None,) * 4 + (12,)).astype(np.float32))
+    assert torch.equal(back(x), m(x))
+    # a timm state dict saved as .safetensors loads with the model flags, as a PyTorch state dict does
+    save_file({k: v.numpy() for k, v in m.state_dict().items()}, tmp_path / "timm.safetensors")
+    model, _, _ = load_checkpoint(tmp_path / "timm.safetensors", config=vit.config)
+    np.testing.assert_array_equal(model.eval()(x.numpy()), vit.eval()(x.numpy()))
+    # npvit export --format timm: the keyword arguments ride in the metadata, and timm takes the weights
+    npz = tmp_path / "model.npz"
+    from npvit.checkpoint import save_checkpoint
+    save_checkpoint(npz, vit, meta={"classes": [str(i) for i in range(7)], "mean": [0.5] * 3, "std": [0.5] * 3})
+    p = subprocess.run([sys.executable, "-m", "npvit", "export", str(npz), str(tmp_path / "out.safetensors"),
+                        "--format", "timm"], capture_output=True, text=True, cwd=REPO)
+    assert p.returncode == 0 and "timm's VisionTransformer" in p.stdout, p.stdout + p.stderr
+    from safetensors import safe_open
+    with safe_open(tmp_path / "out.safetensors", framework="numpy") as f:
+        kwargs = json.loads(f.metadata()["timm_kwargs"])
+    assert kwargs == timm_kwargs(vit.config)
+    again = make_timm(kwargs)
+    again.load_state_dict({k: torch.from_numpy(v) for k, v in load_file(tmp_path / "out.safetensors").items()})
+    assert torch.equal(again.eval()(x), m(x))
+    model, _, _ = load_checkpoint(tmp_path / "out.safetensors")      # and npvit reads its own export back
+    assert model.config == vit.config
+
+
+@pytest.mark.parametrize("extra, message", [(dict(reg_tokens=4), "4 register tokens"),
+                                            (dict(init_values=1e-5), "layer scale"),
+                                            (dict(qk_norm=True), "query/key norms"),
+                                            (dict(no_embed_class=True), "positions for the patches only")])
+def test_what_npvit_cannot_express_of_timm_is_one_line(extra, message):
+    from npvit.interop import from_timm
+    with pytest.raises(CheckpointError, match=message):
+        from_timm(made_timm(TIMM_CONFIGS[0], **extra))
+    timm = pytest.importorskip("timm")
+    avg_fc_norm = timm.models.vision_transformer.VisionTransformer(img_size=16, patch_size=4, embed_dim=12, depth=1,
+                                                                   num_heads=3, num_classes=5, global_pool="avg")
+    with pytest.raises(CheckpointError, match=r"a norm after pooling \(fc_norm\)"):
+        from_timm(avg_fc_norm)
