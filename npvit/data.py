@@ -386,3 +386,49 @@ def load_image(path, image_size, num_channels=3):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no image at {path}")
     return read_image(path, image_size, num_channels)[None]
+
+
+# -- torchvision dataset objects --------------------------------------------------------------------------
+def _split_of(ds, what):
+    """(images (N, C, H, W) uint8, labels (N,) int64) of one torchvision dataset object, read once."""
+    data, targets = getattr(ds, "data", None), getattr(ds, "targets", None)
+    if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 4 and targets is not None \
+            and getattr(ds, "transform", None) is None:
+        return np.ascontiguousarray(data.transpose(0, 3, 1, 2)), np.asarray(targets, dtype=np.int64)  # CIFAR's
+    images, labels = [], []
+    for i in range(len(ds)):
+        item = ds[i]
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise DataError(f"{what} item {i} is a {type(item).__name__}: npvit reads (image, label) pairs")
+        image, label = item
+        if hasattr(image, "getbands"):                              # a PIL image
+            image = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
+        a = np.asarray(image)
+        if a.dtype != np.uint8:
+            raise DataError(f"{what} item {i} is a {a.dtype} image: npvit reads PIL images or uint8 arrays (a "
+                            f"transform such as ToTensor turns them into floats: leave it out, npvit normalises)")
+        a = a[:, :, None] if a.ndim == 2 else a
+        if a.ndim != 3:
+            raise DataError(f"{what} item {i} has shape {a.shape}: npvit reads (H, W, C) images")
+        if images and a.shape != images[0].shape:
+            raise DataError(f"{what} item {i} is {a.shape[:2]} pixels, item 0 {images[0].shape[:2]}: npvit trains "
+                            f"on images of one size (a Resize transform makes them so)")
+        images.append(a)
+        labels.append(int(label))
+    if not images:
+        raise DataError(f"{what} holds no images")
+    return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)), np.asarray(labels, dtype=np.int64)
+
+
+def from_torchvision(train, test) -> Dataset:
+    """A Dataset from two torchvision dataset objects (CIFAR10, CIFAR100, ImageFolder, or any whose items are
+    (PIL image or uint8 array, class index) pairs), each read once into arrays: CIFAR-style objects (``data``
+    (N, H, W, C) uint8 and ``targets``, no transform) whole, the others item by item. Class names: the training
+    set's ``classes``, else numbers."""
+    x_train, y_train = _split_of(train, "the training dataset")
+    x_test, y_test = _split_of(test, "the test dataset")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(f"the training images are {x_train.shape[1:]} (C, H, W) and the test images "
+                        f"{x_test.shape[1:]}: they must be alike")
+    classes = tuple(getattr(train, "classes", None) or range(int(max(y_train.max(), y_test.max())) + 1))
+    return Dataset(x_train, y_train, x_test, y_test, tuple(map(str, classes)))

@@ -17,6 +17,8 @@ npvit clamps to the image, torchvision to the box. And npvit's Rotate(m) is torc
 even odds, so the two draw the same distribution of images, and npvit keeps its convention so that every
 earlier run resumes bit for bit.
 """
+import os
+
 import numpy as np
 import pytest
 
@@ -100,3 +102,48 @@ def test_random_resized_crop_of_a_fixed_box_matches_torchvision(top, left, h, w,
                                rtol=0, atol=1e-12)
     edge = np.abs(ours - theirs.numpy()).max()
     assert edge < 0.5 if (h, w) != (32, 32) else edge < 1e-12          # the edges: within the pixel steps
+
+
+def test_npvit_trains_on_torchvision_dataset_objects(real_data, tmp_path, monkeypatch):
+    """CIFAR10 objects (read whole through their arrays), FakeData and an ImageFolder (read item by item)."""
+    from PIL import Image
+
+    from npvit.data import from_torchvision
+    from npvit.errors import DataError
+    from npvit.training import build_config, train
+    from npvit.training.console import Console
+    datasets = torchvision.datasets
+    # this project's CIFAR-10 is rebuilt from JPEGs, so its files' MD5s are not the originals torchvision checks
+    monkeypatch.setattr(datasets.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    cifar = datasets.CIFAR10(real_data, train=True), datasets.CIFAR10(real_data, train=False)
+    data = from_torchvision(*cifar)
+    ours = load_dataset("cifar10", real_data)
+    np.testing.assert_array_equal(data.x_test, ours.x_test)
+    np.testing.assert_array_equal(data.y_train, ours.y_train)
+    assert data.classes == ours.classes
+
+    settings = build_config(overrides=dict(epochs=1, train_limit=256, test_limit=128, hidden_size=24,
+                                           num_attention_heads=3, intermediate_size=48, num_hidden_layers=1,
+                                           progress=False, threads=1, out_dir=str(tmp_path / "run")))
+    history = train(settings, console=Console(log=lambda *a: None), data=cifar)
+    assert len(history) == 1 and 0 <= history[0]["test_acc"] <= 1
+
+    fake = datasets.FakeData(size=40, image_size=(3, 32, 32), num_classes=10, random_offset=0)
+    held = datasets.FakeData(size=10, image_size=(3, 32, 32), num_classes=10, random_offset=40)
+    data = from_torchvision(fake, held)
+    assert data.x_train.shape == (40, 3, 32, 32) and data.x_train.dtype == np.uint8
+    np.testing.assert_array_equal(data.x_train[3], np.asarray(fake[3][0]).transpose(2, 0, 1))
+    for split in ("train", "test"):
+        for k in range(3):
+            os.makedirs(tmp_path / "folder" / split / f"c{k}")
+            for i in range(4):
+                Image.fromarray(np.full((32, 32, 3), 40 * k + i, np.uint8)).save(
+                    tmp_path / "folder" / split / f"c{k}" / f"{i}.png")
+    folder = [datasets.ImageFolder(str(tmp_path / "folder" / s)) for s in ("train", "test")]
+    data = from_torchvision(*folder)
+    assert data.classes == ("c0", "c1", "c2") and data.y_train.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert data.x_test[5, 0, 0, 0] == 41
+    tensors = datasets.FakeData(size=4, image_size=(3, 32, 32), transform=torchvision.transforms.ToTensor())
+    with pytest.raises(DataError, match="is a float32 image: .* ToTensor"):
+        from_torchvision(tensors, tensors)

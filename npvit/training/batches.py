@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import augment as aug
 from ..backend import default_rng, get_array_module, seed_for, to_device
-from ..data import Dataset, load_dataset
+from ..data import Dataset, from_torchvision, load_dataset
 from ..distributed import shard
 from ..errors import ConfigError, DataError
 from ..trivial_augment import trivial_augment
@@ -44,16 +44,22 @@ class DataSource:
     val_split: int = 0
 
 
-def training_data(source: DataSource, config) -> Dataset:
-    """The dataset ``source`` names, checked against the model's ``config`` (a ViTConfig), limited, and split:
-    with ``val_split`` N the last N training images become the evaluation set (the test set goes unused)."""
+def training_data(source: DataSource, config, given=None) -> Dataset:
+    """The dataset ``source`` names (or ``given``: a Dataset, or a pair of torchvision dataset objects, read
+    into arrays here once), checked against the model's ``config`` (a ViTConfig), limited, and split: with
+    ``val_split`` N the last N training images become the evaluation set (the test set goes unused)."""
     C, S = config.num_channels, config.image_size
-    try:
-        data = load_dataset(source.dataset, source.data_dir, S, C, source.download)
-    except DataError as e:
-        if source.dataset == "cifar10" and not source.download and "not found" in str(e):
-            raise DataError(f"{e} (or drop --no-download to download it there)") from None
-        raise
+    if isinstance(given, Dataset):
+        data = given
+    elif given is not None:
+        data = from_torchvision(*given)
+    else:
+        try:
+            data = load_dataset(source.dataset, source.data_dir, S, C, source.download)
+        except DataError as e:
+            if source.dataset == "cifar10" and not source.download and "not found" in str(e):
+                raise DataError(f"{e} (or drop --no-download to download it there)") from None
+            raise
     if data.x_train.shape[1:] != (C, S, S):
         raise ConfigError(f"the data's images are {data.x_train.shape[1:]} (C, H, W) but the model expects "
                           f"num_channels={C}, image_size={S}")

@@ -43,18 +43,21 @@ LOG_EVERY = 10          # steps between reads of the running loss: progress disp
 
 
 # -- starting a run ----------------------------------------------------------------------------------------
-def train(settings, resume=None, overwrite=False, console=None, callbacks=(), stop=None, world=None):
+def train(settings, resume=None, overwrite=False, console=None, callbacks=(), stop=None, world=None, data=None):
     """Run the training that ``settings`` (a Settings, or the flat dict of a config.json) describe in their
     ``out_dir`` (or continue one: ``resume`` is a run
     directory, a checkpoint file, or a Resume record already read); returns the list of per-epoch metrics.
     ``callbacks``: functions ``f(trainer, epoch, steps_done)`` called after every step, for tests and tools
-    that steer a run from outside the loop. ``world``: the processes of an MPI run (npvit/distributed.py)."""
+    that steer a run from outside the loop. ``world``: the processes of an MPI run (npvit/distributed.py).
+    ``data``: the images to train on instead of ``settings.dataset``'s: an npvit Dataset, or a pair of torchvision
+    dataset objects (train, test), read into arrays once, after the memory check has counted them."""
     world = world or SingleProcess()
     with contextlib.ExitStack() as stack:
         try:
             if not isinstance(settings, Settings):
                 settings = Settings.from_dict(settings)
-            trainer = start(settings, resume, overwrite, console or Console(speaks=world.rank == 0), world, stack)
+            trainer = start(settings, resume, overwrite, console or Console(speaks=world.rank == 0), world, stack,
+                            data)
             failed = None
         except UserError as e:
             failed = e
@@ -72,7 +75,7 @@ def train(settings, resume=None, overwrite=False, console=None, callbacks=(), st
             return trainer.fit()
 
 
-def start(settings: Settings, resume, overwrite, console, world, stack):
+def start(settings: Settings, resume, overwrite, console, world, stack, data=None):
     """Everything before the first write: checks, the run directory (rank 0 alone, locked for the run's
     length through ``stack``), then the parts. Returns the Trainer (``clears_first``: --overwrite is to clear
     the directory's old run when it begins)."""
@@ -83,7 +86,9 @@ def start(settings: Settings, resume, overwrite, console, world, stack):
     if world.size > 1 and settings.backend != "numpy":
         raise ConfigError("training on several processes runs on the numpy backend (GPUs would need NCCL)")
     if settings.memory_check:                                           # before anything is allocated
-        check_memory(settings, world)
+        check_memory(settings, world, None if data is None else tuple(
+            len(split) if not hasattr(split, "shape") else split.shape[0]
+            for split in ((data.x_train, data.x_test) if hasattr(data, "x_train") else data)))
     if resume is not None and not isinstance(resume, Resume):
         resume = read_resume(resume)
     if resume is not None:
@@ -98,17 +103,18 @@ def start(settings: Settings, resume, overwrite, console, world, stack):
             clear = run.claim_fresh(overwrite)
     else:
         run = RunDir(settings.out_dir)
-    trainer = build(settings, resume, run, console, world)          # nothing written yet
+    trainer = build(settings, resume, run, console, world, data)          # nothing written yet
     trainer.clears_first = clear
     return trainer
 
 
-def check_memory(settings, world):
+def check_memory(settings, world, counts=None):
     """Refuse, in one line, a run whose estimated memory exceeds what this machine (or GPU) has."""
     threads = settings.threads
     if threads == "auto":
         threads = max(1, default_threads() // world.local_size) if settings.backend == "numpy" else 1
-    counts = (50_000, 10_000) if settings.dataset == "cifar10" else folder_image_count(settings.data_dir)
+    if counts is None:                                  # the images the run will hold: given, or its dataset's
+        counts = (50_000, 10_000) if settings.dataset == "cifar10" else folder_image_count(settings.data_dir)
     refusal = check_fits(settings, threads, *counts)
     if refusal:
         raise ConfigError(refusal)
@@ -135,10 +141,10 @@ def resume_into(resume, model, opt):
     return state
 
 
-def build(s: Settings, resume, run, console, world):
+def build(s: Settings, resume, run, console, world, given=None):
     """The parts of a run, in reading order: data, model, optimiser, state (resumed or new), moving average,
     the batch stream and the evaluation set on the model's device, the model on its CPU threads."""
-    data = training_data(s.data, s.model)
+    data = training_data(s.data, s.model, given)
     checksum = data_checksum(data.x_train, data.y_train, data.x_test, data.y_test) if world.size > 1 else None
     mean, std = norm_stats(s.normalize, data)
     xp = get_xp(s.backend)
