@@ -468,15 +468,18 @@ def to_timm(model):
     return timm_model.eval()
 
 
-def save_timm(model, path, dtype=None):
+def save_timm(model, path, dtype=None, meta=None):
     """Write ``model``'s weights as a .safetensors of timm's names, with the VisionTransformer's keyword
-    arguments in its metadata (``timm_kwargs``: ``make_timm(json.loads(...))`` builds it), atomically."""
+    arguments in its metadata (``timm_kwargs``: ``make_timm(json.loads(...))`` builds it) and, for npvit to read
+    it back as it was, ``meta``'s class names, mean and std (``npvit_meta``), atomically."""
     from .runfiles import atomic_write
 
     params = {k: (v.astype(dtype) if dtype else v) for k, v in model.state_dict().items()}
     st = _safetensors_numpy()
     blob = st.save(state_to_timm(params, model.config),
-                   metadata={"format": "pt", "timm_kwargs": json.dumps(timm_kwargs(model.config))})
+                   metadata={"format": "pt", "timm_kwargs": json.dumps(timm_kwargs(model.config)),
+                             "npvit_meta": json.dumps({k: v for k, v in (meta or {}).items()
+                                                       if k in ("classes", "mean", "std")})})
     atomic_write(path, lambda f: f.write(blob))
     return path
 

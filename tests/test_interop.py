@@ -266,8 +266,9 @@ def test_timm_round_trip_and_export(tmp_path):
     again = make_timm(kwargs)
     again.load_state_dict({k: torch.from_numpy(v) for k, v in load_file(tmp_path / "out.safetensors").items()})
     assert torch.equal(again.eval()(x), m(x))
-    model, _, _ = load_checkpoint(tmp_path / "out.safetensors")      # and npvit reads its own export back
-    assert model.config == vit.config
+    model, _, meta = load_checkpoint(tmp_path / "out.safetensors")   # and npvit reads its own export back,
+    assert model.config == vit.config                                  # with the run's classes and normalisation
+    assert meta["classes"] == [str(i) for i in range(7)] and meta["mean"] == [0.5] * 3
 
 
 @pytest.mark.parametrize("extra, message", [(dict(reg_tokens=4), "4 register tokens"),

@@ -41,7 +41,7 @@ or, with ``--format timm``, to timm's VisionTransformer names."""
     check_writable(args.out)
     if args.format == "timm":
         model, meta = load_trained(args.checkpoint, config=config)
-        save_timm(model, args.out, dtype=args.dtype)
+        save_timm(model, args.out, dtype=args.dtype, meta=meta)
         print(f"wrote {args.out}: timm's VisionTransformer(**{timm_kwargs(model.config)}) with "
               f"norm_layer=partial(nn.LayerNorm, eps=norm_eps) loads it (npvit.interop.make_timm builds it)")
         return 0
