@@ -91,6 +91,13 @@ def to_numpy(x):
     return np.asarray(x)
 
 
+def host_array(v):
+    """A weight from anywhere as a NumPy array: NumPy, CuPy, or a torch tensor (read without importing torch)."""
+    if hasattr(v, "detach"):
+        v = v.detach().cpu().numpy()
+    return to_numpy(v)
+
+
 def to_host_scalar(x) -> float:
     """Read a 0-d device array as a Python float (on CuPy: a device-to-host copy and a sync)."""
     TRANSFERS["to_host"] += 1

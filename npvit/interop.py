@@ -27,6 +27,7 @@ import tempfile
 
 import numpy as np
 
+from .backend import host_array
 from .checkpoint import Checkpoint, _safetensors_numpy
 from .config import ViTConfig
 from .errors import CheckpointError
@@ -81,8 +82,7 @@ def config_from_hf(c: dict) -> tuple:
                               f"('gelu_new', 'gelu_pytorch_tanh')")
     labels = c.get("id2label") or {}
     n = len(labels) if labels else int(c.get("num_labels", 2))
-    classes = [labels.get(str(i), labels.get(i, f"LABEL_{i}")) for i in range(n)] if labels else \
-        [f"LABEL_{i}" for i in range(n)]
+    classes = [labels.get(str(i), labels.get(i, f"LABEL_{i}")) for i in range(n)]
     try:
         config = ViTConfig(patch_size=_square(c.get("patch_size", 16), "patch_size"),
                            hidden_size=c.get("hidden_size", 768), num_hidden_layers=c.get("num_hidden_layers", 12),
@@ -145,7 +145,7 @@ def _spelling(state):
 def state_from_hf(state: dict, config: ViTConfig) -> dict:
     """npvit's state dict (article names, host arrays) from a transformers ViT's, in either spelling (the
     Hub's on disk, transformers 5's in memory); every array used once, or one line naming the rest."""
-    left = {k: _host(v) for k, v in state.items()}
+    left = {k: host_array(v) for k, v in state.items()}
     s = _spelling(left)
 
     def take(name):
@@ -183,12 +183,6 @@ def state_to_hf(params: dict, config: ViTConfig, spelling=0) -> dict:
             for kind in ("weight", "bias"):
                 out[f"{hf}{names[s]}.{kind}"] = params[f"{ours}{npvit_name}.{kind}"]
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
-
-
-def _host(v):
-    if hasattr(v, "detach"):            # a torch tensor, without importing torch
-        v = v.detach().cpu().numpy()
-    return np.asarray(v)
 
 
 # -- directories and models ------------------------------------------------------------------------------------
@@ -294,25 +288,17 @@ def save_hf(model, out_dir, classes, mean, std, dtype=None):
     return out_dir
 
 
-def to_hf(model, classes=None):
-    """A transformers ViTForImageClassification with ``model``'s weights (float32 or float64, as the model)."""
+def to_hf(model, classes=None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
+    """A transformers ViTForImageClassification with ``model``'s weights (in its dtype): :func:`save_hf` into a
+    temporary directory, read back by transformers' own ``from_pretrained`` (needs transformers)."""
     try:
-        import torch
-        from transformers import ViTConfig as HFConfig, ViTForImageClassification
+        from transformers import ViTForImageClassification
     except ImportError:
-        raise ImportError("to_hf needs transformers and torch: pip install transformers torch") from None
+        raise ImportError("to_hf needs transformers (and torch): pip install -e \".[hf]\"") from None
     classes = classes or [f"LABEL_{i}" for i in range(model.config.num_classes)]
-    c = config_to_hf(model.config, classes)
-    c = {k: v for k, v in c.items() if k not in ("architectures", "model_type")}
-    c["id2label"] = {int(k): v for k, v in c["id2label"].items()}
-    hf = ViTForImageClassification(HFConfig(**c))
-    state = state_to_hf(model.state_dict(), model.config, spelling=_spelling(hf.state_dict()))
-    hf.to(torch.float64 if model.dtype == np.float64 else torch.float32)
-    missing, unexpected = hf.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"transformers' ViT did not take npvit's weights: missing {missing}, "
-                              f"unexpected {unexpected}")
-    return hf.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = save_hf(model, os.path.join(tmp, "model"), classes, mean, std)
+        return ViTForImageClassification.from_pretrained(out, dtype="auto").eval()
 
 
 
@@ -338,7 +324,7 @@ def is_timm_state(state) -> bool:
 def state_from_timm(state: dict, config: ViTConfig) -> dict:
     """npvit's state dict from a timm VisionTransformer's (of the model ``config``); every array used once,
     or one line naming the rest (register tokens, layer scale, a norm after pooling, ...)."""
-    left = {k: _host(v) for k, v in state.items()}
+    left = {k: host_array(v) for k, v in state.items()}
     names = dict(TIMM_TOP)
     if not config.final_layernorm:
         del names["layernorm.weight"], names["layernorm.bias"]
@@ -390,16 +376,17 @@ def make_timm(kwargs: dict):
     """A timm VisionTransformer from :func:`timm_kwargs` (needs timm)."""
     import functools
 
-    import torch
+    from timm.layers import LayerNorm
     from timm.models.vision_transformer import VisionTransformer
     kwargs = dict(kwargs)
     eps = kwargs.pop("norm_eps")
-    return VisionTransformer(**kwargs, norm_layer=functools.partial(torch.nn.LayerNorm, eps=eps))
+    return VisionTransformer(**kwargs, norm_layer=functools.partial(LayerNorm, eps=eps))
 
 
 def config_from_timm(model) -> ViTConfig:
     """The ViTConfig of a timm VisionTransformer in memory, or one line naming what npvit cannot express."""
-    import torch.nn as nn
+    def identity(part):                 # torch.nn.Identity, recognised without importing torch
+        return part is None or type(part).__name__ == "Identity"
 
     def refuse(what):
         raise CheckpointError(f"this timm VisionTransformer has {what}, which npvit's ViT does not express")
@@ -421,13 +408,12 @@ def config_from_timm(model) -> ViTConfig:
                        ("a norm inside attention (scale_attn_norm)", getattr(block.attn, "norm", None)),
                        ("a norm inside the MLP (scale_mlp_norm)", getattr(block.mlp, "norm", None)),
                        ("a norm after the patch embedding", getattr(model.patch_embed, "norm", None))):
-        if part is not None and not isinstance(part, nn.Identity):
+        if not identity(part):
             refuse(name)
     if type(block.attn).__name__ != "Attention" or type(block.mlp).__name__ != "Mlp":
         refuse(f"{type(block.attn).__name__} attention and a {type(block.mlp).__name__} MLP (npvit: Attention, Mlp)")
     act = block.mlp.act                 # torch's GELU (exact or tanh), or timm's own GELU and GELUTanh
-    approximate = getattr(act, "approximate", None) if isinstance(act, nn.GELU) else \
-        {"GELU": "none", "GELUTanh": "tanh"}.get(type(act).__name__)
+    approximate = {"GELU": getattr(act, "approximate", "none"), "GELUTanh": "tanh"}.get(type(act).__name__)
     if approximate not in ("none", "tanh"):
         refuse(f"a {type(act).__name__} activation (npvit: GELU, exact or tanh)")
     if block.attn.proj.bias is None or block.mlp.fc1.bias is None:
@@ -435,7 +421,7 @@ def config_from_timm(model) -> ViTConfig:
     size, patch = model.patch_embed.img_size, model.patch_embed.patch_size
     if size[0] != size[1] or patch[0] != patch[1]:
         refuse(f"non-square images or patches ({size}, {patch})")
-    final = not isinstance(model.norm, nn.Identity)
+    final = not identity(model.norm)
     try:
         return ViTConfig(patch_size=patch[0], hidden_size=model.embed_dim, num_hidden_layers=len(model.blocks),
                          num_attention_heads=block.attn.num_heads, intermediate_size=block.mlp.fc1.out_features,
@@ -458,13 +444,16 @@ def from_timm(model, backend="numpy", dtype="float32"):
 
 
 def to_timm(model):
-    """A timm VisionTransformer with ``model``'s weights (needs timm and torch)."""
-    import torch
+    """A timm VisionTransformer with ``model``'s weights (in its dtype): :func:`save_timm` into a temporary file,
+    read by timm's own ``load_checkpoint`` (needs timm)."""
+    from timm.models import load_checkpoint
 
     timm_model = make_timm(timm_kwargs(model.config))
-    timm_model.to(torch.float64 if model.dtype == np.float64 else torch.float32)
-    state = {k: torch.from_numpy(v) for k, v in state_to_timm(model.state_dict(), model.config).items()}
-    timm_model.load_state_dict(state, strict=True)
+    if model.dtype == np.float64:
+        timm_model.double()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_timm(model, os.path.join(tmp, "model.safetensors"))
+        load_checkpoint(timm_model, path, strict=True)
     return timm_model.eval()
 
 

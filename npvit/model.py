@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 
-from .backend import check_dtype, get_array_module, get_xp, to_device, to_numpy
+from .backend import check_dtype, get_array_module, get_xp, host_array, to_device, to_numpy
 from .config import ViTConfig
 from .layers import Conv2d, Embeddings, Encoder, LayerNorm, Linear, PatchDropout
 from .layers.base import Layer
@@ -180,7 +180,7 @@ class ViT(Layer):
         bias), which are stacked into ``qkv_projection`` as Q rows, K rows, V rows.
         Missing, unexpected or mis-shaped keys raise one ValueError naming them all.
         """
-        sd = {k: _as_numpy(v) for k, v in state_dict.items()}
+        sd = {k: host_array(v) for k, v in state_dict.items()}
         sd = self._fuse_per_head(sd)
         params = self.parameters()
         missing = [k for k in params if k not in sd]
@@ -235,9 +235,3 @@ def torch_default_init(model, rng):
             for name in ("cls_token", "position_embeddings"):
                 p = layer.params[name]
                 p[...] = rng.standard_normal(p.shape)
-
-
-def _as_numpy(v):
-    if hasattr(v, "detach"):  # a torch tensor, without importing torch
-        v = v.detach().cpu().numpy()
-    return to_numpy(v)

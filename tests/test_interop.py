@@ -42,16 +42,16 @@ def made(c, dtype=torch.float64, seed=0):
     return hf.to(dtype).eval()
 
 
-def images(c, n=3, seed=1):
-    S = c[4]
-    return np.random.default_rng(seed).standard_normal((n, 3, S, S))
+def images(size, n=3, seed=1):
+    """n random (normalised) images of size x size pixels."""
+    return np.random.default_rng(seed).standard_normal((n, 3, size, size))
 
 
 @pytest.mark.parametrize("c", CONFIGS, ids=IDS)
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_logits_equal_transformers(c, dtype, tmp_path):
     hf = made(c, getattr(torch, dtype))
-    x = images(c).astype(dtype)
+    x = images(c[4]).astype(dtype)
     want = hf(torch.from_numpy(x)).logits.detach().numpy()
     tol = 1e-10 if dtype == "float64" else 2e-5
     vit, meta = from_hf(hf, dtype=dtype)                          # in memory
@@ -66,7 +66,7 @@ def test_logits_equal_transformers(c, dtype, tmp_path):
 @pytest.mark.parametrize("c", CONFIGS, ids=IDS)
 def test_gradients_of_every_weight_equal_transformers(c):
     hf = made(c)
-    x, labels = images(c), np.array([0, 3, 6])
+    x, labels = images(c[4]), np.array([0, 3, 6])
     logits = hf(torch.from_numpy(x)).logits
     torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels)).backward()
     theirs = {k: p.grad.numpy() for k, p in hf.named_parameters()}
@@ -90,7 +90,7 @@ def test_a_round_trip_is_bit_exact(tmp_path):
     a, b = load_file(tmp_path / "theirs" / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
     assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
     again = ViTForImageClassification.from_pretrained(tmp_path / "back").eval()
-    x = torch.from_numpy(images(CONFIGS[1]).astype(np.float32))
+    x = torch.from_numpy(images(CONFIGS[1][4]).astype(np.float32))
     assert torch.equal(again(x).logits, hf(x).logits)
     assert again.config.id2label == hf.config.id2label
     back = to_hf(vit, meta["classes"])                               # and in memory
@@ -222,7 +222,7 @@ def made_timm(c, dtype=torch.float64, seed=0, **extra):
 def test_timm_logits_and_gradients_equal_timm(c, dtype):
     from npvit.interop import from_timm, state_to_timm
     m = made_timm(c, getattr(torch, dtype))
-    x, labels = images((None,) * 4 + (c[4],)).astype(dtype), np.array([0, 3, 6])
+    x, labels = images(c[4]).astype(dtype), np.array([0, 3, 6])
     logits = m(torch.from_numpy(x))
     vit = from_timm(m, dtype=dtype)
     want = logits.detach().numpy()
@@ -246,7 +246,7 @@ def test_timm_round_trip_and_export(tmp_path):
     vit = from_timm(m)
     back = to_timm(vit)                                              # theirs -> npvit -> theirs, bit for bit
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), back.state_dict().values()))
-    x = torch.from_numpy(images((None,) * 4 + (12,)).astype(np.float32))
+    x = torch.from_numpy(images(12).astype(np.float32))
     assert torch.equal(back(x), m(x))
     # a timm state dict saved as .safetensors loads with the model flags, as a PyTorch state dict does
     save_file({k: v.numpy() for k, v in m.state_dict().items()}, tmp_path / "timm.safetensors")

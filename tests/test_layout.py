@@ -50,3 +50,13 @@ def test_the_benchmarks_import_nothing_from_the_tests():
     found = [name for name in os.listdir(folder) if name.endswith(".py")
              and any(m == "tests" or m.startswith("tests.") for m in imports(os.path.join(folder, name)))]
     assert not found, found
+
+
+def test_npvit_never_imports_torch():
+    """torch is for the tests and benchmarks: npvit reads torch tensors by duck typing and leaves building torch
+    models to transformers and timm (npvit/interop.py)."""
+    every = [os.path.join(folder, name) for folder, _, files in os.walk(PACKAGE) for name in files
+             if name.endswith(".py")]
+    found = [os.path.relpath(p, PACKAGE) for p in every
+             if any(m == "torch" or m.startswith("torch.") for m in imports(p))]
+    assert not found, f"npvit/ imports torch in {found}"

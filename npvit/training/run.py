@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import augment as aug
 from ..backend import get_xp, to_device
+from ..data import Dataset
 from ..distributed import SingleProcess, check_replicas, check_same_data, check_same_settings, data_checksum
 from ..ema import EMA
 from ..errors import CheckpointError, ConfigError, Diverged, StartFailed, UserError, error_line
@@ -86,9 +87,7 @@ def start(settings: Settings, resume, overwrite, console, world, stack, data=Non
     if world.size > 1 and settings.backend != "numpy":
         raise ConfigError("training on several processes runs on the numpy backend (GPUs would need NCCL)")
     if settings.memory_check:                                           # before anything is allocated
-        check_memory(settings, world, None if data is None else tuple(
-            len(split) if not hasattr(split, "shape") else split.shape[0]
-            for split in ((data.x_train, data.x_test) if hasattr(data, "x_train") else data)))
+        check_memory(settings, world, None if data is None else image_counts(data))
     if resume is not None and not isinstance(resume, Resume):
         resume = read_resume(resume)
     if resume is not None:
@@ -118,6 +117,11 @@ def check_memory(settings, world, counts=None):
     refusal = check_fits(settings, threads, *counts)
     if refusal:
         raise ConfigError(refusal)
+
+
+def image_counts(data):
+    """(training images, test images) of data handed to ``train``: an npvit Dataset or a (train, test) pair."""
+    return (len(data.x_train), len(data.x_test)) if isinstance(data, Dataset) else tuple(map(len, data))
 
 
 @contextlib.contextmanager
