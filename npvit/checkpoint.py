@@ -32,6 +32,10 @@ FORMAT_VERSION = 1
 # installed package is refused in one line instead of giving wrong answers under the card's accuracy.
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "vit-cifar10.safetensors")
 SHIPPED_SHA256 = SHIPPED + ".sha256"
+# A second set that ships: the same model pooled by its [CLS] token, as transformers' ViT is (a --recipe fast80
+# --pooling cls run; docs/interop.md), so that `npvit export --format hf` of weights in the box runs in
+# transformers' own pipeline.
+SHIPPED_CLS = os.path.join(os.path.dirname(SHIPPED), "vit-cifar10-cls.safetensors")
 
 
 def sha256_of(path):
@@ -48,7 +52,7 @@ def check_shipped(path=SHIPPED):
     damaged = f"the weights that ship with npvit ({path})"
     fix = "reinstall npvit (pip install --force-reinstall npvit; in a clone, git checkout npvit/weights)"
     try:
-        recorded = open(SHIPPED_SHA256, encoding="ascii").read().split()[0]
+        recorded = open(os.fspath(path) + ".sha256", encoding="ascii").read().split()[0]
         actual = sha256_of(path)
     except FileNotFoundError as e:
         raise CheckpointError(f"{damaged} are damaged: {e.filename} is missing; {fix}") from None
@@ -61,7 +65,7 @@ def check_shipped(path=SHIPPED):
 
 
 def is_shipped(path):
-    return os.path.realpath(os.fspath(path)) == os.path.realpath(SHIPPED)
+    return os.path.realpath(os.fspath(path)) in (os.path.realpath(SHIPPED), os.path.realpath(SHIPPED_CLS))
 
 
 class Checkpoint(NamedTuple):

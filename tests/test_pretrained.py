@@ -58,10 +58,11 @@ def test_evaluate_on_them_gives_the_stated_accuracy(real_data):
 
 
 # -- a damaged copy in an installed package is refused, in one line that says to reinstall --------------------------
-def test_the_recorded_sha256_is_that_of_the_shipped_file():
-    from npvit.checkpoint import SHIPPED_SHA256, sha256_of
-    recorded, name = open(SHIPPED_SHA256).read().split()
-    assert name == os.path.basename(PRETRAINED) and recorded == sha256_of(PRETRAINED)
+def test_the_recorded_sha256_is_that_of_each_shipped_file():
+    from npvit.checkpoint import SHIPPED_CLS, sha256_of
+    for path in (PRETRAINED, SHIPPED_CLS):
+        recorded, name = open(path + ".sha256").read().split()
+        assert name == os.path.basename(path) and recorded == sha256_of(path)
 
 
 def installed_copy(tmp_path):
