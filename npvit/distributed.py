@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import socket
 import sys
 import time
@@ -23,7 +24,7 @@ import zlib
 
 import numpy as np
 
-from .errors import ReplicasDiffer, UserError
+from .errors import PeerLost, ReplicasDiffer, UserError
 
 # What MPI launchers put in each process's environment: MPICH/Intel (PMI), Open MPI, PMIx.
 LAUNCH_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE")
@@ -57,6 +58,9 @@ class SingleProcess:
     def gather(self, obj):
         return [obj]
 
+    def broadcast(self, obj):
+        return obj
+
     def allgather(self, obj):
         return [obj]
 
@@ -67,49 +71,126 @@ class SingleProcess:
         raise SystemExit(code)
 
 
-class MPIWorld:
-    """``COMM_WORLD`` of mpi4py with the few collectives training needs."""
+# Before a run's first step the processes may wait this long for each other (each reads its data and, on
+# resume, rank 0 its checkpoint); from then on, the run's --peer-timeout.
+START_TIMEOUT = 600.0
+ARRIVED = 7                 # the tag of the small message each process sends every other at each collective
 
-    def __init__(self, comm):
+
+class MPIWorld:
+    """``COMM_WORLD`` of mpi4py with the few collectives training needs, none of which waits forever.
+
+    Every collective is MPI's non-blocking one, polled until it completes or ``timeout`` seconds pass; beside it
+    each process sends every other a token ("I arrived at collective k"). A process whose collective does not
+    complete in time (a process that ended, a host or link that went down: TCP alone would wait many minutes)
+    raises PeerLost naming the processes whose tokens did not come, and their hosts; so does an error MPI reports
+    about them. That is one small message per peer and collective: for the 2-8 processes of a small cluster,
+    microseconds against a step's all-reduce of the whole gradient."""
+
+    def __init__(self, comm, timeout=START_TIMEOUT):
         from mpi4py import MPI
 
         self.MPI, self.comm = MPI, comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.local_size = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()   # ranks on this machine
+        self.hosts = comm.allgather(socket.gethostname())                   # for the messages that name one
+        self.peers = [r for r in range(self.size) if r != self.rank]
+        self.timeout, self.where, self.calls = timeout, "", 0
+
+    def collective(self, start):
+        """Run the non-blocking collective that ``start()`` begins (it returns its request) to completion, or
+        raise PeerLost within ``self.timeout`` seconds."""
+        MPI = self.MPI
+        self.calls += 1
+        token = np.array([self.calls], dtype=np.int64)
+        arrived = np.zeros(self.size, dtype=np.int64)
+        try:
+            sends = [self.comm.Isend(token, dest=r, tag=ARRIVED) for r in self.peers]
+            recvs = [self.comm.Irecv(arrived[r:r + 1], source=r, tag=ARRIVED) for r in self.peers]
+            requests = [start(), *recvs, *sends]
+        except MPI.Exception as e:
+            raise self.lost(self.peers, cause=e) from None
+        t0 = time.monotonic()
+        while True:
+            try:
+                if MPI.Request.Testall(requests):
+                    return
+            except MPI.Exception as e:
+                raise self.lost(self.missing(recvs, arrived), cause=e) from None
+            waited = time.monotonic() - t0
+            if waited > self.timeout:
+                raise self.lost(self.missing(recvs, arrived)) from None
+            if waited > 0.002:          # the others are late (evaluating, saving): poll without taking a core
+                time.sleep(0.0005 if waited < 1 else 0.01)
+
+    def missing(self, recvs, arrived):
+        """The peers whose tokens of this collective have not come (all of them if every token came: the
+        collective itself stalled afterwards)."""
+        late = []
+        for r, request in zip(self.peers, recvs):
+            try:
+                done = request.Test()
+            except self.MPI.Exception:
+                done = False
+            if not done or arrived[r] != self.calls:
+                late.append(r)
+        return late or self.peers
+
+    def lost(self, ranks, cause=None):
+        why = None if cause is None else " ".join(str(cause).split())[:200]
+        return PeerLost([(r, self.hosts[r]) for r in ranks], (self.rank, self.hosts[self.rank]), self.timeout,
+                        self.where, why)
 
     def allreduce_(self, array):
         """Sum ``array`` over the ranks, in place (one call: the flat gradient buffer)."""
         if not isinstance(array, np.ndarray):
             raise NotImplementedError("MPI training runs on the numpy backend; GPUs would all-reduce through NCCL")
-        self.comm.Allreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM)
+        self.collective(lambda: self.comm.Iallreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM))
         return array
 
     def sum(self, values):
         """Sums over the ranks of a few host numbers (loss and accuracy totals)."""
         a = np.asarray(values, dtype=np.float64)
-        self.comm.Allreduce(self.MPI.IN_PLACE, a, op=self.MPI.SUM)
-        return a.tolist()
+        return self.allreduce_(a).tolist()
 
     def any(self, flag):
         """True on every rank if it is true on any (a stop request: every rank stops at the same step)."""
-        return self.comm.allreduce(int(bool(flag)), op=self.MPI.MAX) == 1
+        a = np.array([int(bool(flag))], dtype=np.int64)
+        self.collective(lambda: self.comm.Iallreduce(self.MPI.IN_PLACE, a, op=self.MPI.MAX))
+        return bool(a[0])
 
     def same(self, value):
         """Whether ``value`` (a float) is the same on every rank."""
         v = np.array([value, -value], dtype=np.float64)
-        self.comm.Allreduce(self.MPI.IN_PLACE, v, op=self.MPI.MAX)
+        self.collective(lambda: self.comm.Iallreduce(self.MPI.IN_PLACE, v, op=self.MPI.MAX))
         return bool(v[0] == -v[1])
+
+    def allgather(self, obj):
+        """Every rank's ``obj`` (pickled) as a list, on every rank."""
+        mine = np.frombuffer(pickle.dumps(obj), dtype=np.uint8)
+        size, sizes = np.array([mine.size], dtype=np.int64), np.zeros(self.size, dtype=np.int64)
+        self.collective(lambda: self.comm.Iallgather(size, sizes))
+        everyone = np.empty(int(sizes.sum()), dtype=np.uint8)
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        self.collective(lambda: self.comm.Iallgatherv(mine, [everyone, sizes, offsets, self.MPI.BYTE]))
+        return [pickle.loads(everyone[o:o + n].tobytes()) for o, n in zip(offsets, sizes)]
 
     def gather(self, obj):
         """Every rank's ``obj`` as a list on rank 0 (None on the others): error messages, say."""
-        return self.comm.gather(obj, root=0)
+        everyone = self.allgather(obj)
+        return everyone if self.rank == 0 else None
 
-    def allgather(self, obj):
-        """Every rank's ``obj`` as a list, on every rank."""
-        return self.comm.allgather(obj)
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` (pickled), on every rank: a checkpoint only rank 0's host holds, say."""
+        data = np.frombuffer(pickle.dumps(obj), dtype=np.uint8) if self.rank == 0 else None
+        size = np.array([0 if data is None else data.size], dtype=np.int64)
+        self.collective(lambda: self.comm.Ibcast(size, root=0))
+        buf = data.copy() if self.rank == 0 else np.empty(int(size[0]), dtype=np.uint8)
+        self.collective(lambda: self.comm.Ibcast(buf, root=0))
+        return obj if self.rank == 0 else pickle.loads(buf.tobytes())
 
     def barrier(self):
-        self.comm.Barrier()
+        self.collective(lambda: self.comm.Ibarrier())
 
     def abort(self, code):
         """End every rank now (a rank that failed must not leave the others waiting in a collective)."""

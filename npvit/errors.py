@@ -52,6 +52,24 @@ class StartFailed(UserError):
         super().__init__("a process of this run could not start")
 
 
+class PeerLost(RuntimeError):
+    """Processes of an MPI run went away (their process ended, or the network to their host): this one waited
+    for them at a collective longer than the run's --peer-timeout, or MPI reported them gone. ``missing``:
+    [(rank, host)]; ``me``: (rank, host) of the process that noticed; ``where``: the step, in words."""
+
+    def __init__(self, missing, me, waited, where="", cause=None):
+        self.missing, self.me, self.waited, self.where, self.cause = missing, me, waited, where, cause
+        super().__init__(self.describe())
+
+    def describe(self, after=""):
+        gone = ", ".join(f"rank {r} on host {h}" for r, h in self.missing)
+        how = (f"MPI reported it gone ({self.cause})" if self.cause else
+               f"it did not arrive within {self.waited:g} s")
+        return (f"{gone} went away: rank {self.me[0]} on host {self.me[1]} waited for it"
+                f"{' ' + self.where if self.where else ''} and {how}; its process ended, or the network to its host "
+                f"went down{after}")
+
+
 class Diverged(RuntimeError):
     """Training produced a non-finite loss; the last finite checkpoint is kept."""
 

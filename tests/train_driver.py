@@ -9,6 +9,8 @@ FAULT is one of
   raise:N:R         raise an error in MPI rank R after global step N (a bug in one process)
   oserror:N:ERRNO   the N-th file write fails as the system would (ENOSPC: disk full, EROFS, EDQUOT, EIO, ...)
   sigint-write:N    Ctrl-C (SIGINT) arrives in the middle of the N-th file write
+  shell:N:R         MPI rank R alone runs the shell command $NPVIT_TEST_SHELL after global step N (in its own
+                    host's namespaces: `ip link set ... down` cuts its host's link), then trains on
   perturb:N:R       MPI rank R alone nudges its weights after global step N (replicas that drift apart)
   kill-clear        SIGKILL while --overwrite deletes the old run, after its first file is gone
   rmtree:N          the run directory is deleted (by someone else) after global step N
@@ -94,6 +96,15 @@ def main():
                 shutil.rmtree(trainer.run.path)
 
         callbacks.append(vanish)
+    elif kind == "shell":
+        import subprocess
+        at, only = int(spec[0]), int(spec[1])
+
+        def shell(trainer, epoch, steps_done):
+            if epoch * trainer.steps + steps_done == at and trainer.world.rank == only:
+                subprocess.run(os.environ["NPVIT_TEST_SHELL"], shell=True, check=True)
+
+        callbacks.append(shell)
     elif kind == "perturb":
         at, only = int(spec[0]), int(spec[1])
 

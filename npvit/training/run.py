@@ -27,7 +27,7 @@ from ..backend import get_xp, to_device
 from ..data import Dataset
 from ..distributed import SingleProcess, check_replicas, check_same_data, check_same_settings, data_checksum
 from ..ema import EMA
-from ..errors import CheckpointError, ConfigError, Diverged, StartFailed, UserError, error_line
+from ..errors import CheckpointError, ConfigError, Diverged, PeerLost, StartFailed, UserError, error_line
 from ..model import ViT
 from ..optim import AdamW, lr_at, weight_decay_groups
 from ..parallel import default_threads, one_blas_thread, parallelize, threads_warning
@@ -71,9 +71,16 @@ def train(settings, resume=None, overwrite=False, console=None, callbacks=(), st
             check_same_settings(world, settings.to_dict())
             check_same_data(world, trainer.data_checksum)
         trainer.callbacks, trainer.stop = list(callbacks), stop or StopRequest()
+        world.timeout = settings.peer_timeout       # from now on a process that went away stops the run in time
         with trainer.stop:              # from the first write on, Ctrl-C and SIGTERM finish it and save
-            trainer.begin()
-            return trainer.fit()
+            try:
+                trainer.begin()
+                return trainer.fit()
+            except PeerLost as e:       # say what the run kept and how to continue it
+                e.args = (e.describe(f"; the run stopped: latest.npz in {trainer.run.path} on rank 0's host "
+                                     f"(host {world.hosts[0]}) keeps {trainer.checkpoints.saved}; resume with "
+                                     f"{resume_command(trainer.run.path, world.size)}"),)
+                raise
 
 
 def start(settings: Settings, resume, overwrite, console, world, stack, data=None):
@@ -273,6 +280,7 @@ class Trainer:
             for i in range(start, steps):
                 lr = lr_at(self.schedule, epoch * steps + i, steps)           # the learning rate of this step
                 self.opt.set_lr(lr)
+                self.world.where = f"at step {i + 1} of epoch {epoch + 1}"      # for a message if one goes away
                 x, target, labels, n = self.batches.batch(order, epoch, i)    # this rank's rows, augmented
                 self.net.reseed(self.batches.seed(epoch, i, Stream.DROPOUT))  # dropout masks from (seed, epoch, i)
                 loss, correct = train_step(self.net, self.opt, x, target, labels, rule.label_smoothing,
@@ -318,6 +326,7 @@ class Trainer:
                   "train_acc": totals.correct / totals.seen, "lr": lr, "seconds": totals.seconds,
                   "images_per_s": totals.seen / totals.seconds}
         if self.plan.due(epoch, self.epochs):
+            self.world.where = f"in the evaluation after epoch {epoch + 1}"
             record.update(self.score_epoch())
         state.history.append(strict_json(record))
         state.epoch, state.step, state.partial = epoch + 1, 0, None

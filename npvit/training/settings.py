@@ -104,6 +104,8 @@ class Settings:
         "one, --ema)", "path|none")
     check_replicas: int = option(0, "MPI runs: every N steps check that all processes hold the same weights (a "
         "checksum; debug, 0 = off)", "int>=0")
+    peer_timeout: float = option(120.0, "MPI runs: seconds a process waits for the others at a step before it "
+        "stops the run, naming the process (and host) that went away", "float>0")
     eval_every: int = option(1, "evaluate on the test set every N epochs", "int>0")
     save_every: int = option(1, "save latest.npz every N epochs", "int>0")
     eval_batch_size: int = option(500, "batch size for evaluation", "int>0")

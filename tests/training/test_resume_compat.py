@@ -53,4 +53,8 @@ def test_a_run_saved_before_typed_settings_resumes_as_before(tmp_path):
     with open(os.path.join(FIXTURE, "config.json")) as f:
         before = json.load(f)
     where = ("data_dir", "out_dir")               # the resumed run's own folders; every other setting as it was
-    assert {k: v for k, v in saved.items() if k not in where} == {k: v for k, v in before.items() if k not in where}
+    assert {k: v for k, v in saved.items() if k not in where and k in before} == \
+        {k: v for k, v in before.items() if k not in where}
+    from npvit.training.settings import TRAIN_DEFAULTS
+    added = {k: v for k, v in saved.items() if k not in before}          # settings made since: their defaults
+    assert added == {k: TRAIN_DEFAULTS[k] for k in added} and set(before) <= set(saved), added
