@@ -55,7 +55,8 @@ class StartFailed(UserError):
 class PeerLost(RuntimeError):
     """Processes of an MPI run went away (their process ended, or the network to their host): this one waited
     for them at a collective longer than the run's --peer-timeout, or MPI reported them gone. ``missing``:
-    [(rank, host)]; ``me``: (rank, host) of the process that noticed; ``where``: the step, in words."""
+    [(rank, host)]; ``me``: (rank, host) of the process that noticed; ``where``: the step, in words. A program
+    that catches it should end with ``os._exit``: MPI's finalisation at exit would wait for the lost ranks."""
 
     def __init__(self, missing, me, waited, where="", cause=None):
         self.missing, self.me, self.waited, self.where, self.cause = missing, me, waited, where, cause
