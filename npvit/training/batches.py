@@ -10,7 +10,6 @@ run stopped and resumed, so a resumed run continues bit for bit.
 from __future__ import annotations
 
 import enum
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -123,7 +122,6 @@ def augment_batch(augmentation: Augmentation, images_u8, y, norm, dtype, rng, ho
 
 
 # -- the stream ------------------------------------------------------------------------------------------
-PREFETCH = True         # augment the next batch on a helper thread (CPU); off for A/B measurements
 class Batches:
     """``Batches(x_train, y_train, batch_size, seed, augmentation, norm, dtype, world)``: the training images and
     labels on the model's device, cut into global batches of ``batch_size`` in an order drawn from ``seed``;
@@ -145,22 +143,6 @@ class Batches:
     def order(self, epoch):
         """The epoch's permutation of the training images, on the device (the same on every rank)."""
         return to_device(np.random.default_rng(seed_for(self.run_seed, epoch)).permutation(self.size), self.xp)
-
-    def stream(self, order, epoch, start):
-        """Steps ``start``.. of the epoch whose ``order`` is given, as ``batch`` makes them. On the CPU each batch
-        is augmented on a helper thread while the step before it trains (the main thread would otherwise augment
-        while the model's shard threads wait). The numbers are the same: each batch draws from its own seeds."""
-        if not PREFETCH or self.xp is not np or self.steps - start < 2:
-            for i in range(start, self.steps):
-                yield self.batch(order, epoch, i)
-            return
-        with ThreadPoolExecutor(1, thread_name_prefix="npvit-augment") as helper:
-            upcoming = helper.submit(self.batch, order, epoch, start)
-            for i in range(start, self.steps):
-                ready = upcoming.result()
-                if i + 1 < self.steps:
-                    upcoming = helper.submit(self.batch, order, epoch, i + 1)
-                yield ready
 
     def batch(self, order, epoch, i):
         """Step ``i`` of the epoch whose ``order`` is given: (x, targets, labels, global batch size), x and the

@@ -276,12 +276,12 @@ class Trainer:
         progress = Progress(self.settings.progress, steps, start, epoch, self.epochs, self.console.err)
         running = DeviceTotals(self.batches.xp)
         lr, self.unchecked_from = self.schedule.lr, start
-        batches = self.batches.stream(order, epoch, start)     # this rank's rows of each step, augmented
         try:
-            for i, (x, target, labels, n) in enumerate(batches, start):
+            for i in range(start, steps):
                 lr = lr_at(self.schedule, epoch * steps + i, steps)           # the learning rate of this step
                 self.opt.set_lr(lr)
                 self.world.where = f"at step {i + 1} of epoch {epoch + 1}"      # for a message if one goes away
+                x, target, labels, n = self.batches.batch(order, epoch, i)    # this rank's rows, augmented
                 self.net.reseed(self.batches.seed(epoch, i, Stream.DROPOUT))  # dropout masks from (seed, epoch, i)
                 loss, correct = train_step(self.net, self.opt, x, target, labels, rule.label_smoothing,
                                            rule.grad_clip, rule.micro_batch, global_batch=n,
@@ -301,7 +301,6 @@ class Trainer:
                     self.stop.requested, state.step = True, i + 1
                     return False, running.since(before, self.world), lr
         finally:
-            batches.close()                 # (a stop or an error: the helper thread finishes the batch it makes)
             progress.close()
         return True, running.since(before, self.world), lr
 

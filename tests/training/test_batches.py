@@ -60,34 +60,3 @@ def test_augmentation_does_what_its_record_says():
     assert np.array_equal(run(Augmentation("crop_flip"), 5)[0], run(Augmentation("crop_flip"), 5)[0])
     x, t = run(Augmentation("none", mixup=1.0, num_classes=3))
     assert t.shape == (6, 3) and np.allclose(t.sum(axis=1), 1.0)      # soft targets
-
-
-def test_the_prefetched_stream_gives_what_batch_gives_from_any_step(monkeypatch):
-    """Augmenting the next batch on a helper thread changes no number: each batch draws from its own seeds (the
-    augmentations that draw most: TrivialAugment, RandomResizedCrop, flips, mixup and cutmix)."""
-    from npvit.training import batches as batches_module
-    a = Augmentation(augment="article", trivial_augment=True, trivial_augment_prob=0.5, mixup=0.2, cutmix=0.2)
-    b = stream(n=10, augmentation=a)
-    order = b.order(1)
-    for start in range(b.steps):
-        monkeypatch.setattr(batches_module, "PREFETCH", True)
-        got = list(b.stream(order, 1, start))
-        monkeypatch.setattr(batches_module, "PREFETCH", False)
-        plain = list(b.stream(order, 1, start))
-        want = [b.batch(order, 1, i) for i in range(start, b.steps)]
-        assert len(got) == len(plain) == len(want) == b.steps - start
-        for g, p, w in zip(got, plain, want):
-            for gi, pi, wi in zip(g, p, w):
-                np.testing.assert_array_equal(gi, wi)
-                np.testing.assert_array_equal(pi, wi)
-    assert not np.allclose(b.batch(order, 1, 0)[0], b.batch(order, 1, 1)[0])     # the batches differ: a real check
-
-
-def test_a_stream_closed_early_ends_its_helper_thread():
-    import threading
-    b = stream(n=40, augmentation=Augmentation(augment="crop_flip"))
-    s = b.stream(b.order(0), 0, 0)
-    next(s)
-    assert any(t.name.startswith("npvit-augment") for t in threading.enumerate())
-    s.close()                                   # a stop or an error in the step: the loop closes its stream
-    assert not any(t.name.startswith("npvit-augment") for t in threading.enumerate())
