@@ -47,6 +47,9 @@ def test_predict_and_attention_use_them_when_no_checkpoint_is_given(tmp_path):
     assert p.returncode == 2 and "c.npz is a checkpoint among the images: give one checkpoint, first" in p.stderr
     p = script("predict.py", "a.npz")
     assert p.returncode == 2 and "no image given after the checkpoint a.npz" in p.stderr
+    p = script("predict.py", tmp_path)                  # a folder of images, not a model directory
+    assert p.returncode == 2 and f"{tmp_path} is a folder, neither a model directory (it has no config.json) nor " \
+        f"an image: name the image files in it, e.g. {tmp_path / '*.png'}" in p.stderr, p.stderr
 
 
 def test_evaluate_on_them_gives_the_stated_accuracy(real_data):

@@ -24,6 +24,10 @@ def main(argv=None, prog=None):
     args = p.parse_args(argv)
     first_is_checkpoint = args.paths[0].lower().endswith(CHECKPOINT_SUFFIXES) or os.path.isdir(args.paths[0])
     args.checkpoint, images = (args.paths[0], args.paths[1:]) if first_is_checkpoint else (None, args.paths)
+    if not images and os.path.isdir(args.checkpoint) and not os.path.isfile(os.path.join(args.checkpoint,
+                                                                                          "config.json")):
+        p.error(f"{args.checkpoint} is a folder, neither a model directory (it has no config.json) nor an image: "
+                f"name the image files in it, e.g. {os.path.join(args.checkpoint, '*.png')}")
     if not images:
         p.error(f"no image given after the checkpoint {args.checkpoint}")
     checkpoints = [x for x in images if x.lower().endswith(CHECKPOINT_SUFFIXES) or os.path.isdir(x)]
