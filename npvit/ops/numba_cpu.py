@@ -30,7 +30,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from . import numpy_fast, reference
-from .contract import AttentionCache, GeluCache, LayerNormCache
+from .contract import GeluCache, LayerNormCache
 from .kernelset import KernelSet, own, taken
 from .reference import GELU_COEF, SQRT_2_OVER_PI
 
@@ -258,136 +258,9 @@ def softmax_backward(datt, att, scale=1.0, out=None):
     return d
 
 
-# -- the attention core fused: one (image, head) at a time, its scores in L1 ----------------------------------
-# Per head: s = q k^T (Nq x N), att = softmax(scale s) in place, att_d = att * mask, ctx = att_d v. BLAS would take
-# 3 x B x H calls of 65 x 12 x 65 each, dominated by the call's own overhead; here a head's q, k, v (3 x 65 x 12)
-# and its scores (65 x 65) stay in the L1 cache, and the products are loops over the token axis (LLVM vectorises
-# them) with k and v read transposed from a small buffer.
-@njit(**JIT)
-def _attention_forward(qkv, Nq, scale, mask, has_mask, att, att_d, ctx, zero, one):
-    # qkv (3, Z, N, hs), att and att_d (Z, Nq, N), ctx (Z, Nq, hs): Z = B * H heads
-    Z, N, hs = qkv.shape[1], qkv.shape[2], qkv.shape[3]
-    kT = np.empty((hs, N), qkv.dtype)
-    for z in range(Z):
-        for d in range(hs):
-            for j in range(N):
-                kT[d, j] = qkv[1, z, j, d]
-        for i in range(Nq):
-            row = att[z, i]
-            for j in range(N):
-                row[j] = zero
-            for d in range(hs):                          # s[i, :] = sum_d q[i, d] k[:, d]
-                qd = qkv[0, z, i, d]
-                for j in range(N):
-                    row[j] += qd * kT[d, j]
-            top = row[0]
-            for j in range(1, N):
-                top = max(top, row[j])
-            total = zero
-            for j in range(N):
-                e = _exp(scale * (row[j] - top))
-                row[j] = e
-                total += e
-            inv_total = one / total
-            for j in range(N):
-                row[j] *= inv_total
-            rowd = att_d[z, i]
-            if has_mask:
-                for j in range(N):
-                    rowd[j] = row[j] * mask[z, i, j]
-            out = ctx[z, i]
-            for d in range(hs):
-                out[d] = zero
-            for j in range(N):                           # ctx[i, :] = sum_j att_d[i, j] v[j, :]
-                a = rowd[j] if has_mask else row[j]
-                for d in range(hs):
-                    out[d] += a * qkv[2, z, j, d]
-
-
-@njit(**JIT)
-def _attention_backward(dctx, qkv, att, att_d, Nq, scale, mask, has_mask, dqkv, zero):
-    # dctx (Z, Nq, hs), qkv and dqkv (3, Z, N, hs), att and att_d (Z, Nq, N)
-    Z, N, hs = qkv.shape[1], qkv.shape[2], qkv.shape[3]
-    vT = np.empty((hs, N), qkv.dtype)
-    kT = np.empty((hs, N), qkv.dtype)
-    ds = np.empty(N, qkv.dtype)
-    for z in range(Z):
-        for d in range(hs):
-            for j in range(N):
-                vT[d, j] = qkv[2, z, j, d]
-                kT[d, j] = qkv[1, z, j, d]
-        for j in range(N):
-            for d in range(hs):
-                dqkv[1, z, j, d] = zero
-                dqkv[2, z, j, d] = zero
-        for i in range(Nq, N):
-            for d in range(hs):
-                dqkv[0, z, i, d] = zero                  # tokens that asked nothing
-        for i in range(Nq):
-            for j in range(N):
-                ds[j] = zero
-            for d in range(hs):                          # datt_d[i, :] = sum_d dctx[i, d] v[:, d]
-                g = dctx[z, i, d]
-                for j in range(N):
-                    ds[j] += g * vT[d, j]
-            for j in range(N):                           # dv[j, :] += att_d[i, j] dctx[i, :]
-                a = att_d[z, i, j] if has_mask else att[z, i, j]
-                for d in range(hs):
-                    dqkv[2, z, j, d] += a * dctx[z, i, d]
-            if has_mask:
-                for j in range(N):
-                    ds[j] *= mask[z, i, j]
-            dot = zero                                   # dscores = scale att (datt - sum(datt att))
-            for j in range(N):
-                dot += ds[j] * att[z, i, j]
-            for j in range(N):
-                ds[j] = scale * att[z, i, j] * (ds[j] - dot)
-            for d in range(hs):                          # dq[i, :] = sum_j dscores[i, j] k[j, :]
-                acc = zero
-                for j in range(N):
-                    acc += ds[j] * kT[d, j]
-                dqkv[0, z, i, d] = acc
-            for j in range(N):                           # dk[j, :] += dscores[i, j] q[i, :]
-                g = ds[j]
-                for d in range(hs):
-                    dqkv[1, z, j, d] += g * qkv[0, z, i, d]
-
-
-def attention_forward(qkv, scale, num_queries=None, mask=None):
-    """The composite's attention_forward (npvit/ops/composites.py) in one compiled loop per head."""
-    _, B, H, N, hs = qkv.shape
-    Nq = N if num_queries is None else num_queries
-    qkv = np.ascontiguousarray(qkv)
-    T = qkv.dtype.type
-    att = np.empty((B, H, Nq, N), qkv.dtype)
-    att_d = att if mask is None else np.empty_like(att)
-    ctx = np.empty((B, H, Nq, hs), qkv.dtype)
-    m = np.ascontiguousarray(mask, dtype=qkv.dtype).reshape(B * H, Nq, N) if mask is not None else \
-        np.empty((1, 1, 1), qkv.dtype)
-    _attention_forward(qkv.reshape(3, B * H, N, hs), Nq, T(scale), m, mask is not None,
-                       att.reshape(B * H, Nq, N), att_d.reshape(B * H, Nq, N), ctx.reshape(B * H, Nq, hs),
-                       T(0), T(1))
-    return ctx, AttentionCache(qkv, att, att_d, mask, scale, Nq)
-
-
-def attention_backward(dctx, cache):
-    """The composite's attention_backward in one compiled loop per head."""
-    qkv, att, att_d, mask, scale, Nq = cache
-    _, B, H, N, hs = qkv.shape
-    T = qkv.dtype.type
-    dqkv = np.empty_like(qkv)
-    m = np.ascontiguousarray(mask, dtype=qkv.dtype).reshape(B * H, Nq, N) if mask is not None else \
-        np.empty((1, 1, 1), qkv.dtype)
-    _attention_backward(np.ascontiguousarray(dctx).reshape(B * H, Nq, hs), qkv.reshape(3, B * H, N, hs),
-                        att.reshape(B * H, Nq, N), np.ascontiguousarray(att_d).reshape(B * H, Nq, N), Nq, T(scale),
-                        m, mask is not None, dqkv.reshape(3, B * H, N, hs), T(0))
-    return dqkv
-
-
-FUSED_ATTENTION = {"attention_forward": attention_forward, "attention_backward": attention_backward}
 NUMBA = KernelSet("numba", backends=("numpy",), primitives={
     **own(layernorm_forward, layernorm_backward, gelu_forward, gelu_backward, softmax_forward, softmax_backward),
     **taken(reference.REFERENCE, "matmul", "log_softmax", "cross_entropy_forward", "cross_entropy_backward",
             "adamw_update", "sgd_update"),                           # the GEMM is BLAS's
     **taken(numpy_fast.FAST, "reduce_sum", "im2col", "col2im"),      # sums as BLAS gemv; im2col a reshape
-}, fused=FUSED_ATTENTION)
+})
