@@ -30,7 +30,7 @@ from numba import njit, types
 from numba.extending import intrinsic, overload
 
 from . import numpy_fast, reference
-from .contract import AttentionCache, GeluCache, LayerNormCache
+from .contract import GeluCache, LayerNormCache
 from .kernelset import KernelSet, own, taken
 from .reference import GELU_COEF, SQRT_2_OVER_PI
 
@@ -258,149 +258,9 @@ def softmax_backward(datt, att, scale=1.0, out=None):
     return d
 
 
-# -- the attention core fused: one (image, head) at a time, its scores in L1 ----------------------------------
-# Per head: s = q k^T (Nq x N), att = softmax(scale s) in place, att_d = att * mask, ctx = att_d v. BLAS would take
-# 3 x B x H calls of 65 x 12 x 65 each, dominated by the call's own overhead; here a head's q, k, v (3 x 65 x 12)
-# and its scores (65 x 65) stay in the L1 cache, and the products are loops over the token axis (LLVM vectorises
-# them) with k and v read transposed from a small buffer.
-@njit(**JIT)
-def _attention_forward(qkv, Nq, scale, mask, has_mask, att, att_d, ctx, zero, one):
-    # qkv (3, Z, N, hs), att and att_d (Z, Nq, N), ctx (Z, Nq, hs): Z = B * H heads. Every inner loop runs over
-    # the N tokens (contiguous): k and v are read from transposed copies (hs, N).
-    Z, N, hs = qkv.shape[1], qkv.shape[2], qkv.shape[3]
-    kT = np.empty((hs, N), qkv.dtype)
-    vT = np.empty((hs, N), qkv.dtype)
-    for z in range(Z):
-        for j in range(N):
-            for d in range(hs):
-                kT[d, j] = qkv[1, z, j, d]
-                vT[d, j] = qkv[2, z, j, d]
-        A, Ad, Q, C = att[z], att_d[z], qkv[0, z], ctx[z]         # this head's (2D views)
-        for i in range(Nq):
-            for j in range(N):
-                A[i, j] = zero
-            for d in range(hs):                          # s[i, :] = sum_d q[i, d] k[:, d]
-                qd = Q[i, d]
-                for j in range(N):
-                    A[i, j] += qd * kT[d, j]
-            top = A[i, 0]
-            for j in range(1, N):
-                top = max(top, A[i, j])
-            total = zero
-            for j in range(N):
-                e = _exp(scale * (A[i, j] - top))
-                A[i, j] = e
-                total += e
-            inv_total = one / total
-            for j in range(N):
-                A[i, j] *= inv_total
-            if has_mask:
-                for j in range(N):
-                    Ad[i, j] = A[i, j] * mask[z, i, j]
-            for d in range(hs):                          # ctx[i, d] = sum_j att_d[i, j] v[j, d]: a dot over j
-                acc = zero
-                if has_mask:
-                    for j in range(N):
-                        acc += Ad[i, j] * vT[d, j]
-                else:
-                    for j in range(N):
-                        acc += A[i, j] * vT[d, j]
-                C[i, d] = acc
-
-
-@njit(**JIT)
-def _attention_backward(dctx, qkv, att, att_d, Nq, scale, mask, has_mask, dqkv, zero):
-    # dctx (Z, Nq, hs), qkv and dqkv (3, Z, N, hs), att and att_d (Z, Nq, N). dk and dv are summed transposed,
-    # (hs, N), so that every inner loop runs over the N tokens, and written back at the end of the head.
-    Z, N, hs = qkv.shape[1], qkv.shape[2], qkv.shape[3]
-    vT = np.empty((hs, N), qkv.dtype)
-    kT = np.empty((hs, N), qkv.dtype)
-    dkT = np.empty((hs, N), qkv.dtype)
-    dvT = np.empty((hs, N), qkv.dtype)
-    ds = np.empty(N, qkv.dtype)
-    for z in range(Z):
-        for j in range(N):
-            for d in range(hs):
-                vT[d, j] = qkv[2, z, j, d]
-                kT[d, j] = qkv[1, z, j, d]
-        for d in range(hs):
-            for j in range(N):
-                dkT[d, j] = zero
-                dvT[d, j] = zero
-        A, Ad, Q, G, dQ = att[z], att_d[z], qkv[0, z], dctx[z], dqkv[0, z]     # this head's (2D views)
-        for i in range(Nq):
-            for j in range(N):
-                ds[j] = zero
-            for d in range(hs):
-                g = G[i, d]
-                for j in range(N):                       # datt_d[i, :] += dctx[i, d] v[:, d]
-                    ds[j] += g * vT[d, j]
-                if has_mask:                             # dv[:, d] += att_d[i, :] dctx[i, d]
-                    for j in range(N):
-                        dvT[d, j] += g * Ad[i, j]
-                else:
-                    for j in range(N):
-                        dvT[d, j] += g * A[i, j]
-            if has_mask:
-                for j in range(N):
-                    ds[j] *= mask[z, i, j]
-            dot = zero                                   # dscores = scale att (datt - sum(datt att))
-            for j in range(N):
-                dot += ds[j] * A[i, j]
-            for j in range(N):
-                ds[j] = scale * A[i, j] * (ds[j] - dot)
-            for d in range(hs):
-                acc = zero                               # dq[i, d] = sum_j dscores[i, j] k[j, d]: a dot over j
-                for j in range(N):
-                    acc += ds[j] * kT[d, j]
-                dQ[i, d] = acc
-                qd = Q[i, d]                     # dk[:, d] += dscores[i, :] q[i, d]
-                for j in range(N):
-                    dkT[d, j] += qd * ds[j]
-        for i in range(Nq, N):
-            for d in range(hs):
-                dQ[i, d] = zero                  # tokens that asked nothing
-        for j in range(N):
-            for d in range(hs):
-                dqkv[1, z, j, d] = dkT[d, j]
-                dqkv[2, z, j, d] = dvT[d, j]
-
-
-def attention_forward(qkv, scale, num_queries=None, mask=None):
-    """The composite's attention_forward (npvit/ops/composites.py) in one compiled loop per head."""
-    _, B, H, N, hs = qkv.shape
-    Nq = N if num_queries is None else num_queries
-    qkv = np.ascontiguousarray(qkv)
-    T = qkv.dtype.type
-    att = np.empty((B, H, Nq, N), qkv.dtype)
-    att_d = att if mask is None else np.empty_like(att)
-    ctx = np.empty((B, H, Nq, hs), qkv.dtype)
-    m = np.ascontiguousarray(mask, dtype=qkv.dtype).reshape(B * H, Nq, N) if mask is not None else \
-        np.empty((1, 1, 1), qkv.dtype)
-    _attention_forward(qkv.reshape(3, B * H, N, hs), Nq, T(scale), m, mask is not None,
-                       att.reshape(B * H, Nq, N), att_d.reshape(B * H, Nq, N), ctx.reshape(B * H, Nq, hs),
-                       T(0), T(1))
-    return ctx, AttentionCache(qkv, att, att_d, mask, scale, Nq)
-
-
-def attention_backward(dctx, cache):
-    """The composite's attention_backward in one compiled loop per head."""
-    qkv, att, att_d, mask, scale, Nq = cache
-    _, B, H, N, hs = qkv.shape
-    T = qkv.dtype.type
-    dqkv = np.empty_like(qkv)
-    m = np.ascontiguousarray(mask, dtype=qkv.dtype).reshape(B * H, Nq, N) if mask is not None else \
-        np.empty((1, 1, 1), qkv.dtype)
-    _attention_backward(np.ascontiguousarray(dctx).reshape(B * H, Nq, hs), qkv.reshape(3, B * H, N, hs),
-                        att.reshape(B * H, Nq, N), np.ascontiguousarray(att_d).reshape(B * H, Nq, N), Nq, T(scale),
-                        m, mask is not None, dqkv.reshape(3, B * H, N, hs), T(0))
-    return dqkv
-
-
-FUSED_ATTENTION = {"attention_forward": attention_forward, "attention_backward": attention_backward}
 NUMBA = KernelSet("numba", backends=("numpy",), primitives={
     **own(layernorm_forward, layernorm_backward, gelu_forward, gelu_backward, softmax_forward, softmax_backward),
     **taken(reference.REFERENCE, "matmul", "log_softmax", "cross_entropy_forward", "cross_entropy_backward",
             "adamw_update", "sgd_update"),                           # the GEMM is BLAS's
     **taken(numpy_fast.FAST, "reduce_sum", "im2col", "col2im"),      # sums as BLAS gemv; im2col a reshape
-}, fused=FUSED_ATTENTION)
+})
