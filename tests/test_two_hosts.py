@@ -161,14 +161,16 @@ def test_a_killed_rank_stops_the_other_in_time_and_the_run_resumes_exactly(hosts
 
 
 def test_a_cut_link_stops_both_ranks_in_time_and_the_run_resumes_exactly(hosts, across, tmp_path):
-    """Host B takes its end of the link down after step 7; both ranks end within the timeout by themselves.
-    mpiexec, on host A, waits for host B's launcher until the link returns; rank 0's line reaches the user."""
+    """Host B takes its end of the link down after step 7; both ranks end within the timeout by themselves, each
+    with its one line: rank 0's reaches the user through mpiexec (on host A), rank 1's stays on host B (read here
+    from a file it wrote there). mpiexec waits for host B's launcher until the link returns."""
     out, err = open(tmp_path / "out", "w"), open(tmp_path / "err", "w")
     stamp = hosts.backing[1] + "/cut-at"                  # written on host B
     p = subprocess.Popen(hosts.mpiexec([sys.executable, DRIVER, "shell:7:1", "--",
                                         *args(hosts, os.path.join(hosts.private, "cut"))], flags=LAUNCH),
                          stdout=out, stderr=err, cwd=REPO,
-                         env={**ENV, "NPVIT_TEST_SHELL": f"date +%s.%N > {stamp}; ip link set {hosts.devices[1]} down"})
+                         env={**ENV, "NPVIT_TEST_SHELL": f"date +%s.%N > {stamp}; ip link set {hosts.devices[1]} down",
+                              "NPVIT_TEST_STDERR": f"1:{hosts.private}/cut-rank-1.err"})   # on host B
     try:
         t0 = time.monotonic()
         while time.monotonic() - t0 < 120 and (len(hosts.processes("train_driver.py")) < 2 or
@@ -192,6 +194,9 @@ def test_a_cut_link_stops_both_ranks_in_time_and_the_run_resumes_exactly(hosts, 
     lines = error_lines(open(tmp_path / "err").read())
     assert lines and lines[0].startswith(f"error: rank 1 on host {HOSTNAMES[1]} went away: rank 0 on host "
                                          f"{HOSTNAMES[0]} waited for it"), lines
+    lines_b = error_lines(open(os.path.join(hosts.backing[1], "cut-rank-1.err")).read())   # rank 1's, on host B
+    assert len(lines_b) == 1 and lines_b[0].startswith(f"error: rank 0 on host {HOSTNAMES[0]} went away: rank 1 on "
+                                                       f"host {HOSTNAMES[1]} waited for it"), lines_b
     assert metrics(os.path.join(hosts.backing[0], "cut"))[-1]["epoch"] == 1
     resume_on_two_hosts(hosts, "cut")
     same_run(os.path.join(hosts.backing[0], "across"), os.path.join(hosts.backing[0], "cut"))

@@ -19,6 +19,8 @@ FAULT is one of
                     are written as JSON to the file $NPVIT_TEST_SNAPSHOT
   rename:N          the run directory is renamed to <dir>-moved after global step N
 The faults come from outside the loop: a callback, and wrappers of npvit.runfiles' functions.
+With NPVIT_TEST_STDERR=R:PATH, MPI rank R writes its stderr to PATH (on its own host) instead of the launcher's
+pipe: what a rank says where the launcher cannot forward it (its link cut) can still be read.
 """
 import errno
 import os
@@ -31,6 +33,12 @@ from npvit.cli import run
 
 def main():
     fault, sep, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+    if os.environ.get("NPVIT_TEST_STDERR"):
+        rank, path = os.environ["NPVIT_TEST_STDERR"].split(":", 1)
+        if os.environ.get("PMI_RANK") == rank:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, 2)
+            os.close(fd)
     assert sep == "--", "usage: train_driver.py FAULT -- ARGS"
     kind, *spec = fault.split(":")
     callbacks = []
