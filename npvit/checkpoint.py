@@ -28,10 +28,9 @@ from .runfiles import atomic_write, half_replaced
 FORMAT_VERSION = 1
 
 # The weights that ship with npvit (a --recipe full run; its model card is in docs/training.md), and their SHA-256, recorded in a
-# file beside them when they were made (tests/test_pretrained.py holds the two together): a damaged copy in an
+# file beside them (NAME.sha256) when they were made (tests/test_pretrained.py holds the two together): a damaged copy in an
 # installed package is refused in one line instead of giving wrong answers under the card's accuracy.
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "vit-cifar10.safetensors")
-SHIPPED_SHA256 = SHIPPED + ".sha256"
 # A second set that ships: the same model pooled by its [CLS] token, as transformers' ViT is (a --recipe fast80
 # --pooling cls run; docs/interop.md), so that `npvit export --format hf` of weights in the box runs in
 # transformers' own pipeline.

@@ -24,9 +24,10 @@ HOSTNAMES = ("npvit-host-a", "npvit-host-b")
 
 
 def find_mpiexec():
-    """mpiexec on PATH, or the one the mpich wheel put beside this Python."""
+    """The MPI launcher: mpiexec (or Open MPI's mpirun) on PATH, or the one the mpich wheel put beside this
+    Python; None if there is none. (tests/test_mpi.py, tests/test_two_hosts.py and benchmarks/bench_mpi.py.)"""
     beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return shutil.which("mpiexec") or (beside if os.access(beside, os.X_OK) else None)
+    return shutil.which("mpiexec") or shutil.which("mpirun") or (beside if os.access(beside, os.X_OK) else None)
 
 
 def sh(*argv, check=True):
@@ -55,6 +56,11 @@ class TwoHosts:
         for tool in ("ip", "unshare", "mount", "hostname"):
             if shutil.which(tool) is None:
                 raise Refused(f"{tool} is not installed")
+        launcher = find_mpiexec()
+        version = sh(launcher, "--version", check=False) if launcher else None
+        if version is None or "HYDRA" not in version.stdout + version.stderr:
+            raise Refused(f"the hosts are started through MPICH's launcher (hydra); {launcher or 'no mpiexec'} is "
+                          f"not it: pip install -e \".[mpi]\"")
         try:
             self.make()
         except subprocess.CalledProcessError as e:

@@ -11,17 +11,12 @@ import sys
 import numpy as np
 import pytest
 
+from reference.two_hosts import find_mpiexec
 from tests.cifar_fixtures import REPO
-
-def find_launcher():
-    """mpiexec on PATH, or the one the mpich wheel put beside this Python."""
-    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return shutil.which("mpiexec") or shutil.which("mpirun") or (beside if os.access(beside, os.X_OK) else None)
-
 
 try:
     import mpi4py  # noqa: F401
-    MPIEXEC = find_launcher()
+    MPIEXEC = find_mpiexec()
 except ImportError:
     MPIEXEC = None
 pytestmark = pytest.mark.skipif(MPIEXEC is None, reason="no MPI here: pip install -e \".[mpi]\" (mpi4py and MPICH "
