@@ -71,6 +71,17 @@ class ViT(Layer):
         self.use_kernels(kernels, backend)
         self.reseed(seed)
 
+    def set_patch_dropout(self, p):
+        """Set the share of patch tokens each training image leaves out (a rate that changes over a run); the
+        model must have been built with patch dropout (``patch_dropout > 0``). Returns self."""
+        if self.patch_dropout is None:
+            raise ValueError("this model was built without patch dropout (patch_dropout = 0); build it with a rate "
+                             "> 0 to change the rate later")
+        if not 0 <= p < 1:
+            raise ValueError(f"the patch-dropout rate must be in [0, 1), got {p!r}")
+        self.patch_dropout.p = float(p)
+        return self
+
     @property
     def xp(self):
         """The array module (numpy or cupy) the model's arrays live on."""

@@ -140,6 +140,12 @@ class DataParallel:
     def eval(self):
         return self.train(False)
 
+    def set_patch_dropout(self, p):
+        """The model's patch-dropout rate, on every shard."""
+        for m in [self.model] + self.replicas:
+            m.set_patch_dropout(p)
+        return self
+
     def reseed(self, seed):
         """Dropout streams from (seed, shard): each shard draws its own masks, repeatably."""
         self.model.reseed(seed)

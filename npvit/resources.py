@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 
+import dataclasses
+
 import numpy as np
 
 # What the interpreter, NumPy, Numba and npvit's modules take before a run allocates anything; added to
@@ -50,6 +52,8 @@ def estimate(settings, threads=1, train_images=50_000, test_images=10_000) -> di
     The dataset is counted whole: --train-limit and --test-limit take their images from it once it is read. A
     batch holds no more images than the run trains on, and an evaluation batch no more than it evaluates."""
     s, config = settings, settings.model
+    if s.patch_dropout_final is not None:           # the epoch that keeps the most tokens
+        config = dataclasses.replace(config, patch_dropout=min(config.patch_dropout, s.patch_dropout_final))
     itemsize = np.dtype(s.dtype).itemsize
     P = num_parameters(config)
     shards = threads if s.backend == "numpy" else 1

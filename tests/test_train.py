@@ -21,7 +21,7 @@ SMALL = ["--hidden-size", "24", "--num-attention-heads", "3", "--intermediate-si
 # What a resume must carry on exactly: the schedule, the augmentations' and dropout's streams, the moving average.
 RESUMED = ["--epochs", "3", "--batch-size", "64", "--warmup-epochs", "1", "--mixup", "0.2", "--hidden-dropout-prob",
            "0.1", "--drop-path-rate", "0.2", "--ema", "0.9", "--eval-raw", "--trivial-augment",
-           "--trivial-augment-prob", "0.5"] + SMALL
+           "--trivial-augment-prob", "0.5", "--patch-dropout", "0.5", "--patch-dropout-final", "0.0"] + SMALL
 
 
 def run(args, env=None, check=True):
@@ -204,6 +204,25 @@ def test_val_split_evaluates_on_held_out_training_images(fake_data, tmp_path):
     assert json.load(open(os.path.join(out, "config.json")))["init"] == "torch"
     p = run(["--data-dir", fake_data, "--out-dir", str(tmp_path / "o"), "--val-split", "320"] + SMALL, check=False)
     assert p.returncode == 2 and "val_split 320 leaves no training images" in p.stderr
+
+
+def test_a_patch_dropout_schedule_changes_the_rate_each_epoch(fake_data, uninterrupted, tmp_path):
+    """RESUMED's rate goes 0.5, 0.25, 0.0 over its 3 epochs: the same run at a constant 0.5 trains its first
+    epoch identically and the next two otherwise; the rates are in the metrics; a schedule without a starting
+    rate is refused in one line."""
+    out = str(tmp_path / "constant")
+    args = RESUMED[:RESUMED.index("--patch-dropout-final")] + RESUMED[RESUMED.index("--patch-dropout-final") + 2:]
+    run(["--data-dir", fake_data, "--out-dir", out] + args)
+    constant, scheduled = metrics(out), uninterrupted
+    assert [r["patch_dropout"] for r in scheduled] == [0.5, 0.25, 0.0]
+    assert all("patch_dropout" not in r for r in constant)
+    assert constant[0]["train_loss"] == scheduled[0]["train_loss"]
+    for a, b in zip(constant[1:], scheduled[1:]):
+        assert a["train_loss"] != b["train_loss"]
+    p = run(["--data-dir", fake_data, "--out-dir", str(tmp_path / "x"), "--patch-dropout", "0",
+             "--patch-dropout-final", "0.1"] + SMALL,
+            check=False)
+    assert p.returncode == 2 and "patch_dropout_final" in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
 def test_help_shows_the_defaults_of_the_recipe_that_runs():

@@ -50,7 +50,7 @@ def make_parser(prog="scripts/train.py"):
             t.add_argument(flag(key), type=threads_arg, metavar="N|auto", **kw)
         elif o.kind.startswith("int") or o.kind == "seed":
             t.add_argument(flag(key), type=int, metavar="N", **kw)
-        elif o.kind.startswith("float") or o.kind in ("fraction", "probability"):
+        elif o.kind.startswith("float") or o.kind in ("fraction", "fraction|none", "probability"):
             t.add_argument(flag(key), type=float, metavar="X", **kw)
         else:
             t.add_argument(flag(key), metavar="PATH", **kw)

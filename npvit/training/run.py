@@ -272,6 +272,8 @@ class Trainer:
         resuming = epoch == state.epoch
         start = state.step if resuming else 0
         before = state.partial if resuming and state.partial is not None else EpochTotals()
+        if self.settings.patch_dropout_final is not None:                 # the rate of this epoch
+            self.net.set_patch_dropout(self.settings.patch_dropout_at(epoch))
         order = self.batches.order(epoch)
         progress = Progress(self.settings.progress, steps, start, epoch, self.epochs, self.console.err)
         running = DeviceTotals(self.batches.xp)
@@ -325,6 +327,8 @@ class Trainer:
         record = {"epoch": epoch + 1, "train_loss": totals.loss_sum / totals.seen,
                   "train_acc": totals.correct / totals.seen, "lr": lr, "seconds": totals.seconds,
                   "images_per_s": totals.seen / totals.seconds}
+        if self.settings.patch_dropout_final is not None:
+            record["patch_dropout"] = self.settings.patch_dropout_at(epoch)
         if self.plan.due(epoch, self.epochs):
             self.world.where = f"in the evaluation after epoch {epoch + 1}"
             record.update(self.score_epoch())

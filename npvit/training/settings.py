@@ -40,7 +40,7 @@ def option(default, help, kind, choices=()):
 
 
 # kind: "int>0", "int>=0", "int>0|none", "seed", "float>0", "float>=0", "fraction" ([0, 1)),
-#       "probability" ((0, 1]), "betas", "scale", "bool", "choice", "path", "path|none", "threads"
+#       "fraction|none", "probability" ((0, 1]), "betas", "scale", "bool", "choice", "path", "path|none", "threads"
 @dataclass(frozen=True)
 class Settings:
     """One run's settings: the training options below, each with its default, help text and rule, and the
@@ -70,6 +70,9 @@ class Settings:
     mixup: float = option(0.0, "mixup alpha (0 = off)", "float>=0")
     cutmix: float = option(0.0, "cutmix alpha (0 = off)", "float>=0")
     grad_clip: float = option(0.0, "clip the global gradient norm to this (0 = off)", "float>=0")
+    patch_dropout_final: Optional[float] = option(None, "with --patch-dropout: the rate of the last epoch; the rate "
+        "moves in a straight line from --patch-dropout in the first epoch to this one in the last (unset: the same "
+        "rate throughout)", "fraction|none")
     micro_batch: Optional[int] = option(None, "split each batch into chunks of N for forward/backward (same update, less "
         "memory)", "int>0|none")
     normalize: str = option("half", "half: (x-0.5)/0.5 as the article | dataset: per-channel mean/std", "choice",
@@ -158,6 +161,14 @@ class Settings:
     def lr_schedule(self) -> Schedule:
         """The learning rate over the run (npvit/optim.py)."""
         return Schedule(self.lr, self.epochs, self.warmup_epochs, self.schedule)
+
+    def patch_dropout_at(self, epoch):
+        """The patch-dropout rate of epoch ``epoch`` (0-based): the model's, or with ``patch_dropout_final``
+        a straight line from the model's rate in the first epoch to that one in the last."""
+        p0, p1 = self.model.patch_dropout, self.patch_dropout_final
+        if p1 is None or self.epochs == 1:
+            return p0
+        return p0 + (p1 - p0) * min(epoch, self.epochs - 1) / (self.epochs - 1)
 
     @property
     def augmentation(self) -> Augmentation:
@@ -266,6 +277,7 @@ def check_value(key, v):
         "float>0": lambda: _is_number(v) and v > 0,
         "float>=0": lambda: _is_number(v) and v >= 0,
         "fraction": lambda: _is_number(v) and 0 <= v < 1,
+        "fraction|none": lambda: v is None or (_is_number(v) and 0 <= v < 1),
         "probability": lambda: _is_number(v) and 0 < v <= 1,
         "betas": lambda: isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_number(b) and 0 <= b < 1
                                                                               for b in v),
@@ -281,6 +293,7 @@ def check_value(key, v):
         want = {"int>0": "a positive integer", "int>=0": "an integer >= 0", "int>0|none": "a positive integer or null",
                 "seed": "an integer in [0, 2**63)", "float>0": "a positive finite number",
                 "float>=0": "a finite number >= 0", "fraction": "a number in [0, 1)",
+                "fraction|none": "a number in [0, 1) or null",
                 "probability": "a number in (0, 1]",
                 "betas": "two numbers in [0, 1)", "scale": "[low, high] with 0 < low <= high <= 1",
                 "bool": "true or false", "choice": f"one of {list(o.choices)}", "path": "a non-empty path",
@@ -292,6 +305,9 @@ def validate(s: Settings):
     """Every training option by its rule (the model checked itself), then what they say together."""
     for key in OPTIONS:
         check_value(key, getattr(s, key))
+    if s.patch_dropout_final is not None and not s.model.patch_dropout > 0:
+        raise ConfigError("patch_dropout_final sets where --patch-dropout's rate ends; it needs --patch-dropout > 0 "
+                          "(the rate of the first epoch)")
     if s.eval_raw and not s.ema:
         raise ConfigError("eval_raw evaluates the raw weights beside their moving average; it needs --ema")
     # A named kernel set must run on the backend and have its library here; auto picks one that does.
