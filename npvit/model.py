@@ -71,6 +71,26 @@ class ViT(Layer):
         self.use_kernels(kernels, backend)
         self.reseed(seed)
 
+    def draw_on_device(self, on=True):
+        """Draw the dropouts' random numbers from counters in device memory (npvit/ops/cuda_random.py, one stream
+        per random layer, keyed by its seed), which a captured CUDA graph advances at each replay; off: from
+        xp's Generators again. The masks differ from the Generators' (another formula), not their law. Needs
+        numba-cuda (under its CUDA simulator on NumPy arrays). Returns self."""
+        from .ops.cuda_random import CounterGenerator
+
+        for _, layer in self.named_layers():
+            if hasattr(layer, "device_random"):
+                layer.device_random, layer.rng = (CounterGenerator(self.xp) if on else None), None
+        return self
+
+    def start_random_streams(self):
+        """Start each device stream at its layer's seed now, from the host: before a captured step is launched,
+        since a graph runs no Python (a no-op without draw_on_device)."""
+        for _, layer in self.named_layers():
+            if getattr(layer, "device_random", None) is not None:
+                layer.generator(self.xp)
+        return self
+
     def set_patch_dropout(self, p):
         """Set the share of patch tokens each training image leaves out (a rate that changes over a run); the
         model must have been built with patch dropout (``patch_dropout > 0``). Returns self."""

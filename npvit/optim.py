@@ -147,8 +147,31 @@ class Optimizer:
         self.model.zero_grad()
 
     def step(self):
+        """One step: the host's part (the count, the scalars written to the device), then the device's."""
+        self.begin_step()
+        self.apply_step()
+
+    def begin_step(self):
+        """The host's part of a step: count it and write the scalars its kernels read (``step_scalars``)."""
         self.step_count += 1
+        for name, value in self.step_scalars().items():
+            self.scalar(name, value)
+
+    def apply_step(self):
+        """The device's part of a step: kernels over the flat buffers that read the scalars ``begin_step`` wrote
+        and nothing else of the host's, so a captured CUDA graph can replay it (npvit/training/capture.py)."""
         self.update(self.flat.params, self.flat.grads)
+
+    def step_scalars(self) -> dict:
+        """name -> value of the 0-d device scalars this step's kernels read: the learning rate where every
+        group has the same one (a per-element vector otherwise, kept on the device)."""
+        value = self._per_group["lr"]
+        return {"lr": value} if isinstance(value, float) else {}
+
+    def device_lr(self):
+        """The learning rate as the kernels read it: the scalar ``begin_step`` wrote, or the per-element vector."""
+        value = self._per_group["lr"]
+        return self.scalars["lr"] if isinstance(value, float) else value.array
 
     def update(self, p, g):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -209,7 +232,7 @@ class SGD(Optimizer):
         d = self.defaults
         first = "momentum_buffer" not in self._slots
         buf = self.slot("momentum_buffer") if d["momentum"] else None
-        self.kernels.sgd_update(p, g, buf, self.lr(), self.wd, d["momentum"], d["dampening"], d["nesterov"], first)
+        self.kernels.sgd_update(p, g, buf, self.device_lr(), self.wd, d["momentum"], d["dampening"], d["nesterov"], first)
 
 
 class AdamW(Optimizer):
@@ -225,13 +248,16 @@ class AdamW(Optimizer):
             raise ValueError(f"AdamW betas must be in [0, 1), got {betas}")
         super().__init__(model, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay), param_groups)
 
+    def step_scalars(self) -> dict:
+        (b1, b2), t = self.defaults["betas"], self.step_count
+        return {**super().step_scalars(), "inv_bc1": 1.0 / (1.0 - b1 ** t),
+                "inv_sqrt_bc2": 1.0 / math.sqrt(1.0 - b2 ** t)}
+
     def update(self, p, g):
         (b1, b2), eps = self.defaults["betas"], self.defaults["eps"]
-        t = self.step_count
         # the model's kernel set does the arithmetic (reference: NumPy/CuPy operators; fused: one GPU kernel)
-        self.kernels.adamw_update(p, g, self.slot("exp_avg"), self.slot("exp_avg_sq"), self.lr(), self.wd, b1, b2,
-                                  eps, self.scalar("inv_bc1", 1.0 / (1.0 - b1 ** t)),
-                                  self.scalar("inv_sqrt_bc2", 1.0 / math.sqrt(1.0 - b2 ** t)))
+        self.kernels.adamw_update(p, g, self.slot("exp_avg"), self.slot("exp_avg_sq"), self.device_lr(), self.wd,
+                                  b1, b2, eps, self.scalars["inv_bc1"], self.scalars["inv_sqrt_bc2"])
 
 
 def clip_grad_norm(grads, max_norm: float):

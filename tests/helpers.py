@@ -32,8 +32,8 @@ def skip_unless_runs(kernels, backend="numpy"):
     entry = BY_NAME[kernels]
     if backend not in entry.backends:
         pytest.skip(f"the {kernels} kernels run on {' or '.join(entry.backends)} only")
-    if entry.needs:
-        pytest.importorskip(entry.needs)
+    for module in entry.needs:
+        pytest.importorskip(module)
 
 
 def torch_device(backend):

@@ -23,11 +23,13 @@ class Dropout(Layer):
         self.p = float(p)
         self.seed = 0      # set by reseed()
         self.rng = None    # made from seed on the input's device at the next forward
+        self.device_random = None   # a CounterGenerator when the model draws on the device (ViT.draw_on_device)
 
     def generator(self, xp):
-        """This layer's random stream on ``xp``'s device (made from ``seed`` at first use)."""
+        """This layer's random stream on ``xp``'s device (made from ``seed`` at first use): xp's Generator, or
+        the device counter's stream ``seed`` started again (npvit/ops/cuda_random.py)."""
         if self.rng is None:
-            self.rng = default_rng(xp, self.seed)
+            self.rng = default_rng(xp, self.seed) if self.device_random is None else self.device_random.reset(self.seed)
         return self.rng
 
     def draw_mask(self, shape, dtype, xp):
@@ -74,7 +76,9 @@ class PatchDropout(Dropout):
         xp = get_array_module(x)
         B, N, _ = x.shape
         K = max(1, round((1.0 - self.p) * (N - 1)))
-        kept = xp.argsort(self.generator(xp).random((B, N - 1)), axis=1)[:, :K] + 1   # (B, K) random patches
+        u = self.generator(xp).random((B, N - 1))                # (B, N - 1) a number per patch
+        first = self.rng.smallest_k(u, K) if self.device_random is not None else xp.argsort(u, axis=1)[:, :K]
+        kept = first + 1                                         # (B, K) the patches of the K smallest numbers
         self.rows = (xp.arange(B)[:, None], xp.concatenate([xp.zeros((B, 1), kept.dtype), kept], axis=1))
         self.x_shape = x.shape
         return x[self.rows]                                      # (B, 1 + K, D): [CLS] and the kept patches

@@ -8,7 +8,8 @@ core) are written once, in npvit/ops/composites.py. A model picks one set once,
 ``ViT(config, kernels="auto" | "numba" | ...)``; layers call the set they were given and contain
 no backend or speed branches. ``"auto"`` is the first set of the registry that runs on the
 backend with its library installed: fused on cupy, numba on numpy where Numba is installed,
-otherwise fast.
+otherwise fast. ``"capturable"`` (fused's kernels with our own GEMM in place of cuBLAS's) is
+asked for by name, or by ``--cuda-graph``.
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ class Registered:
     where: str                  # "module:ATTRIBUTE" of its KernelSet table
     backends: tuple             # the array backends it runs on
     what: str                   # what it is, in a few words (help text and messages)
-    needs: Optional[str] = None     # the module it imports that may not be installed ("numba"), else None
-    library: str = ""               # that library's name in words ("Numba")
+    needs: tuple = ()               # the modules it imports that may not be installed (("numba",))
+    library: str = ""               # those libraries' names in words ("Numba")
     install: str = ""               # how to install it
 
     def load(self) -> KernelSet:
@@ -41,15 +42,18 @@ class Registered:
 
     def installed(self, backend=None) -> bool:
         """Its library is installed (on ``backend``'s own library, such as CuPy on cupy, it counts as there)."""
-        return self.needs is None or self.needs == backend or find_spec(self.needs) is not None
+        return all(module == backend or find_spec(module) is not None for module in self.needs)
 
 
 # The kernel sets, fastest first. Adding one: its file, and its line here.
 REGISTRY = (
     Registered("numba", "npvit.ops.numba_cpu:NUMBA", ("numpy",), "CPU loops",
-               needs="numba", library="Numba", install="pip install numba, or the [train] extra"),
+               needs=("numba",), library="Numba", install="pip install numba, or the [train] extra"),
     Registered("fused", "npvit.ops.cupy_fused:FUSED", ("cupy",), "CUDA kernels",
-               needs="cupy", library="CuPy", install="pip install cupy-cuda12x or cupy-cuda13x"),
+               needs=("cupy",), library="CuPy", install="pip install cupy-cuda12x or cupy-cuda13x"),
+    Registered("capturable", "npvit.ops.cupy_capturable:CAPTURABLE", ("cupy",), "CUDA kernels, no cuBLAS: what "
+               "a CUDA graph can capture (--cuda-graph)", needs=("cupy", "numba"),
+               library="CuPy and numba-cuda", install="pip install cupy-cuda13x numba-cuda"),
     Registered("fast", "npvit.ops.numpy_fast:FAST", ("numpy", "cupy"), "NumPy speed tricks"),
     Registered("reference", "npvit.ops.reference:REFERENCE", ("numpy", "cupy"), "the plain formulas, to be read"),
 )

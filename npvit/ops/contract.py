@@ -10,6 +10,7 @@ whatever set they are given. The sets:
     numpy_fast.py   NumPy tricks: fewer passes over memory, row sums as BLAS matrix-vector products
     numba_cpu.py    fused CPU loops compiled by Numba (numpy backend)
     cupy_fused.py   fused CUDA kernels (cupy backend)
+    cupy_capturable.py  fused's, with no cuBLAS: what a CUDA graph captures (cupy backend)
 
 Each set's file ends with its table, one line per primitive, so one look shows what the set
 implements itself and what it takes from which other set. A set replaces a composite only with

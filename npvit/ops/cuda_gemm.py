@@ -120,9 +120,20 @@ def matmul(a, b, transpose_a=False, transpose_b=False, out=None):
 
 def _stream(xp):
     """CuPy's current stream as numba's (so a CUDA-graph capture on it records the kernel); 0 elsewhere (the
-    simulator, NumPy arrays)."""
+    simulator, NumPy arrays). Numba synchronises on the stream a CuPy array names in its
+    ``__cuda_array_interface__`` before it launches on it, which a stream capture forbids; the kernels here launch
+    on that very stream, so the wait is not needed and is turned off (NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0)."""
     if xp.__name__ != "cupy":
         return 0
+    import importlib
+
     from numba import cuda
 
+    for name in ("numba.cuda.core.config", "numba.core.config"):    # numba-cuda's own, or numba's older one
+        try:
+            config = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(config, "CUDA_ARRAY_INTERFACE_SYNC"):
+            config.CUDA_ARRAY_INTERFACE_SYNC = False
     return cuda.external_stream(xp.cuda.get_current_stream().ptr)

@@ -189,6 +189,11 @@ def layernorm_forward(x, w, b, eps=1e-5):
 
 
 def layernorm_backward(dy, cache, w):
+    return layernorm_backward_summing(dy, cache, w, column_sum)
+
+
+def layernorm_backward_summing(dy, cache, w, column_sum):
+    """layernorm_backward with the column sums of dw and db by ``column_sum`` ((M, n) -> (n,))."""
     # dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = dy w;  dw = sum dy xhat, db = sum dy
     xhat, rstd = cache
     dy = cp.ascontiguousarray(dy)

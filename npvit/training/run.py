@@ -34,6 +34,7 @@ from ..parallel import default_threads, one_blas_thread, parallelize, threads_wa
 from ..resources import check_fits, folder_image_count
 from ..runfiles import RunDir, metrics_text, strict_json
 from .batches import Batches, Stream, norm_stats, training_data
+from .capture import CapturedStep, CudaGraphs
 from .console import Console, Progress, StopRequest, epoch_line, start_line
 from .settings import Settings
 from .runstate import (DeviceTotals, EpochTotals, Resume, RunCheckpoints, RunState, check_resumable, claim_for_resume,
@@ -159,7 +160,8 @@ def build(s: Settings, resume, run, console, world, given=None):
     checksum = data_checksum(data.x_train, data.y_train, data.x_test, data.y_test) if world.size > 1 else None
     mean, std = norm_stats(s.normalize, data)
     xp = get_xp(s.backend)
-    model = ViT(s.model, backend=s.backend, dtype=s.dtype, seed=s.seed, kernels=s.kernels, init=s.init)
+    kernels = "capturable" if s.cuda_graph and s.kernels == "auto" else s.kernels
+    model = ViT(s.model, backend=s.backend, dtype=s.dtype, seed=s.seed, kernels=kernels, init=s.init)
     groups = weight_decay_groups(model.parameters(), s.weight_decay) if s.decay == "matrices" else None
     opt = AdamW(model, lr=s.lr, betas=s.betas, weight_decay=s.weight_decay, param_groups=groups)
     state = RunState(processes=world.size)
@@ -189,6 +191,8 @@ def build(s: Settings, resume, run, console, world, given=None):
                                  s.to_dict(), writer=world.rank == 0)
     trainer = Trainer(s, net, opt, ema, batches, evaluation, run, state, checkpoints, resume, console, world)
     trainer.data_checksum = checksum                # what the ranks compare before the first write
+    if s.cuda_graph:                                # each step captured once and replayed (capture.py)
+        trainer.captured = CapturedStep(model.draw_on_device(), opt, ema, s.step_rule, CudaGraphs(xp))
     return trainer
 
 
@@ -208,6 +212,7 @@ class Trainer:
         self.callbacks, self.stop = [], StopRequest()
         self.clears_first = False                           # --overwrite: clear the old run at begin()
         self.data_checksum = None
+        self.captured = None                                # a CapturedStep with --cuda-graph
 
     @property
     def steps(self):
@@ -284,12 +289,16 @@ class Trainer:
                 self.opt.set_lr(lr)
                 self.world.where = f"at step {i + 1} of epoch {epoch + 1}"      # for a message if one goes away
                 x, target, labels, n = self.batches.batch(order, epoch, i)    # this rank's rows, augmented
-                self.net.reseed(self.batches.seed(epoch, i, Stream.DROPOUT))  # dropout masks from (seed, epoch, i)
-                loss, correct = train_step(self.net, self.opt, x, target, labels, rule.label_smoothing,
-                                           rule.grad_clip, rule.micro_batch, global_batch=n,
-                                           reduce_grads=self.world.allreduce_ if self.world.size > 1 else None)
-                if self.ema is not None:
-                    self.ema.update()
+                seed = self.batches.seed(epoch, i, Stream.DROPOUT)              # dropout masks from (seed, epoch, i)
+                if self.captured is not None:                                   # the step and the average, replayed
+                    loss, correct = self.captured(x, target, labels, seed)
+                else:
+                    self.net.reseed(seed)
+                    loss, correct = train_step(self.net, self.opt, x, target, labels, rule.label_smoothing,
+                                               rule.grad_clip, rule.micro_batch, global_batch=n,
+                                               reduce_grads=self.world.allreduce_ if self.world.size > 1 else None)
+                    if self.ema is not None:
+                        self.ema.update()
                 running.add(loss * len(labels), correct, n)
                 progress.step()
                 if i % LOG_EVERY == LOG_EVERY - 1 or i == steps - 1:

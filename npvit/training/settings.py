@@ -91,6 +91,9 @@ class Settings:
         "0 = off) and evaluate, select and save it in place of the raw weights", "fraction")
     eval_raw: bool = option(False, "with --ema: also evaluate the raw weights each epoch (raw_test_acc or "
         "raw_val_acc in the metrics), to see what the average adds", "bool")
+    cuda_graph: bool = option(False, "cupy: capture each training step in a CUDA graph and replay it (one launch "
+        "instead of hundreds): the capturable kernels (auto picks them), dropout masks drawn from counters on the "
+        "device; one process; needs numba-cuda", "bool")
     kernels: str = option("auto", "the implementation of each layer's math (npvit/ops), the same function in each: "
         f"{kernel_sets.described()}; auto = the first of these that runs on the backend and is "
         "installed", "choice", kernel_sets.NAMED)
@@ -308,6 +311,11 @@ def validate(s: Settings):
     if s.patch_dropout_final is not None and not s.model.patch_dropout > 0:
         raise ConfigError("patch_dropout_final sets where --patch-dropout's rate ends; it needs --patch-dropout > 0 "
                           "(the rate of the first epoch)")
+    if s.cuda_graph and s.backend != "cupy":
+        raise ConfigError("--cuda-graph captures the GPU's training step in a CUDA graph; it needs --backend cupy")
+    if s.cuda_graph and s.kernels not in ("auto", "capturable"):
+        raise ConfigError(f"--cuda-graph needs kernels a CUDA graph can capture (no cuBLAS): --kernels capturable "
+                          f"or auto, not {s.kernels!r}")
     if s.eval_raw and not s.ema:
         raise ConfigError("eval_raw evaluates the raw weights beside their moving average; it needs --ema")
     # A named kernel set must run on the backend and have its library here; auto picks one that does.

@@ -2,6 +2,7 @@
 
     StepRule:          what a step does besides the model and the optimiser (label smoothing, clip, chunks)
     train_step:        forward and backward over micro-batches, all-reduce, clip, optimiser step
+    gradients:         train_step without the optimiser step (a captured step's device part ends with it)
     loss_and_accuracy: the mean loss and accuracy of a model over uint8 images, in eval mode
     EvalPlan:          when and how a run is evaluated
     Evaluation:        a run's evaluation set on the model's device, scored by every rank for its part
@@ -44,6 +45,16 @@ def train_step(model, opt, x, target, labels, label_smoothing=0.0, grad_clip=0.0
     rows, each chunk weighted by m / global_batch, and ``reduce_grads(model.flat.grads)`` sums the
     ranks' gradients (one all-reduce) before clipping and the step.
     """
+    loss, correct = gradients(model, x, target, labels, label_smoothing, grad_clip, micro_batch, global_batch,
+                              reduce_grads)
+    opt.step()
+    return loss, correct
+
+
+def gradients(model, x, target, labels, label_smoothing=0.0, grad_clip=0.0, micro_batch=None, global_batch=None,
+              reduce_grads=None):
+    """The gradient part of ``train_step``: the model's flat gradients of the batch (summed over the ranks,
+    clipped), and (mean loss, number correct) on the device; no optimiser step."""
     B = len(labels)
     total = global_batch or B
     m = micro_batch or max(B, 1)
@@ -63,7 +74,6 @@ def train_step(model, opt, x, target, labels, label_smoothing=0.0, grad_clip=0.0
         reduce_grads(model.flat.grads)      # the whole batch's gradient, on every rank
     if grad_clip:
         clip_grad_norm(model.flat.grads, grad_clip)
-    opt.step()
     return loss_sum / max(B, 1), correct
 
 

@@ -168,7 +168,7 @@ def test_kernel_sets_are_chosen_by_name_or_given_as_a_set():
         ViT(ViTConfig.tiny(), kernels="fused")
     with pytest.raises(ValueError, match="unknown kernels 'turbo'"):
         ViT(ViTConfig.tiny(), kernels="turbo")
-    with pytest.raises(ValueError, match=r"choose one of \['auto', 'numba', 'fused', 'fast', 'reference'\]"):
+    with pytest.raises(ValueError, match=r"choose one of \['auto', 'numba', 'fused', 'capturable', 'fast', 'reference'\]"):
         get_kernels("turbo")
     import types
     with pytest.raises(ValueError, match="a KernelSet"):
@@ -239,7 +239,7 @@ def test_a_new_kernel_set_is_its_own_file_and_one_registry_line(tmp_path):
     where, named, name = p.stdout.split("\n")[:3]
     assert where.startswith(str(tmp_path)) and "'renamed'" in named and name == "renamed"
     p = run("scripts/train.py", "--help")
-    assert "{auto,numba,fused,fast,renamed,reference}" in p.stdout.replace("\n", "").replace(" ", ""), p.stdout
+    assert "{auto,numba,fused,capturable,fast,renamed,reference}" in p.stdout.replace("\n", "").replace(" ", ""), p.stdout
     p = run("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/ops/test_kernel_sets.py", "-k", "renamed and numpy")
     assert p.returncode == 0, p.stdout[-3000:]
     passed = int(p.stdout.strip().splitlines()[-1].split(" passed")[0].split()[-1])
