@@ -30,7 +30,7 @@ from npvit.runfiles import read_metrics  # noqa: E402
 
 # Settings that are not the recipe's own and do not change what is trained or measured.
 NOT_RECIPE = {"seed", "data_dir", "out_dir", "download", "progress", "threads", "eval_batch_size", "save_every",
-              "eval_every", "recipe", "backend", "check_replicas", "kernels"}
+              "eval_every", "recipe", "backend", "check_replicas", "kernels", "cuda_graph", "peer_timeout"}
 
 
 def run_name(row):

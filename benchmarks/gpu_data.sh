@@ -10,7 +10,7 @@ gpu_data() {
     DATA_DIR=$dest
     [ -d "$dest/cifar-10-batches-py" ] && return
     mkdir -p "$dest"
-    if [ -n "$CONVERT" ]; then
+    if [ -n "${CONVERT:-}" ]; then
         python3 "$CONVERT" "$dest" --archive "$data" > /dev/null
     else
         python3 -c "import sys; from npvit.data import safe_extract; safe_extract(sys.argv[1], sys.argv[2])" "$data" "$dest"
