@@ -63,8 +63,10 @@ def kernels_used(kernels, backend):
 
 # -- one measurement, run in a fresh process so peak memory is its own ---------------
 def measure(framework, backend, model, patch, batch, repeats, warmup, threads, micro_batch=None, data_parallel=True,
-            kernels="auto", patch_dropout=0.0):
+            kernels="auto", patch_dropout=0.0, tf32=False, loss_steps=0):
     set_threads(threads)
+    if tf32:                    # TF32 GEMMs on the GPU: CuPy reads this when it loads; torch's flags are set below
+        os.environ["CUPY_TF32"] = "1"
     import numpy as np
 
     import npvit
@@ -122,6 +124,8 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
 
         torch.set_num_threads(threads)
         dev = "cuda" if gpu else "cpu"
+        if gpu:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
         ref = ViTForClassfication({**npvit.ViTConfig(**cfg).to_dict(), "hidden_dropout_prob": 0.0,
                                    "attention_probs_dropout_prob": 0.0}).to(dev)
         ref.load_state_dict({k: torch.tensor(v) for k, v in ours.state_dict().items()})
@@ -177,11 +181,25 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
             warm.append(once(fn))
         return [once(fn) for _ in range(repeats)], warm
 
+    losses = []
+    if loss_steps:              # the loss of the first steps from the initial weights (TF32 against float32)
+        if framework == "npvit":
+            losses = [float(npvit_train_step(ours, opt, x, y, y, micro_batch=micro_batch)[0])
+                      for _ in range(loss_steps)]
+        elif framework == "torch":
+            for _ in range(loss_steps):
+                opt.zero_grad(set_to_none=False)
+                loss = loss_fn(forward(x)[0], y)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+        else:
+            raise ValueError(f"loss_steps is measured for npvit and torch, not {framework}")
     # Memory first: the first step of a fresh process, before allocators cache anything.
     peak_mb = peak_step_memory(train_step, sync, framework, gpu)
     (train_ms, train_warm), (infer_ms, infer_warm) = timed(train_step), timed(infer)
     out = {"train_ms": train_ms, "infer_ms": infer_ms, "peak_mb": peak_mb, "train_warmup_ms": train_warm,
-           "infer_warmup_ms": infer_warm}
+           "infer_warmup_ms": infer_warm, **({"losses": losses} if loss_steps else {})}
     if framework == "npvit" and not gpu:
         import tracemalloc  # NumPy reports its buffers to tracemalloc: a second, allocator-independent reading
 
@@ -369,6 +387,9 @@ def main(argv=None):
                    help="print time per layer (npvit, one shard, BLAS on --threads threads) instead of the comparison")
     p.add_argument("--kernels", default="auto",
                    help="npvit's kernel set, a name of npvit.ops.NAMED (auto: the fastest that runs here)")
+    p.add_argument("--tf32-check", action="store_true",
+                   help="cupy: npvit (fused) and PyTorch eager with TF32 GEMMs off and on: step times, and the loss "
+                        "of 10 AdamW steps against float32 without TF32")
     p.add_argument("--json", default=None, help="output JSON (default benchmarks/results/<backend>.json)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -382,6 +403,10 @@ def main(argv=None):
     models, patches = a.models, a.patches
     if a.quick:
         models, patches, batches = ["article"], [4], [256]
+    if a.tf32_check:
+        if a.backend != "cupy":
+            p.error("--tf32-check compares TF32 GEMMs on a GPU: it needs --backend cupy")
+        return tf32_check(a, models, patches, batches)
     if a.profile:
         for model in models:
             for patch in patches:
@@ -456,6 +481,34 @@ def main(argv=None):
                     print(f"{'':<21} | npvit-graph/torch-graph train {row['graph_over_torch_graph_train_ms']:.2f}",
                           flush=True)
                 write_results(a, results)
+    print(f"wrote {write_results(a, results)}")
+    return 0
+
+
+def tf32_check(a, models, patches, batches, steps=10):
+    """npvit and PyTorch with TF32 GEMMs off and on: the step's time and the loss of its first ``steps`` AdamW
+    steps, against the same framework's float32 without TF32 (max relative difference over the steps)."""
+    results = []
+    print(f"TF32 against float32: step ms (median of {a.repeats}) and the loss of {steps} AdamW steps from the "
+          f"same weights and batch")
+    for model in models:
+        for patch in patches:
+            for b in batches:
+                for fw in ("npvit", "torch"):
+                    runs = {tf32: run_child(dict(framework=fw, backend="cupy", model=model, patch=patch, batch=b,
+                                                 repeats=a.repeats, warmup=a.warmup, threads=1, kernels=a.kernels,
+                                                 tf32=tf32, loss_steps=steps)) for tf32 in (False, True)}
+                    off, on = runs[False]["losses"], runs[True]["losses"]
+                    row = {"model": model, "patch": patch, "batch": b, "framework": fw,
+                           "train_ms": statistics.median(runs[False]["train_ms"]),
+                           "train_ms_tf32": statistics.median(runs[True]["train_ms"]),
+                           "losses": off, "losses_tf32": on,
+                           "max_rel_loss_diff": max(abs(x - y) / abs(x) for x, y in zip(off, on))}
+                    results.append(row)
+                    print(f"{model:<8} patch {patch} batch {b:<5} {fw:<6} float32 {row['train_ms']:.2f} ms, TF32 "
+                          f"{row['train_ms_tf32']:.2f} ms; loss after {steps} steps {off[-1]:.5f} / {on[-1]:.5f}, "
+                          f"max relative difference {row['max_rel_loss_diff']:.2e}", flush=True)
+                    write_results(a, results)
     print(f"wrote {write_results(a, results)}")
     return 0
 

@@ -9,7 +9,8 @@
 #   SECONDS: the budget of this call (default 660); PARTS: which parts, in this order (default "suite bench speedrun"):
 #   suite     the gpu-marked tests (the captured step against the eager one among them)          OUT/gpu_tests.log
 #   bench     step times: npvit eager and captured, PyTorch eager, torch.compile and PyTorch in a CUDA graph, for
-#             the article model at 128, 256 and 1024 and the large model at 256                    OUT/bench.json
+#             the article model at 128, 256 and 1024 and the large model at 256 (OUT/bench.json, bench-large.json);
+#             then TF32 GEMMs off and on for the large model, with the loss of 10 AdamW steps     OUT/tf32.json
 #   speedrun  the three speedruns, one after another, each alone on the GPU with its own deadline (SIGTERM saves;
 #             a run that misses it says where it got): --recipe sprint to 75.5% (60 s), the article recipe's 100
 #             epochs (120 s), fast80 to 80% (180 s); each with --cuda-graph, seed 42     OUT/speedrun-*.log, .json
@@ -57,7 +58,12 @@ for part in $parts; do
         [ "$rc" = 0 ] && [ "$left_now" -gt 60 ] && timeout $(( left_now * 40 / 100 )) python3 benchmarks/bench_train_step.py \
             --backend cupy --models large --patches 4 --batch-sizes 256 --repeats 20 --warmup 5 --rounds 1 \
             --json "$out/bench-large.json" >> "$out/bench.log" 2>&1
-        note "bench (limit ${limit}s, exit $rc):"; grep -E "^article|^large|npvit-graph|torch-graph:" "$out/bench.log" | tee -a "$out/summary.txt"
+        left_now=$(left)
+        [ "$rc" = 0 ] && [ "$left_now" -gt 90 ] && timeout $(( left_now * 30 / 100 )) python3 benchmarks/bench_train_step.py \
+            --backend cupy --tf32-check --models large --patches 4 --batch-sizes 256 --repeats 10 --warmup 5 \
+            --json "$out/tf32.json" >> "$out/bench.log" 2>&1
+        note "bench (limit ${limit}s, exit $rc):"
+        grep -E "^article|^large|npvit-graph|torch-graph:|TF32 [0-9]" "$out/bench.log" | tee -a "$out/summary.txt"
         ;;
     speedrun)
         for spec in "sprint 75.5% 60" "article 100-epochs 120" "fast80 80% 180"; do
