@@ -87,7 +87,7 @@ class ViT(Layer):
         """Start each device stream at its layer's seed now, from the host: before a captured step is launched,
         since a graph runs no Python (a no-op without draw_on_device)."""
         for _, layer in self.named_layers():
-            if getattr(layer, "device_random", None) is not None:
+            if getattr(layer, "device_random", None) is not None and layer.p > 0:    # p = 0 draws nothing
                 layer.generator(self.xp)
         return self
 
