@@ -75,6 +75,9 @@ def estimate(settings, threads=1, train_images=50_000, test_images=10_000) -> di
                            * (2 if s.tta_flip else 1)),
         "dataset": (train_images + test_images) * image * (2 if s.backend == "cupy" else 1),
     }
+    if s.cuda_graph:            # the graphs' own pool keeps a step's activations besides the eager ones
+        parts["the CUDA graphs' memory pool"] = min(s.micro_batch or batch, batch) * activation_bytes_per_image(
+            config, itemsize)
     return parts
 
 

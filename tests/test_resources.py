@@ -59,6 +59,8 @@ def test_check_fits_counts_the_gpu_for_a_cupy_run():
     cfg = build_config(overrides={"backend": "cupy", "threads": 1})
     assert check_fits(cfg, 1, available=10 * 2 ** 30) is None
     assert "available on the GPU" in check_fits(cfg, 1, available=2 ** 20)
+    graphs = estimate(cfg.replace(cuda_graph=True))                 # a captured step keeps a pool of its own
+    assert graphs["the CUDA graphs' memory pool"] > 0 and "the CUDA graphs' memory pool" not in estimate(cfg)
 
 
 PEAK = ("import subprocess, resource, sys; p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
