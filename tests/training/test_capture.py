@@ -95,6 +95,24 @@ def test_ten_captured_steps_equal_the_eager_steps(dtype):
     assert len(set(eager[3])) == len(SIZES)                 # every step its own loss: new masks each replay
 
 
+def test_replays_draw_new_masks_and_the_same_key_draws_the_same():
+    """Replays of one captured graph with different keys draw different masks (dropout, patch choice); a replay
+    with an earlier key draws that step's masks again: the randomness is the key's, not the capture's."""
+    model, opt, ema, _, step = run_captured(np.float64, Emulated(np))
+    _, x, target, labels = next(batches(np.float64))
+    patch = model.patch_dropout
+    dropouts = [layer for layer in step.random_layers                 # the hidden dropouts (a drop path's 4 draws
+                if type(layer).__name__ == "Dropout" and getattr(layer, "mask", None) is not None]  # may repeat)
+    assert len(dropouts) >= 3
+
+    def masks(seed):
+        step(x, target, labels, seed)
+        return [patch.rows[1].copy()] + [layer.mask.copy() for layer in dropouts]
+    first, other, again = masks(7), masks(8), masks(7)
+    assert all(not np.array_equal(a, b) for a, b in zip(first, other))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
 def test_a_device_part_that_reads_the_hosts_state_is_caught():
     """The whole optimiser step (its host part too) inside the graph: the replays repeat the captured step's count,
     and so its bias corrections, and the result is no longer the eager one."""
