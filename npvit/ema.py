@@ -34,7 +34,7 @@ class EMA:
         self.flat = model.owner("average")
         self._average = self.flat.companion(self.flat.params)     # a_0 = p_0
         self.updates = 0
-        self._scalar = None                                        # 1 - d_t on the device, written each update
+        self.one_minus_d = None                                    # 1 - d_t, a 0-d device array written each update
 
     @property
     def average(self):
@@ -53,17 +53,17 @@ class EMA:
 
     def begin_update(self):
         """The host's part of an update: 1 - d_t into a 0-d device array, and the count."""
-        one_minus_d = self._scalar
-        if one_minus_d is None or one_minus_d.dtype != self.flat.dtype or type(one_minus_d) is not type(self.average):
-            one_minus_d = self._scalar = self.flat.xp.zeros((), dtype=self.flat.dtype)
-        one_minus_d.fill(1.0 - self.rate())
+        w = self.one_minus_d
+        if w is None or w.dtype != self.flat.dtype or type(w) is not type(self.average):   # cast or moved since
+            w = self.one_minus_d = self.flat.xp.zeros((), dtype=self.flat.dtype)
+        w.fill(1.0 - self.rate())
         self.updates += 1
 
     def apply_update(self):
         """The device's part: kernels that read the scalar ``begin_update`` wrote (what a captured graph replays)."""
         average = self.average
         step = self.flat.params - average
-        step *= self._scalar
+        step *= self.one_minus_d
         average += step
 
     @contextlib.contextmanager

@@ -131,7 +131,7 @@ class CapturedStep:
         self.random_layers = random_layers
         self.warmup = warmup
         self.warm = {}              # shape -> eager steps done
-        self.captured = {}          # shape -> (graph, static inputs, outputs)
+        self.captured = {}          # shape -> (the graphs' handle of its capture, its static inputs)
         self.buffers = None         # the data pointers of the arrays the graphs read, checked at each replay
         self.host_state = [(opt, "step_count"), (opt, "_per_group"), (opt, "param_groups")] \
             + ([(ema, "updates")] if ema is not None else []) \
@@ -179,7 +179,7 @@ class CapturedStep:
     def pointers(self):
         arrays = [self.model.flat.params, self.model.flat.grads, *self.opt.state.values(), *self.opt.scalars.values()]
         if self.ema is not None:
-            arrays += [self.ema.average, self.ema._scalar]
+            arrays += [self.ema.average, self.ema.one_minus_d]
         arrays += [layer.device_random.state for _, layer in self.model.named_layers()
                    if getattr(layer, "device_random", None) is not None]
         return tuple(_address(a) for a in arrays)
