@@ -125,15 +125,20 @@ def _stream(xp):
     on that very stream, so the wait is not needed and is turned off (NUMBA_CUDA_ARRAY_INTERFACE_SYNC=0)."""
     if xp.__name__ != "cupy":
         return 0
-    import importlib
-
     from numba import cuda
 
-    for name in ("numba.cuda.core.config", "numba.core.config"):    # numba-cuda's own, or numba's older one
-        try:
-            config = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(config, "CUDA_ARRAY_INTERFACE_SYNC"):
-            config.CUDA_ARRAY_INTERFACE_SYNC = False
+    if not _NO_SYNC:
+        import importlib
+
+        for name in ("numba.cuda.core.config", "numba.core.config"):    # numba-cuda's own, or numba's older one
+            try:
+                config = importlib.import_module(name)
+            except ImportError:
+                continue
+            if hasattr(config, "CUDA_ARRAY_INTERFACE_SYNC"):
+                config.CUDA_ARRAY_INTERFACE_SYNC = False
+        _NO_SYNC.append(True)
     return cuda.external_stream(xp.cuda.get_current_stream().ptr)
+
+
+_NO_SYNC = []           # set once: Numba's synchronisation on consumed CuPy arrays is off
