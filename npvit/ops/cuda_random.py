@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import get_array_module
+
 GOLDEN = 0x9E3779B97F4A7C15
 MIX1, MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 THREADS = 128
@@ -134,18 +136,9 @@ def smallest_k(u, k, stream=None):
     R, n = u.shape
     if not 0 < k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    out = _empty_like(u, (R, k), np.int64)
+    out = get_array_module(u).empty((R, k), dtype=np.int64)
     _kernels()["smallest_k"][(-(-R // 8), -(-n // 16)), (8, 16), _on(stream, u)](u, k, out)
     return out
-
-
-def _xp(a):
-    """The array module of ``a``: CuPy for a device array, NumPy under the simulator."""
-    return np if isinstance(a, np.ndarray) else __import__("cupy")
-
-
-def _empty_like(a, shape, dtype):
-    return _xp(a).empty(shape, dtype=dtype)
 
 
 class CounterGenerator:
@@ -181,4 +174,4 @@ def _on(stream, a):
     if stream is not None:
         return stream
     from .cuda_gemm import _stream
-    return _stream(_xp(a))
+    return _stream(get_array_module(a))
