@@ -32,7 +32,6 @@ from numba.extending import intrinsic, overload
 from . import numpy_fast, reference
 from .contract import GeluCache, LayerNormCache
 from .kernelset import KernelSet, own, taken
-from .numba_attention import fused_attention_backward, fused_attention_forward
 from .reference import GELU_COEF, SQRT_2_OVER_PI
 
 # Vectorising a sum needs reassociation, a*b+c may become one FMA, and exp may be approximated; but
@@ -233,34 +232,6 @@ def _softmax_backward_inplace(d, att, scale, zero):
             d[r, j] = scale * att[r, j] * (d[r, j] - dot)
 
 
-# -- small loops of the fused attention core (npvit/ops/numba_attention.py) -----------------------------------------
-@njit(**JIT)
-def _transpose_into(x, out):
-    # out = x^T: x (R, C), out (C, R)
-    R, C = x.shape
-    for r in range(R):
-        for c in range(C):
-            out[c, r] = x[r, c]
-
-
-@njit(**JIT)
-def _multiply_into(x, y, out):
-    # out = x * y, elementwise over (R, C)
-    R, C = x.shape
-    for r in range(R):
-        for c in range(C):
-            out[r, c] = x[r, c] * y[r, c]
-
-
-@njit(**JIT)
-def _multiply_inplace(x, y):
-    # x *= y, elementwise over (R, C) (x as one argument: see the softmax loops above)
-    R, C = x.shape
-    for r in range(R):
-        for c in range(C):
-            x[r, c] *= y[r, c]
-
-
 def _into(a, out):
     """``a`` copied into ``out`` (a new array if None; nothing to copy if ``out`` is ``a``), C-contiguous."""
     if out is None:
@@ -294,5 +265,4 @@ NUMBA = KernelSet("numba", backends=("numpy",), primitives={
     **taken(reference.REFERENCE, "matmul", "log_softmax", "cross_entropy_forward", "cross_entropy_backward",
             "adamw_update", "sgd_update"),                           # the GEMM is BLAS's
     **taken(numpy_fast.FAST, "reduce_sum", "im2col", "col2im"),      # sums as BLAS gemv; im2col a reshape
-}, fused={"attention_forward": fused_attention_forward,              # npvit/ops/numba_attention.py
-          "attention_backward": fused_attention_backward})
+})

@@ -39,32 +39,3 @@ def test_numba_loops_pass_nan_on(op):
                                                                                           np.zeros(8, np.float32))[0],
          "softmax": lambda: nb.softmax_forward(x, 0.5)}[op]()
     assert np.isnan(y[1, 2]).any() and np.isfinite(y[0]).all()
-
-
-# The fused attention core (npvit/ops/numba_attention.py) at the sizes its generated loops treat apart: head sizes
-# under, at and over one group of accumulators (12), token counts that leave a remainder after 8-wide vectors and
-# after tn's 4 rows, one query ([CLS]) or a few, with and without a dropout mask.
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("dropout", [False, True], ids=["", "dropout"])
-@pytest.mark.parametrize("B, H, N, hs, Nq", [(2, 4, 65, 12, None), (3, 2, 49, 12, 1), (1, 2, 9, 13, 6),
-                                             (2, 1, 6, 16, None)], ids=["article", "cls", "hs13", "hs16"])
-def test_numba_fused_attention_equals_the_reference(B, H, N, hs, Nq, dropout, dtype):
-    pytest.importorskip("numba")
-    from npvit.ops.reference import REFERENCE
-    from tests.tolerances import KERNEL_RTOL
-
-    nb = get_kernels("numba")
-    assert nb.fused == ("attention_forward", "attention_backward")
-    rng = np.random.default_rng(hs)
-    qkv = rng.standard_normal((3, B, H, N, hs)).astype(dtype)
-    queries = N if Nq is None else Nq
-    mask = ((rng.random((B, H, queries, N)) > 0.25) / 0.75).astype(dtype) if dropout else None
-    dctx = rng.standard_normal((B, H, queries, hs)).astype(dtype)
-    results = []
-    for ops in (REFERENCE, nb):
-        ctx, cache = ops.attention_forward(qkv, hs ** -0.5, Nq, mask)
-        results.append((ctx, cache.att, cache.att_dropped, ops.attention_backward(dctx, cache)))
-    for name, ref, fused in zip(("ctx", "att", "att_dropped", "dqkv"), *results):
-        assert fused.dtype == ref.dtype and fused.shape == ref.shape, name
-        err = np.abs(fused - ref).max() / np.abs(ref).max()
-        assert err < KERNEL_RTOL[dtype], (name, err)
