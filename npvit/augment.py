@@ -50,12 +50,15 @@ def random_crop(x, padding, rng):
     B, C, H, W = x.shape
     if padding == 0:
         return x
-    xpad = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    xpad = xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))   # (B, C, H + 2p, W + 2p)
     top = rng.integers(0, 2 * padding + 1, size=B)
     left = rng.integers(0, 2 * padding + 1, size=B)
-    rows = top[:, None] + xp.arange(H)[None, :]                  # (B, H)
-    cols = left[:, None] + xp.arange(W)[None, :]                 # (B, W)
-    return _gather(xpad, rows, cols)
+    # Every window of the padded images as a view, windows[b, c, t, l] = xpad[b, c, t:t + H, l:l + W]; then each
+    # image's own window in one indexing (a copy of whole rows; a gather of single pixels took 6x as long).
+    sB, sC, sH, sW = xpad.strides
+    n = 2 * padding + 1
+    windows = xp.lib.stride_tricks.as_strided(xpad, (B, C, n, n, H, W), (sB, sC, sH, sW, sH, sW))
+    return windows[xp.arange(B), :, top, left]                   # (B, C, H, W)
 
 
 def random_flip(x, rng, p=0.5):

@@ -212,8 +212,12 @@ def equalize(v):
     b, C, H, W = v.shape
     rows = v.reshape(b * C, H * W)                              # (bC, HW) one row per channel of an image
     offset = (xp.arange(b * C) * 256)[:, None]
-    hist = xp.zeros(b * C * 256, dtype=xp.int32)               # a scatter-add, not bincount: CuPy's bincount
-    xp.add.at(hist, (rows + offset).ravel(), 1)                 # reads back whether any index is negative
+    bins = (rows + offset).ravel()                              # (bC HW,) each value's bin among all channels'
+    if xp is np:
+        hist = np.bincount(bins, minlength=b * C * 256).astype(np.int32)
+    else:                                       # a scatter-add: CuPy's bincount reads back whether any bin is negative
+        hist = xp.zeros(b * C * 256, dtype=xp.int32)
+        xp.add.at(hist, bins, 1)
     hist = hist.reshape(b * C, 256)                             # (bC, 256) each channel's histogram
     nonzero = hist > 0
     last = 255 - xp.argmax(nonzero[:, ::-1], axis=1)            # (bC,) the last non-empty bin

@@ -21,6 +21,27 @@ def test_random_crop_takes_a_window_of_the_padded_image(xp):
         assert hits, f"image {b} is not a window of its padded input"
 
 
+def test_random_crop_takes_each_image_at_the_offsets_it_drew(xp):
+    """Row offsets from the first draw, column offsets from the second, image by image (distinct per image, so a
+    swapped or shared offset shows)."""
+    x = images(xp, B=12)
+    B, C, H, W = x.shape
+    drawn = [np.arange(B) % 9, (5 * np.arange(B) + 2) % 9]       # top, then left, as random_crop draws them
+
+    draws = iter(drawn)
+
+    class Fixed:
+        def integers(self, low, high, size):
+            assert (low, high, size) == (0, 9, B)
+            return to_device(next(draws), xp)
+
+    out = to_numpy(aug.random_crop(x, 4, Fixed()))
+    xpad = np.pad(to_numpy(x), ((0, 0), (0, 0), (4, 4), (4, 4)))
+    top, left = drawn
+    for b in range(B):
+        np.testing.assert_array_equal(out[b], xpad[b, :, top[b]:top[b] + H, left[b]:left[b] + W])
+
+
 def test_flip_mirrors_exactly_the_chosen_images(xp):
     x = images(xp, B=64)
     out, ref = to_numpy(aug.random_flip(x, default_rng(xp, 1))), to_numpy(x)
