@@ -121,16 +121,50 @@ def augment_batch(augmentation: Augmentation, images_u8, y, norm, dtype, rng, ho
     return x, y
 
 
+class RowsOf:
+    """The draws a whole batch of ``B`` images makes from ``generator``, cut to the images ``rows`` (a slice):
+    each draw of size (..., b), b the rows' count, is drawn at (..., B) and sliced, so that a part of a batch
+    augmented with it gets exactly the numbers it gets in the whole batch. Every augmentation draws one number
+    per image (or ``attempts`` per image) before it touches a pixel; a draw of any other shape is refused."""
+
+    def __init__(self, generator, rows, B):
+        self.generator, self.rows, self.B = generator, rows, B
+        self.b = len(range(*rows.indices(B)))
+
+    def _drawn(self, method, *args, size):
+        size = (size,) if isinstance(size, int) else tuple(size)
+        if not size or size[-1] != self.b:
+            raise ValueError(f"a draw of size {size} is not one per image of these {self.b} rows")
+        return getattr(self.generator, method)(*args, size=size[:-1] + (self.B,))[..., self.rows]
+
+    def integers(self, low, high, size):
+        return self._drawn("integers", low, high, size=size)
+
+    def random(self, size):
+        return self._drawn("random", size=size)
+
+    def uniform(self, low, high, size):
+        return self._drawn("uniform", low, high, size=size)
+
+
 # -- the stream ------------------------------------------------------------------------------------------
 class Batches:
-    """``Batches(x_train, y_train, batch_size, seed, augmentation, norm, dtype, world)``: the training images and
-    labels on the model's device, cut into global batches of ``batch_size`` in an order drawn from ``seed``;
-    this process (rank) takes its shard of each, augmented as ``augmentation`` says."""
+    """``Batches(x_train, y_train, batch_size, seed, augmentation, norm, dtype, world, parallel=None)``: the
+    training images and labels on the model's device, cut into global batches of ``batch_size`` in an order
+    drawn from ``seed``; this process (rank) takes its shard of each, augmented as ``augmentation`` says.
 
-    def __init__(self, x_train, y_train, batch_size, seed, augmentation: Augmentation, norm, dtype, world):
+    ``parallel`` (the model's DataParallel: one shard per CPU thread) augments each batch in as many parts side
+    by side on its threads, each part drawing its images' numbers from the whole batch's stream (RowsOf): the
+    same images as one part would give, bit for bit. Mixup and cutmix pair images across the batch, so with
+    them a batch is augmented whole."""
+
+    def __init__(self, x_train, y_train, batch_size, seed, augmentation: Augmentation, norm, dtype, world,
+                 parallel=None):
         self.x, self.y, self.batch_size, self.augmentation = x_train, y_train, batch_size, augmentation
         self.run_seed = seed                                     # the run's --seed: every stream derives from it
         self.norm, self.dtype, self.world = norm, dtype, world
+        a = augmentation
+        self.parallel = parallel if (a.trivial_augment or a.augment != "none") and not (a.mixup or a.cutmix) else None
         self.xp = get_array_module(x_train)
         self.size = len(y_train)
         self.steps = -(-self.size // self.batch_size)           # per epoch: the last batch may be short
@@ -150,7 +184,18 @@ class Batches:
         rows = order[i * self.batch_size:(i + 1) * self.batch_size]   # the global batch, the same on every rank
         idx = rows[shard(len(rows), self.world)]                        # this rank's rows of it
         labels = self.y[idx]
-        rng = default_rng(self.xp, self.seed(epoch, i, Stream.AUGMENT))
+        seed = self.seed(epoch, i, Stream.AUGMENT)
         host_rng = np.random.default_rng(self.seed(epoch, i, Stream.MIX))
-        x, target = augment_batch(self.augmentation, self.x[idx], labels, self.norm, self.dtype, rng, host_rng)
-        return x, target, labels, len(rows)
+        if self.parallel is None or len(idx) < 2:
+            rng = default_rng(self.xp, seed)
+            x, target = augment_batch(self.augmentation, self.x[idx], labels, self.norm, self.dtype, rng, host_rng)
+            return x, target, labels, len(rows)
+        B = len(idx)
+        bounds = np.linspace(0, B, self.parallel.threads + 1).astype(int)    # the parts, one per thread
+
+        def part(s):                    # rows s of this batch, with the whole batch's draws cut to them
+            rng = RowsOf(default_rng(self.xp, seed), s, B)
+            return augment_batch(self.augmentation, self.x[idx[s]], labels[s], self.norm, self.dtype, rng, host_rng)[0]
+
+        parts = self.parallel.run([lambda s=slice(a, b): part(s) for a, b in zip(bounds[:-1], bounds[1:]) if b > a])
+        return self.xp.concatenate(parts), labels, labels, len(rows)

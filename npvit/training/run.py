@@ -30,7 +30,7 @@ from ..ema import EMA
 from ..errors import CheckpointError, ConfigError, Diverged, PeerLost, StartFailed, UserError, error_line
 from ..model import ViT
 from ..optim import AdamW, lr_at, weight_decay_groups
-from ..parallel import default_threads, one_blas_thread, parallelize, threads_warning
+from ..parallel import DataParallel, default_threads, one_blas_thread, parallelize, threads_warning
 from ..resources import check_fits, folder_image_count
 from ..runfiles import RunDir, metrics_text, strict_json
 from .batches import Batches, Stream, norm_stats, training_data
@@ -178,15 +178,16 @@ def build(s: Settings, resume, run, console, world, given=None):
             ema.load(resume.checkpoint.averaged, state.ema_updates or 0)
     state.ema_updates = None if ema is None else ema.updates
     # The data goes to the device once; batches are gathered, normalised and augmented there.
-    norm = aug.normalizer(xp, mean, std, model.dtype)
-    batches = Batches(to_device(data.x_train, xp), to_device(data.y_train, xp), s.batch_size, s.seed,
-                      s.augmentation, norm, model.dtype, world)
-    plan = s.evaluation
-    evaluation = Evaluation(data.x_test, data.y_test, norm, plan.batch_size, plan.tta_flip, world, xp)
     threads = s.threads
     if threads == "auto" and world.size > 1:         # the cores of a machine shared by its ranks
         threads = max(1, default_threads() // world.local_size)
     net = parallelize(model, threads)               # the model, or it on several CPU threads
+    norm = aug.normalizer(xp, mean, std, model.dtype)
+    batches = Batches(to_device(data.x_train, xp), to_device(data.y_train, xp), s.batch_size, s.seed,
+                      s.augmentation, norm, model.dtype, world,
+                      parallel=net if isinstance(net, DataParallel) else None)   # augmented on its threads too
+    plan = s.evaluation
+    evaluation = Evaluation(data.x_test, data.y_test, norm, plan.batch_size, plan.tta_flip, world, xp)
     checkpoints = RunCheckpoints(run, net, opt, ema, state, {"classes": list(data.classes), "mean": mean, "std": std},
                                  s.to_dict(), writer=world.rank == 0)
     trainer = Trainer(s, net, opt, ema, batches, evaluation, run, state, checkpoints, resume, console, world)
