@@ -158,8 +158,10 @@ class ViT(Layer):
             return logits, [block.attention.att for block in blocks]   # each (B, H, N, N), kept by the layer
         return logits
 
-    def backward(self, dlogits):
-        """dlogits (B, K) -> dx (B, C, H, W); parameter gradients accumulate. The forward chain reversed:
+    def backward(self, dlogits, input_grad=True):
+        """dlogits (B, K) -> dx (B, C, H, W); parameter gradients accumulate. ``input_grad`` False: no dx (None),
+        and none of its cost (the patch embedding's dcols GEMM and col2im): training never reads it.
+        The forward chain reversed:
 
             logits = classifier(h[:, 0])        dh[:, 0] = dlogits W_cls   (other tokens: 0), dW_cls, db_cls
               or classifier(mean_{n>=1} h[:, n])   dh[:, n] = dlogits W_cls / (N - 1) for n >= 1 ([CLS]: 0)
@@ -188,7 +190,7 @@ class ViT(Layer):
             dh = block.backward(dh)                              # (B, N, D)
         if self.patch_dropout is not None:
             dh = self.patch_dropout.backward(dh)                 # the dropped patches get 0
-        return self.embedding.backward(dh)                       # (B, C, H, W)
+        return self.embedding.backward(dh, input_grad)           # (B, C, H, W), or None
 
     def astype(self, dtype):
         self.dtype = check_dtype(dtype)

@@ -187,15 +187,16 @@ class DataParallel:
         atts = [xp.concatenate(maps) for maps in zip(*(o[1] for o in outs))]
         return logits, atts
 
-    def backward(self, dlogits):
-        """dlogits (B, K) -> dx (B, C, H, W); the shards' gradients are added into the model's."""
+    def backward(self, dlogits, input_grad=True):
+        """dlogits (B, K) -> dx (B, C, H, W) (None without ``input_grad``); the shards' gradients are added into
+        the model's."""
         if self.shards is None:
             raise RuntimeError("backward called before forward")
         B = self.shards[-1].stop
         if dlogits.shape[0] != B:
             raise ValueError(f"dlogits must have the logits' shape ({B}, ...), got {dlogits.shape}")
-        outs = self.run([lambda r=r, s=s: r.backward(dlogits[s]) for r, s in zip(self.replicas, self.shards)])
+        outs = self.run([lambda r=r, s=s: r.backward(dlogits[s], input_grad) for r, s in zip(self.replicas, self.shards)])
         for replica in self.replicas:                # g = sum over shards of g_t: one add per shard
             self.model.flat.grads += replica.flat.grads
             replica.flat.grads.fill(0)
-        return self.model.xp.concatenate(outs)
+        return self.model.xp.concatenate(outs) if input_grad else None

@@ -247,3 +247,26 @@ def test_shards_follow_the_callers_floating_point_error_handling():
         warnings.simplefilter("error")
         with np.errstate(all="ignore"):
             model(x)                                           # silent on every thread
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_without_the_input_gradient_the_parameter_gradients_are_the_same(threads):
+    """backward(dlogits, input_grad=False), as a training step calls it: no dx (None), no col2im and one GEMM fewer,
+    and every parameter gradient bit for bit the one backward with dx gives."""
+    from tests.ops.test_contract import counting_set
+
+    rng = np.random.default_rng(1)
+    x, labels = rng.standard_normal((6, 3, 8, 8)), rng.integers(0, 5, 6)
+    ops, counts = counting_set()
+    grads = []
+    for input_grad in (True, False):
+        model = parallelize(ViT(SMALL, kernels=ops, dtype="float64", seed=3), threads)
+        _, dlogits = softmax_cross_entropy(model(x), labels)
+        counts.clear()
+        dx = model.backward(dlogits, input_grad=input_grad)
+        assert (dx is None) != input_grad and (dx is None or dx.shape == x.shape)
+        grads.append((model.grad_dict(), dict(counts)))
+    (with_dx, counted_with), (without, counted_without) = grads
+    assert all(np.array_equal(with_dx[k], without[k]) for k in with_dx) and list(with_dx) == list(without)
+    assert counted_with["col2im"] == threads and "col2im" not in counted_without
+    assert counted_without["matmul"] == counted_with["matmul"] - threads

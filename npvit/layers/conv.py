@@ -35,9 +35,9 @@ class Conv2d(Layer):
                                                     self.stride, self.padding)
         return y
 
-    def backward(self, dy):
-        # y = cols W^T + b  =>  dW = dy^T cols, db = sum(dy), dcols = dy W, dx = col2im(dcols)
-        dx, dw, db = self.kernels.conv2d_backward(dy, self.cache, self.params["weight"])
+    def backward(self, dy, input_grad=True):
+        # y = cols W^T + b  =>  dW = dy^T cols, db = sum(dy), dcols = dy W, dx = col2im(dcols) (None: not asked)
+        dx, dw, db = self.kernels.conv2d_backward(dy, self.cache, self.params["weight"], input_grad)
         self.accumulate(weight=dw, bias=db)
         return dx
 
@@ -61,6 +61,7 @@ class PatchEmbeddings(Layer):
         self.grid = y.shape[2:]
         return y.reshape(B, D, -1).transpose(0, 2, 1)            # (B, Np, D): a view of the GEMM output
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         B, Np, D = dy.shape
-        return self.projection.backward(dy.transpose(0, 2, 1).reshape(B, D, *self.grid))   # (B, D, H/P, W/P)
+        return self.projection.backward(dy.transpose(0, 2, 1).reshape(B, D, *self.grid),   # (B, D, H/P, W/P)
+                                        input_grad)

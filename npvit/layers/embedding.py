@@ -36,9 +36,9 @@ class Embeddings(Layer):
         tokens += self.params["position_embeddings"]
         return self.dropout.forward(tokens)
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad=True):
         # tokens = concat(cls, patches) + pos  =>  dpos = sum_b dy, dcls = sum_b dy[:, 0], dpatches = dy[:, 1:]
         dy = self.dropout.backward(dy)
         self.grads["position_embeddings"] += self.kernels.reduce_sum(dy, 0, keepdims=True)       # (1, N, D)
         self.grads["cls_token"] += self.kernels.reduce_sum(dy[:, :1], 0, keepdims=True)         # (1, 1, D)
-        return self.patch_embeddings.backward(dy[:, 1:])
+        return self.patch_embeddings.backward(dy[:, 1:], input_grad)

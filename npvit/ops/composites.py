@@ -52,13 +52,16 @@ def conv2d_forward(ops, x, w, b=None, stride=1, padding=0):
     return y, Conv2dCache(cols, x.shape, stride, padding, b is not None)
 
 
-def conv2d_backward(ops, dy, cache, w):
-    """y = cols W^T + b  =>  dW = dy^T cols,  db = sum over rows of dy,  dcols = dy W,  dx = col2im(dcols)."""
+def conv2d_backward(ops, dy, cache, w, input_grad=True):
+    """y = cols W^T + b  =>  dW = dy^T cols,  db = sum over rows of dy,  dcols = dy W,  dx = col2im(dcols).
+    ``input_grad`` False: no dx (None), for an input that needs no gradient (the images, in training)."""
     B, D, OH, OW = dy.shape
     _, C, kh, kw = w.shape
     dy2d = dy.transpose(0, 2, 3, 1).reshape(B * OH * OW, D)     # (B*OH*OW, D)
     dw = ops.matmul(dy2d, cache.cols, transpose_a=True).reshape(w.shape)   # (D, C, kh, kw)
     db = ops.reduce_sum(dy2d, 0) if cache.has_bias else None    # (D,)
+    if not input_grad:
+        return None, dw, db
     dcols = ops.matmul(dy2d, w.reshape(D, C * kh * kw))          # (B*OH*OW, C*kh*kw)
     dcols = dcols.reshape(B, OH, OW, C, kh, kw)
     return ops.col2im(dcols, cache.x_shape, cache.stride, cache.padding), dw, db

@@ -67,7 +67,7 @@ def gradients(model, x, target, labels, label_smoothing=0.0, grad_clip=0.0, micr
         n = len(logits)
         if n != total:
             dlogits *= n / total            # d(mean over the batch)/d(mean over the chunk) = n / total
-        model.backward(dlogits)
+        model.backward(dlogits, input_grad=False)     # the images need no gradient
         loss_sum = loss_sum + loss * n
         correct = correct + (logits.argmax(axis=-1) == labels[chunk]).sum()
     if reduce_grads is not None:
