@@ -47,6 +47,9 @@ class ViTConfig:
                                 "(rising from 0 in the first block), in [0, 1)")
     patch_dropout: float = key(0.0, "in training, the share of each image's patch tokens left out at random, in "
                                "[0, 1)")
+    patch_overlap: int = key(0, "pixels each patch's window reaches past the patch on every side: 0 tiles the image "
+                             "(the article's); o > 0 is a convolution of kernel P + 2o, stride P, zero padding o, so "
+                             "each token also sees the edges of its neighbours")
     layer_norm_eps: float = key(1e-5, "every LayerNorm's epsilon (1e-5: the article's and PyTorch's; transformers' "
                                 "ViT 1e-12, timm's 1e-6)")
 
@@ -57,6 +60,11 @@ class ViTConfig:
                 raise TypeError(f"config {key} must be an int, got {value!r}")
             if value <= 0:
                 raise ValueError(f"config {key} must be positive, got {value}")
+        o = self.patch_overlap
+        if isinstance(o, bool) or not isinstance(o, int):
+            raise TypeError(f"config patch_overlap must be an int, got {o!r}")
+        if o < 0:
+            raise ValueError(f"config patch_overlap must be 0 or more pixels, got {o}")
         for key in PROB_KEYS:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -100,9 +100,17 @@ def config_from_hf(c: dict) -> tuple:
     return config, classes
 
 
+def _refuse_overlap(config: ViTConfig, library):
+    if config.patch_overlap:
+        raise CheckpointError(f"this model's patch windows overlap (patch_overlap {config.patch_overlap}); "
+                              f"{library} cuts the image into tiles (kernel = stride = patch_size), so it cannot "
+                              f"hold it")
+
+
 def config_to_hf(config: ViTConfig, classes) -> dict:
     """The config.json of a ViTForImageClassification that computes what npvit's ``config`` does, or one line
     naming what transformers' ViT cannot express."""
+    _refuse_overlap(config, "transformers' ViT")
     if config.pooling != "cls":
         raise CheckpointError(f"this model pools the {config.pooling} of the patch tokens (pooling "
                               f"{config.pooling!r}); transformers' ViTForImageClassification classifies the [CLS] "
@@ -362,6 +370,7 @@ def state_to_timm(params: dict, config: ViTConfig) -> dict:
 def timm_kwargs(config: ViTConfig) -> dict:
     """The keyword arguments of a timm ``VisionTransformer`` that computes what npvit's ``config`` does (JSON:
     the LayerNorm's epsilon as ``norm_eps``, which :func:`make_timm` turns into timm's ``norm_layer``)."""
+    _refuse_overlap(config, "timm's VisionTransformer")
     D, I = config.hidden_size, config.intermediate_size
     return {"img_size": config.image_size, "patch_size": config.patch_size, "in_chans": config.num_channels,
             "num_classes": config.num_classes, "global_pool": "token" if config.pooling == "cls" else "avg",

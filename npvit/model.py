@@ -54,7 +54,7 @@ class ViT(Layer):
         rng = np.random.default_rng(seed)       # host RNG: the same seed gives the same weights on every backend
         std = c.initializer_range
         self.embedding = Embeddings(c.image_size, c.patch_size, c.num_channels, c.hidden_size,
-                                    c.hidden_dropout_prob, rng=rng, std=std)
+                                    c.hidden_dropout_prob, rng=rng, std=std, patch_overlap=c.patch_overlap)
         self.encoder = Encoder(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.intermediate_size,
                                c.qkv_bias, c.hidden_dropout_prob, c.attention_probs_dropout_prob,
                                c.gelu_approximate, rng=rng, std=std, drop_path_rate=c.drop_path_rate,

@@ -39,6 +39,8 @@ def test_accepts_the_articles_config_dict_and_json(tmp_path):
     ({"num_classes": True}, TypeError, "num_classes must be an int"),
     ({"qkv_bias": "yes"}, TypeError, "qkv_bias must be true or false"),
     ({"gelu_approximate": "fast"}, ValueError, "gelu_approximate"),
+    ({"patch_overlap": -1}, ValueError, "patch_overlap must be 0 or more pixels, got -1"),
+    ({"patch_overlap": 2.0}, TypeError, "patch_overlap must be an int"),
     ({"hidden_szie": 48}, ValueError, r"unknown config keys \['hidden_szie'\]"),
 ])
 def test_bad_config_is_a_clear_error(change, error, match):

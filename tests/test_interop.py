@@ -103,6 +103,9 @@ def test_what_transformers_cannot_hold_is_refused_in_one_line(tmp_path):
                 [0.5] * 3, [0.5] * 3)
     with pytest.raises(CheckpointError, match="no final LayerNorm .* always ends with one"):
         save_hf(ViT(), tmp_path / "b", [str(i) for i in range(10)], [0.5] * 3, [0.5] * 3)
+    with pytest.raises(CheckpointError, match="patch windows overlap .* transformers' ViT cuts the image into tiles"):
+        save_hf(ViT(dict(final_layernorm=True, patch_overlap=1)), tmp_path / "c", [str(i) for i in range(10)],
+                [0.5] * 3, [0.5] * 3)
     assert not os.listdir(tmp_path)                                  # nothing written
     hf = made(CONFIGS[0])
     hf.save_pretrained(tmp_path / "m")
@@ -300,6 +303,9 @@ def test_timm_round_trip_and_export(tmp_path):
                                             (dict(qk_norm=True), "query/key norms"),
                                             (dict(no_embed_class=True), "positions for the patches only")])
 def test_what_npvit_cannot_express_of_timm_is_one_line(extra, message):
+    from npvit.interop import timm_kwargs
+    with pytest.raises(CheckpointError, match="patch windows overlap .* timm's VisionTransformer cuts the image"):
+        timm_kwargs(ViT(dict(patch_overlap=2)).config)
     from npvit.interop import from_timm
     with pytest.raises(CheckpointError, match=message):
         from_timm(made_timm(TIMM_CONFIGS[0], **extra))

@@ -39,7 +39,7 @@ def test_article_model_has_119k_parameters():
 
 @pytest.mark.parametrize("kernels", KERNEL_SETS)
 @pytest.mark.parametrize("variant", ["plain", "final_layernorm", "mean_pooling", "erf_gelu", "no_qkv_bias",
-                                     "smoothing", "layer_norm_eps"])
+                                     "smoothing", "layer_norm_eps", "patch_overlap"])
 def test_whole_model_gradcheck(variant, kernels, backend):
     skip_unless_runs(kernels, backend)
     c = ViTConfig.tiny().to_dict()
@@ -57,6 +57,8 @@ def test_whole_model_gradcheck(variant, kernels, backend):
         smoothing = 0.1
     elif variant == "layer_norm_eps":
         c["layer_norm_eps"], c["final_layernorm"] = 0.05, True
+    elif variant == "patch_overlap":
+        c["patch_overlap"] = 1                                  # 6x6 windows, stride 4, padding 1 on 8x8 images
     model = ViT(c, backend=backend, dtype="float64", seed=3, kernels=kernels)
     xp = model.xp
     rng = np.random.default_rng(0)
@@ -99,6 +101,35 @@ def test_matches_article_pytorch_model(name, dtype, kernels, backend):
     assert list(grads) == list(named)
     for k, g in grads.items():
         assert g.dtype == np.dtype(dtype), k
+        assert_close(g, named[k].grad, dtype, f"grad {k}")
+
+
+@pytest.mark.parametrize("kernels", KERNEL_SETS)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("overlap", [1, 2])
+def test_patch_overlap_matches_pytorch(overlap, dtype, kernels, backend):
+    """patch_overlap o: the article's model with its patch projection nn.Conv2d(C, D, P + 2o, stride=P,
+    padding=o); the same names and shapes of weights, logits, dx and every gradient."""
+    skip_unless_runs(kernels, backend)
+    config = {**ARTICLE, "patch_overlap": overlap}
+    model = ViT(config, backend=backend, dtype=dtype, seed=4, kernels=kernels)
+    ref = torch_model(ARTICLE, dtype, backend)
+    P = config["patch_size"]
+    ref.embedding.patch_embeddings.projection = torch.nn.Conv2d(3, 48, P + 2 * overlap, stride=P, padding=overlap).to(
+        dtype=getattr(torch, dtype), device=torch_device(backend))
+    ref.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()}, strict=True)
+    rng = np.random.default_rng(6)
+    images, dlogits = rng.standard_normal((5, 3, 32, 32)), rng.standard_normal((5, 10))
+    logits = model(to_device(images.astype(dtype), model.xp))
+    model.zero_grad()
+    dx = model.backward(to_device(dlogits.astype(dtype), model.xp))
+    xt = to_torch(images, dtype, backend, requires_grad=True)
+    logits_t, _ = ref(xt)
+    logits_t.backward(torch.tensor(dlogits, dtype=logits_t.dtype, device=logits_t.device))
+    assert_close(logits, logits_t, dtype, "logits")
+    assert_close(dx, xt.grad, dtype, "dx")
+    named = dict(ref.named_parameters())
+    for k, g in model.grad_dict().items():
         assert_close(g, named[k].grad, dtype, f"grad {k}")
 
 

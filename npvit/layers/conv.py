@@ -46,14 +46,17 @@ class PatchEmbeddings(Layer):
     """Split the image into P x P patches and project each to D: (B, C, H, W) -> (B, Np, D).
 
     ``projection`` is Conv2d(C, D, kernel=stride=P), so its weights load from
-    the article's ``embedding.patch_embeddings.projection``.
+    the article's ``embedding.patch_embeddings.projection``. With ``overlap`` o > 0 each
+    patch's window reaches o pixels past the patch on every side (kernel P + 2o, stride P,
+    zero padding o): the same Np tokens, each also seeing its neighbours' edges.
     """
 
-    def __init__(self, image_size, patch_size, num_channels, hidden_size, rng=None, std=0.02):
+    def __init__(self, image_size, patch_size, num_channels, hidden_size, rng=None, std=0.02, overlap=0):
         super().__init__()
         self.image_size, self.patch_size, self.num_channels = image_size, patch_size, num_channels
         self.num_patches = (image_size // patch_size) ** 2
-        self.projection = Conv2d(num_channels, hidden_size, patch_size, stride=patch_size, rng=rng, std=std)
+        self.projection = Conv2d(num_channels, hidden_size, patch_size + 2 * overlap, stride=patch_size,
+                                 padding=overlap, rng=rng, std=std)
 
     def forward(self, x):
         y = self.projection.forward(x)                           # (B, D, H/P, W/P)

@@ -17,10 +17,12 @@ class Embeddings(Layer):
     at init, as the article's ``_init_weights``.
     """
 
-    def __init__(self, image_size, patch_size, num_channels, hidden_size, dropout=0.0, rng=None, std=0.02):
+    def __init__(self, image_size, patch_size, num_channels, hidden_size, dropout=0.0, rng=None, std=0.02,
+                 patch_overlap=0):
         super().__init__()
         rng = rng if rng is not None else np.random.default_rng(0)
-        self.patch_embeddings = PatchEmbeddings(image_size, patch_size, num_channels, hidden_size, rng=rng, std=std)
+        self.patch_embeddings = PatchEmbeddings(image_size, patch_size, num_channels, hidden_size, rng=rng, std=std,
+                                                overlap=patch_overlap)
         N = self.patch_embeddings.num_patches + 1
         self.add_param("cls_token", trunc_normal(rng, (1, 1, hidden_size), std))
         self.add_param("position_embeddings", trunc_normal(rng, (1, N, hidden_size), std))
