@@ -9,7 +9,7 @@ is how many passes over memory each takes. The tricks:
 - the tanh GELU as x * sigmoid(2u): exp is cheaper than tanh, and 1 + tanh(u) loses digits to
   cancellation for negative u in float32;
 - the softmax backward's row dots by einsum (no temporary of the scores' size);
-- the patch embedding's im2col is a pure reshape when the windows tile the image.
+- im2col is a strided view of the windows (a pure reshape when they tile the image: the patch embedding).
 The table at the end says what is the reference's. Measured speeds: benchmarks/README.md.
 """
 from __future__ import annotations
@@ -136,13 +136,24 @@ def _tiles(x_shape, kh, kw, stride, padding):
 
 
 def im2col(x, kh, kw, stride=1, padding=0):
-    """When the windows tile the image (kernel = stride, no padding: the patch embedding) a pure
-    reshape/transpose; otherwise the reference's gather."""
-    if not _tiles(x.shape, kh, kw, stride, padding):
-        return reference.im2col(x, kh, kw, stride, padding)
+    """Every window as a strided view of the (zero-padded) image, no copy: (B, OH, OW, C, kh, kw), which
+    the GEMM's reshape gathers in one pass (the reference copies each of the kh*kw offsets, then transposes).
+    When the windows tile the image (kernel = stride, no padding: the article's patch embedding) the view
+    is a reshape/transpose of x itself."""
     B, C, H, W = x.shape
-    p = kh
-    return x.reshape(B, C, H // p, p, W // p, p).transpose(0, 2, 4, 1, 3, 5)   # (B, H/p, W/p, C, p, p)
+    if _tiles(x.shape, kh, kw, stride, padding):
+        p = kh
+        return x.reshape(B, C, H // p, p, W // p, p).transpose(0, 2, 4, 1, 3, 5)   # (B, H/p, W/p, C, p, p)
+    xp = get_array_module(x)
+    OH = reference.conv_output_size(H, kh, stride, padding)
+    OW = reference.conv_output_size(W, kw, stride, padding)
+    if padding:
+        padded = xp.zeros((B, C, H + 2 * padding, W + 2 * padding), dtype=x.dtype)
+        padded[:, :, padding:padding + H, padding:padding + W] = x
+        x = padded                                               # (B, C, H + 2p, W + 2p)
+    sB, sC, sH, sW = x.strides
+    return xp.lib.stride_tricks.as_strided(x, (B, OH, OW, C, kh, kw),
+                                           (sB, sH * stride, sW * stride, sC, sH, sW))  # (B, OH, OW, C, kh, kw)
 
 
 def col2im(cols, x_shape, stride=1, padding=0):
