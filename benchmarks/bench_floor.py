@@ -36,11 +36,13 @@ def gemms(cfg, images, tokens):
     patches, rows, N, dh = (cfg["image_size"] // P) ** 2, images * tokens, tokens, D // H
     out = []
     # Y = X W (m, k) @ (k, n): backward dX = dY W^T (m, n) @ (n, k) and dW = X^T dY (k, m) @ (m, n).
+    # The patch embedding has no dX: a training step asks for no gradient of the images (input_grad=False).
     for name, count, m, k, n in (("patch embedding", 1, images * patches, C * P * P, D), ("qkv", L, rows, D, 3 * D),
                                  ("attention output", L, rows, D, D), ("MLP in", L, rows, D, F),
                                  ("MLP out", L, rows, F, D)):
-        out += [(name, "linear", "forward", count, (m, k, n)), (name, "linear", "backward dX", count, (m, n, k)),
-                (name, "linear", "backward dW", count, (k, m, n))]
+        out += [(name, "linear", "forward", count, (m, k, n))]
+        out += [] if name == "patch embedding" else [(name, "linear", "backward dX", count, (m, n, k))]
+        out += [(name, "linear", "backward dW", count, (k, m, n))]
     heads = images * H * L
     # S = Q K^T (N, dh) @ (dh, N): dQ = dS K (N, N) @ (N, dh), dK = dS^T Q (N, N) @ (N, dh).
     # O = A V (N, N) @ (N, dh): dA = dO V^T (N, dh) @ (dh, N), dV = A^T dO (N, N) @ (N, dh).
