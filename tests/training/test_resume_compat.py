@@ -55,6 +55,8 @@ def test_a_run_saved_before_typed_settings_resumes_as_before(tmp_path):
     where = ("data_dir", "out_dir")               # the resumed run's own folders; every other setting as it was
     assert {k: v for k, v in saved.items() if k not in where and k in before} == \
         {k: v for k, v in before.items() if k not in where}
+    from npvit import ViTConfig
     from npvit.training.settings import TRAIN_DEFAULTS
+    defaults = {**ViTConfig().to_dict(), **TRAIN_DEFAULTS}                # model keys (patch_overlap) and settings
     added = {k: v for k, v in saved.items() if k not in before}          # settings made since: their defaults
-    assert added == {k: TRAIN_DEFAULTS[k] for k in added} and set(before) <= set(saved), added
+    assert added == {k: defaults[k] for k in added} and set(before) <= set(saved), added
