@@ -68,8 +68,8 @@ def test_every_recipe_pins_what_it_trains_with():
     assert {k for k in sprint if sprint[k] != full[k]} == {"recipe", "epochs", "ema", "trivial_augment",
                                                            "trivial_augment_prob", "eval_every"}
     fast80, swift80 = build_config(recipe="fast80").to_dict(), build_config(recipe="swift80").to_dict()
-    assert {k for k in fast80 if swift80[k] != fast80[k]} == {"recipe", "epochs", "patch_overlap"}   # overlap, shorter
-    assert (swift80["epochs"], swift80["patch_overlap"], fast80["patch_overlap"]) == (60, 2, 0)
+    assert {k for k in fast80 if swift80[k] != fast80[k]} == {"recipe", "patch_overlap"}   # the overlap alone
+    assert (swift80["epochs"], swift80["patch_overlap"], fast80["patch_overlap"]) == (100, 2, 0)
 
 
 def test_numba_kernels_without_numba_are_a_config_error(monkeypatch):
