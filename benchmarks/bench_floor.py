@@ -11,6 +11,7 @@ elementwise kernels, the optimiser).
 
     python benchmarks/bench_floor.py                       # the article model, batch 256, 2 threads
     python benchmarks/bench_floor.py --patch-dropout 0.25  # the fast80 recipe's shorter token sequences
+    python benchmarks/bench_floor.py --patch-dropout 0.25 --patch-overlap 2   # swift80's step
 
 Prints a table; writes it with the machine's details to JSON (default benchmarks/results/floor.json).
 """
@@ -32,12 +33,13 @@ def gemms(cfg, images, tokens):
     """The matrix products of one training step on ``images`` images of ``tokens`` tokens, each with its
     kind ("linear" or "attention"), role, how many of it a step makes, and its (m, k, n)."""
     D, F, H, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"], cfg["num_hidden_layers"]
-    P, C = cfg["patch_size"], cfg["num_channels"]
+    P, C, o = cfg["patch_size"], cfg["num_channels"], cfg.get("patch_overlap", 0)
     patches, rows, N, dh = (cfg["image_size"] // P) ** 2, images * tokens, tokens, D // H
     out = []
     # Y = X W (m, k) @ (k, n): backward dX = dY W^T (m, n) @ (n, k) and dW = X^T dY (k, m) @ (m, n).
-    # The patch embedding has no dX: a training step asks for no gradient of the images (input_grad=False).
-    for name, count, m, k, n in (("patch embedding", 1, images * patches, C * P * P, D), ("qkv", L, rows, D, 3 * D),
+    # The patch embedding has no dX: a training step asks for no gradient of the images (input_grad=False). Its
+    # windows are P + 2o pixels square where they overlap by o (patch_overlap): k = C (P + 2o)^2.
+    for name, count, m, k, n in (("patch embedding", 1, images * patches, C * (P + 2 * o) ** 2, D), ("qkv", L, rows, D, 3 * D),
                                  ("attention output", L, rows, D, D), ("MLP in", L, rows, D, F),
                                  ("MLP out", L, rows, F, D)):
         out += [(name, "linear", "forward", count, (m, k, n))]
@@ -87,6 +89,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2, help="cores, as npvit.DataParallel shards (default 2)")
     p.add_argument("--patch-dropout", type=float, default=0.0,
                    help="the share of patch tokens a training step leaves out (fast80: 0.25)")
+    p.add_argument("--patch-overlap", type=int, default=0,
+                   help="pixels each patch window reaches past its patch (swift80: 2)")
     p.add_argument("--repeats", type=int, default=7, help="timed repeats of each GEMM (median)")
     p.add_argument("--steps", type=int, default=9, help="timed training steps (median)")
     p.add_argument("--json", default=os.path.join(HERE, "results", "floor.json"))
@@ -94,7 +98,7 @@ def main(argv=None):
     bench.set_threads(1)                     # each shard's GEMMs run on one thread, as in DataParallel
     from npvit.runfiles import atomic_write_text
 
-    cfg = {**bench.config("article", 4), "patch_dropout": a.patch_dropout}
+    cfg = {**bench.config("article", 4), "patch_dropout": a.patch_dropout, "patch_overlap": a.patch_overlap}
     patches = (cfg["image_size"] // cfg["patch_size"]) ** 2
     tokens = 1 + round((1 - a.patch_dropout) * patches)
     shard = a.batch_size // a.threads
@@ -116,7 +120,7 @@ def main(argv=None):
     # The whole step in a fresh process, the threads set before NumPy loads (bench_train_step's child).
     step = bench.run_child({"framework": "npvit", "backend": "numpy", "model": "article", "patch": 4,
                             "batch": a.batch_size, "repeats": a.steps, "warmup": 2, "threads": a.threads,
-                            "patch_dropout": a.patch_dropout})
+                            "patch_dropout": a.patch_dropout, "patch_overlap": a.patch_overlap})
     step_ms = statistics.median(step["train_ms"])
     print(f"\nGEMM FLOPs per batch of {a.batch_size}: {flop:.2f} GFLOP; on one core the Linear GEMMs run at "
           f"{linear:.1f} GFLOP/s, the attention's at {attention:.1f}")
@@ -124,7 +128,7 @@ def main(argv=None):
           f"the GEMMs as timed: {gemm_ms:.1f} ms per shard")
     print(f"npvit training step (median of {a.steps}): {step_ms:.1f} ms = {step_ms / floor_ms:.2f}x the floor")
     result = {"machine": bench.machine_info("numpy"), "batch_size": a.batch_size, "threads": a.threads,
-              "patch_dropout": a.patch_dropout, "tokens": tokens, "gemms": rows, "gflop_per_batch": flop,
+              "patch_dropout": a.patch_dropout, "patch_overlap": a.patch_overlap, "tokens": tokens, "gemms": rows, "gflop_per_batch": flop,
               "linear_gflops_per_core": linear, "attention_gflops_per_core": attention, "floor_ms": floor_ms, "gemm_ms_per_shard": gemm_ms,
               "step_ms": step["train_ms"], "step_over_floor": step_ms / floor_ms}
     atomic_write_text(a.json, json.dumps(result, indent=1) + "\n")

@@ -63,7 +63,7 @@ def kernels_used(kernels, backend):
 
 # -- one measurement, run in a fresh process so peak memory is its own ---------------
 def measure(framework, backend, model, patch, batch, repeats, warmup, threads, micro_batch=None, data_parallel=True,
-            kernels="auto", patch_dropout=0.0, tf32=False, loss_steps=0):
+            kernels="auto", patch_dropout=0.0, patch_overlap=0, tf32=False, loss_steps=0):
     set_threads(threads)
     if tf32:                    # TF32 GEMMs on the GPU: CuPy reads this when it loads; torch's flags are set below
         os.environ["CUPY_TF32"] = "1"
@@ -75,6 +75,8 @@ def measure(framework, backend, model, patch, batch, repeats, warmup, threads, m
     cfg = config(model, patch)
     if patch_dropout:                        # npvit only (bench_floor.py): training on a share of the tokens
         cfg = {**cfg, "patch_dropout": patch_dropout}
+    if patch_overlap:                        # npvit only (bench_floor.py): patch windows reaching past their patch
+        cfg = {**cfg, "patch_overlap": patch_overlap}
     rng = np.random.default_rng(0)
     x_host = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
     y_host = rng.integers(0, 10, batch)

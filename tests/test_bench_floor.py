@@ -28,3 +28,14 @@ def test_the_article_models_step_is_53_mflop_of_gemms_per_image(floor):
     assert flop(1, 65) == 3 * 2 * forward - 2 * patches == 53_455_104
     assert flop(128, 65) == 128 * flop(1, 65)
     assert flop(1, 49) < 0.75 * flop(1, 65)        # patch dropout 0.25: 49 tokens, the attention's share quadratic
+
+
+def test_overlapping_patch_windows_widen_only_the_patch_embedding(floor):
+    """swift80's windows reach 2 pixels past each 4x4 patch: the embedding's k is 3 x 8 x 8 = 192, not 48."""
+    cfg = {"hidden_size": 48, "intermediate_size": 192, "num_attention_heads": 4, "num_hidden_layers": 4,
+           "patch_size": 4, "num_channels": 3, "image_size": 32}
+    flop = lambda c: sum(2 * r["count"] * r["shape"][0] * r["shape"][1] * r["shape"][2]
+                         for r in floor.gemms(c, 1, 65))
+    embedding = [r["shape"] for r in floor.gemms({**cfg, "patch_overlap": 2}, 1, 65) if r["gemm"] == "patch embedding"]
+    assert embedding == [(64, 192, 48), (192, 64, 48)]                     # forward, backward dW
+    assert flop({**cfg, "patch_overlap": 2}) - flop(cfg) == 2 * 2 * 64 * (192 - 48) * 48
