@@ -123,8 +123,8 @@ class Settings:
         "(--no-progress: epoch lines only)", "bool")
     recipe: str = option("fast80", "preset: fast80 (full on a random 75%% of the patch tokens: 80%% within 30 minutes "
         "on 2 CPU cores on its three test seeds, a mean of about 80%%), swift80 (fast80 with overlapping patch "
-        "windows, aimed at 80%% within 20 minutes: 83.37%% on test seed 42, past 80%% after 20.3 minutes; seeds "
-        "43-46 still to run), full (100 epochs on every token: the highest mean at 100 "
+        "windows, aimed at 80%% within 20 minutes: 83.37%% and 83.59%% on test seeds 42 and 43; seeds "
+        "44-46 still to run), full (100 epochs on every token: the highest mean at 100 "
         "epochs, twice the time), sprint (aimed at the article's accuracy within 30 minutes), strong (the "
         "sprint's optimiser on the article's model for 100 epochs), or article (the article's script)",
         "choice", ("article", "strong", "sprint", "full", "fast80", "swift80"))
