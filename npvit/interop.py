@@ -104,7 +104,8 @@ def _refuse_overlap(config: ViTConfig, library):
     if config.patch_overlap:
         raise CheckpointError(f"this model's patch windows overlap (patch_overlap {config.patch_overlap}); "
                               f"{library} cuts the image into tiles (kernel = stride = patch_size), so it cannot "
-                              f"hold it")
+                              f"hold it (npvit's own --format safetensors can; --patch-overlap 0 trains a model "
+                              f"without such windows)")
 
 
 def config_to_hf(config: ViTConfig, classes) -> dict:

@@ -103,7 +103,8 @@ def test_what_transformers_cannot_hold_is_refused_in_one_line(tmp_path):
                 [0.5] * 3, [0.5] * 3)
     with pytest.raises(CheckpointError, match="no final LayerNorm .* always ends with one"):
         save_hf(ViT(), tmp_path / "b", [str(i) for i in range(10)], [0.5] * 3, [0.5] * 3)
-    with pytest.raises(CheckpointError, match="patch windows overlap .* transformers' ViT cuts the image into tiles"):
+    with pytest.raises(CheckpointError,
+                       match="patch windows overlap .* transformers' ViT cuts the image into tiles.*--patch-overlap 0"):
         save_hf(ViT(dict(final_layernorm=True, patch_overlap=1)), tmp_path / "c", [str(i) for i in range(10)],
                 [0.5] * 3, [0.5] * 3)
     assert not os.listdir(tmp_path)                                  # nothing written
@@ -141,8 +142,9 @@ def cls_run(tmp_path_factory):
     out = str(root / "run")
     p = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "train.py"), "--data-dir", data, "--out-dir", out,
                         "--epochs", "1", "--hidden-size", "24", "--num-attention-heads", "3", "--intermediate-size",
-                        "48", "--num-hidden-layers", "2", "--pooling", "cls", "--final-layernorm", "--no-progress",
-                        "--threads", "1", "--normalize", "dataset"], capture_output=True, text=True, cwd=REPO)
+                        "48", "--num-hidden-layers", "2", "--pooling", "cls", "--patch-overlap", "0",
+                        "--final-layernorm", "--no-progress", "--threads", "1", "--normalize", "dataset"],
+                       capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout + p.stderr
     return root, data, out
 
@@ -214,8 +216,8 @@ def test_every_program_takes_a_transformers_directory(cls_run, tmp_path):
     p = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "train.py"), "--data-dir", data, "--out-dir",
                         str(tmp_path / "ft"), "--epochs", "1", "--init-from", exported, "--hidden-size", "24",
                         "--num-attention-heads", "3", "--intermediate-size", "48", "--num-hidden-layers", "2",
-                        "--pooling", "cls", "--final-layernorm", "--layer-norm-eps", "1e-5", "--no-progress",
-                        "--threads", "1"], capture_output=True, text=True, cwd=REPO)
+                        "--pooling", "cls", "--patch-overlap", "0", "--final-layernorm", "--layer-norm-eps", "1e-5",
+                        "--no-progress", "--threads", "1"], capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -304,7 +306,8 @@ def test_timm_round_trip_and_export(tmp_path):
                                             (dict(no_embed_class=True), "positions for the patches only")])
 def test_what_npvit_cannot_express_of_timm_is_one_line(extra, message):
     from npvit.interop import timm_kwargs
-    with pytest.raises(CheckpointError, match="patch windows overlap .* timm's VisionTransformer cuts the image"):
+    with pytest.raises(CheckpointError,
+                       match="patch windows overlap .* timm's VisionTransformer cuts the image.*--format safetensors"):
         timm_kwargs(ViT(dict(patch_overlap=2)).config)
     from npvit.interop import from_timm
     with pytest.raises(CheckpointError, match=message):
