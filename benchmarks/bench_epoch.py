@@ -2,7 +2,7 @@
 """An epoch of training as a run takes it (batches gathered and augmented, steps, the optimiser), for this source
 tree and others, in alternating rounds: what a change to the training loop saves, in the run's own seconds.
 
-    python benchmarks/bench_epoch.py --data-dir ./data                       # this tree, fast80, 12,800 images
+    python benchmarks/bench_epoch.py --data-dir ./data                      # this tree, swift80, 12,800 images
     python benchmarks/bench_epoch.py --data-dir ./data --tree ../old --rounds 6   # against another checkout
 
 ``--tree`` names other checkouts of npvit (a git worktree or clone at another commit): each round trains one
@@ -43,7 +43,7 @@ def child(a):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="./data")
-    p.add_argument("--recipe", default="fast80")
+    p.add_argument("--recipe", default="swift80", help="the recipe (default swift80, the default one)")
     p.add_argument("--images", type=int, default=12_800, help="training images of the epoch (default 12,800)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3)

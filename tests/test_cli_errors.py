@@ -311,7 +311,7 @@ def test_the_attention_figure_says_what_the_model_reads(trained, data, tmp_path)
     from npvit.visualize import attention_maps
 
     model = load_checkpoint(trained / "best.npz")[0]
-    assert model.config.pooling == "mean" and model.config.patch_dropout == 0.25     # recipe fast80
+    assert model.config.pooling == "mean" and model.config.patch_dropout == 0.25    # recipe swift80
     x = np.zeros((2, 3, 32, 32), np.float32)
     _, atts = model(x, return_attention=True)                # in training mode: 48 of the 64 patches
     with pytest.raises(ValueError, match="48 patch tokens is no square grid.*model.eval"):

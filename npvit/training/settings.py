@@ -121,12 +121,12 @@ class Settings:
         "that cannot fit (--no-memory-check: try anyway)", "bool")
     progress: bool = option(True, "show progress: a bar on a terminal, a line every 30 s otherwise "
         "(--no-progress: epoch lines only)", "bool")
-    recipe: str = option("fast80", "preset: fast80 (full on a random 75%% of the patch tokens: 80%% within 30 minutes "
-        "on 2 CPU cores on its three test seeds, a mean of about 80%%), swift80 (fast80 with overlapping patch "
-        "windows, aimed at 80%% within 20 minutes: 83.37%% and 83.59%% on test seeds 42 and 43; seeds "
-        "44-46 still to run), full (100 epochs on every token: the highest mean at 100 "
-        "epochs, twice the time), sprint (aimed at the article's accuracy within 30 minutes), strong (the "
-        "sprint's optimiser on the article's model for 100 epochs), or article (the article's script)",
+    recipe: str = option("swift80", "preset: swift80 (fast80 with overlapping patch windows: past 80%% after "
+        "19.6-21.3 minutes on 2 CPU cores, 83.20-83.72%% at the end, on its five test seeds), fast80 (full on a "
+        "random 75%% of the patch tokens: 80%% within 30 minutes on 2 CPU cores on its three test seeds, a mean "
+        "of about 80%%), full (100 epochs on every token: the highest mean at 100 epochs, twice the time), sprint "
+        "(aimed at the article's accuracy within 30 minutes), strong (the sprint's optimiser on the article's "
+        "model for 100 epochs), or article (the article's script)",
         "choice", ("article", "strong", "sprint", "full", "fast80", "swift80"))
     model: ViTConfig = field(default_factory=ViTConfig)
 
@@ -255,11 +255,12 @@ RECIPES = {
 RECIPES["full"] = {**RECIPES["sprint"], "epochs": 100, "ema": 0.999, "trivial_augment": True,
                    "trivial_augment_prob": 0.5, "eval_every": 5}
 # 80% within 30 minutes on 2 CPU cores: full, with each image trained on a random 75% of its patch tokens
-# (PatchDropout): cheaper steps, and on held-out images no less accurate. The default. Results: docs/accuracy.md.
+# (PatchDropout): cheaper steps, and on held-out images no less accurate. Results: docs/accuracy.md.
 RECIPES["fast80"] = {**RECIPES["full"], "patch_dropout": 0.25}
 # Aimed at 80% within 20 minutes on 2 CPU cores, with a margin at the end: fast80 with overlapping patch windows
 # (each token projected from the 8x8 window centred on its 4x4 patch), 100 epochs. Chosen on held-out images
 # (docs/experiments.md): 60, 70 and 80 epochs passed 80% no sooner than 100 (epoch 55) and ended lower.
+# The default: a margin on every test seed (docs/accuracy.md).
 RECIPES["swift80"] = {**RECIPES["fast80"], "patch_overlap": 2}
 assert set(RECIPES) == set(OPTIONS["recipe"].choices)
 
