@@ -39,9 +39,9 @@ def gemms(cfg, images, tokens):
     # Y = X W (m, k) @ (k, n): backward dX = dY W^T (m, n) @ (n, k) and dW = X^T dY (k, m) @ (m, n).
     # The patch embedding has no dX: a training step asks for no gradient of the images (input_grad=False). Its
     # windows are P + 2o pixels square where they overlap by o (patch_overlap): k = C (P + 2o)^2.
-    for name, count, m, k, n in (("patch embedding", 1, images * patches, C * (P + 2 * o) ** 2, D), ("qkv", L, rows, D, 3 * D),
-                                 ("attention output", L, rows, D, D), ("MLP in", L, rows, D, F),
-                                 ("MLP out", L, rows, F, D)):
+    for name, count, m, k, n in (("patch embedding", 1, images * patches, C * (P + 2 * o) ** 2, D),
+                                 ("qkv", L, rows, D, 3 * D), ("attention output", L, rows, D, D),
+                                 ("MLP in", L, rows, D, F), ("MLP out", L, rows, F, D)):
         out += [(name, "linear", "forward", count, (m, k, n))]
         out += [] if name == "patch embedding" else [(name, "linear", "backward dX", count, (m, n, k))]
         out += [(name, "linear", "backward dW", count, (k, m, n))]
@@ -128,9 +128,10 @@ def main(argv=None):
           f"the GEMMs as timed: {gemm_ms:.1f} ms per shard")
     print(f"npvit training step (median of {a.steps}): {step_ms:.1f} ms = {step_ms / floor_ms:.2f}x the floor")
     result = {"machine": bench.machine_info("numpy"), "batch_size": a.batch_size, "threads": a.threads,
-              "patch_dropout": a.patch_dropout, "patch_overlap": a.patch_overlap, "tokens": tokens, "gemms": rows, "gflop_per_batch": flop,
-              "linear_gflops_per_core": linear, "attention_gflops_per_core": attention, "floor_ms": floor_ms, "gemm_ms_per_shard": gemm_ms,
-              "step_ms": step["train_ms"], "step_over_floor": step_ms / floor_ms}
+              "patch_dropout": a.patch_dropout, "patch_overlap": a.patch_overlap, "tokens": tokens, "gemms": rows,
+              "gflop_per_batch": flop, "linear_gflops_per_core": linear, "attention_gflops_per_core": attention,
+              "floor_ms": floor_ms, "gemm_ms_per_shard": gemm_ms, "step_ms": step["train_ms"],
+              "step_over_floor": step_ms / floor_ms}
     atomic_write_text(a.json, json.dumps(result, indent=1) + "\n")
     return 0
 

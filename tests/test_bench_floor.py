@@ -15,11 +15,18 @@ def floor():
     return module
 
 
-def test_the_article_models_step_is_53_mflop_of_gemms_per_image(floor):
-    cfg = {"hidden_size": 48, "intermediate_size": 192, "num_attention_heads": 4, "num_hidden_layers": 4,
+ARTICLE = {"hidden_size": 48, "intermediate_size": 192, "num_attention_heads": 4, "num_hidden_layers": 4,
            "patch_size": 4, "num_channels": 3, "image_size": 32}
-    flop = lambda images, tokens: sum(2 * r["count"] * r["shape"][0] * r["shape"][1] * r["shape"][2]
-                                      for r in floor.gemms(cfg, images, tokens))
+
+
+def step_flop(floor, cfg, images, tokens):
+    """The GEMM FLOPs of one training step, summed from bench_floor's list of its products."""
+    return sum(2 * r["count"] * r["shape"][0] * r["shape"][1] * r["shape"][2] for r in floor.gemms(cfg, images, tokens))
+
+
+def test_the_article_models_step_is_53_mflop_of_gemms_per_image(floor):
+    def flop(images, tokens):
+        return step_flop(floor, ARTICLE, images, tokens)
     # Per image, forward: the patch embedding 64 x 48 x 48, per layer qkv 65 x 48 x 144, output 65 x 48 x 48,
     # MLP 2 x 65 x 48 x 192, scores and context 2 x 4 heads x 65 x 65 x 12; backward twice the forward, but for
     # the patch embedding's dX, which a training step does not compute (the images need no gradient).
@@ -32,10 +39,7 @@ def test_the_article_models_step_is_53_mflop_of_gemms_per_image(floor):
 
 def test_overlapping_patch_windows_widen_only_the_patch_embedding(floor):
     """swift80's windows reach 2 pixels past each 4x4 patch: the embedding's k is 3 x 8 x 8 = 192, not 48."""
-    cfg = {"hidden_size": 48, "intermediate_size": 192, "num_attention_heads": 4, "num_hidden_layers": 4,
-           "patch_size": 4, "num_channels": 3, "image_size": 32}
-    flop = lambda c: sum(2 * r["count"] * r["shape"][0] * r["shape"][1] * r["shape"][2]
-                         for r in floor.gemms(c, 1, 65))
-    embedding = [r["shape"] for r in floor.gemms({**cfg, "patch_overlap": 2}, 1, 65) if r["gemm"] == "patch embedding"]
+    overlapping = {**ARTICLE, "patch_overlap": 2}
+    embedding = [r["shape"] for r in floor.gemms(overlapping, 1, 65) if r["gemm"] == "patch embedding"]
     assert embedding == [(64, 192, 48), (192, 64, 48)]                     # forward, backward dW
-    assert flop({**cfg, "patch_overlap": 2}) - flop(cfg) == 2 * 2 * 64 * (192 - 48) * 48
+    assert step_flop(floor, overlapping, 1, 65) - step_flop(floor, ARTICLE, 1, 65) == 2 * 2 * 64 * (192 - 48) * 48

@@ -2,8 +2,8 @@
 after them as the old code resumed it.
 
 The fixture in tests/data/resume-before-settings/ was written by that commit: a run on the fake CIFAR-10 of
-``write_fake_cifar(root, n_per_batch=16)`` with the default recipe of the time (fast80: TrivialAugment, a moving average,
-patch dropout) and ``--data-dir ROOT --epochs 2 --warmup-epochs 0.5 --hidden-size 16 --num-hidden-layers 1
+``write_fake_cifar(root, n_per_batch=16)`` with the default recipe of the time (fast80: TrivialAugment, a moving
+average, patch dropout) and ``--data-dir ROOT --epochs 2 --warmup-epochs 0.5 --hidden-size 16 --num-hidden-layers 1
 --num-attention-heads 2 --intermediate-size 32 --batch-size 16 --train-limit 48 --test-limit 16
 --eval-batch-size 16 --threads 1 --no-progress --kernels reference --dtype float64 --hidden-dropout-prob 0.1
 --val-split 16``, stopped after epoch 1 (latest.npz, config.json, metrics.jsonl); then resumed by the same
